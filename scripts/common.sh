@@ -1,0 +1,15 @@
+# Shared by the scripts in this folder: where caches live, how errors are said. Sourced, never run.
+# shellcheck shell=bash
+
+# Everything slow to fetch or build is cached here, outside the repo, so fresh clones reuse it.
+SOUNDLINE_CACHE="${SOUNDLINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/soundline}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SOUNDLINE_CACHE REPO_ROOT
+
+# One line naming the problem, on stderr, then exit 1.
+die() { printf 'soundline: %s\n' "$*" >&2; exit 1; }
+say() { printf '==> %s\n' "$*" >&2; }
+
+need() { # need CMD "what it is for and how to get it"
+  command -v "$1" >/dev/null 2>&1 || die "$1 is missing: $2"
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# A real, single-node Apache Kafka (KRaft) for development and tests, run from jars on Maven Central.
+#
+#   scripts/kafka.sh fetch                  copy the broker and tools jars into the cache (idempotent)
+#   scripts/kafka.sh start [--sasl]         format a log dir (once) and start a broker; wait until it answers
+#   scripts/kafka.sh stop                   stop the broker this script started (by its pid file)
+#   scripts/kafka.sh status                 say whether it runs and where
+#   scripts/kafka.sh env                    print the addresses as shell assignments (for tests)
+#   scripts/kafka.sh classpath              print the jars' classpath (for Kafka's own tools)
+#
+# Settings (environment):
+#   KAFKA_PORT         PLAINTEXT listener port (default 9092); the controller uses KAFKA_PORT+1,
+#                      the SASL_PLAINTEXT listener (--sasl) KAFKA_PORT+2
+#   KAFKA_STATE_DIR    log dir, config, pid and server.log (default /tmp/soundline-kafka-$KAFKA_PORT)
+#   KAFKA_VERSION      Kafka version to fetch (default: the one in scripts/kafka/pom.xml)
+#   KAFKA_HEAP         JVM heap (default 768m)
+#
+# --sasl adds a SASL_PLAINTEXT listener with mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, all for user
+# "soundline" with password "soundline-secret" (test credentials, loopback only).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-/tmp/soundline-kafka-$KAFKA_PORT}"
+KAFKA_HEAP="${KAFKA_HEAP:-768m}"
+POM="$REPO_ROOT/scripts/kafka/pom.xml"
+KAFKA_VERSION="${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")}"
+JARS="$SOUNDLINE_CACHE/kafka-$KAFKA_VERSION/libs"
+SASL_USER=soundline
+SASL_PASSWORD=soundline-secret
+PID_FILE="$KAFKA_STATE_DIR/kafka.pid"
+
+java_ok() {
+  need java "Java 17 or newer runs the Kafka broker: install a JDK (apt-get install -y openjdk-17-jre-headless)"
+}
+
+cmd_fetch() {
+  if [[ -f "$JARS/.complete" ]]; then return 0; fi
+  java_ok
+  need mvn "Maven fetches the Kafka jars from Maven Central: install it (apt-get install -y maven)"
+  say "fetching Apache Kafka $KAFKA_VERSION jars into $JARS"
+  rm -rf "$JARS" && mkdir -p "$JARS"
+  local log="$SOUNDLINE_CACHE/kafka-$KAFKA_VERSION/mvn.log"
+  if ! mvn -B -q -f "$POM" dependency:copy-dependencies -Dkafka.version="$KAFKA_VERSION" \
+      -DoutputDirectory="$JARS" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "Maven could not fetch Kafka $KAFKA_VERSION (log: $log)"
+  fi
+  ls "$JARS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "Maven ran but no kafka_2.13 jar is in $JARS"
+  touch "$JARS/.complete"
+}
+
+running() {
+  [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+write_config() {
+  local sasl="$1" cfg="$KAFKA_STATE_DIR/server.properties"
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$((KAFKA_PORT + 1))"
+  local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ "$sasl" == 1 ]]; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$((KAFKA_PORT + 2))"
+    advertised+=",SASL_PLAINTEXT://127.0.0.1:$((KAFKA_PORT + 2))"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
+  cat >"$cfg" <<PROPS
+# Written by scripts/kafka.sh: a single-node KRaft broker+controller on loopback.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((KAFKA_PORT + 1))
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
+log.dirs=$KAFKA_STATE_DIR/data
+# Topics are created on purpose (the relay does it, or a test), never by a typo in a client.
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+  if [[ "$sasl" == 1 ]]; then
+    cat >>"$cfg" <<PROPS
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+  fi
+  echo "$cfg"
+}
+
+kafka_java() { # kafka_java MAINCLASS ARGS...: run a Kafka class with the cached jars
+  java -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \
+    -Dsoundline.kafka.log="$KAFKA_STATE_DIR/server.log" -cp "$JARS/*" "$@"
+}
+
+cmd_start() {
+  local sasl=0
+  for arg in "$@"; do
+    case "$arg" in
+      --sasl) sasl=1 ;;
+      *) die "kafka.sh start: unknown option $arg (expected --sasl)" ;;
+    esac
+  done
+  java_ok
+  cmd_fetch
+  if running; then
+    if [[ "$(cat "$KAFKA_STATE_DIR/mode" 2>/dev/null)" == "$sasl" ]]; then
+      say "Kafka already running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$PID_FILE"))"
+      return 0
+    fi
+    say "Kafka on $KAFKA_PORT runs in another mode; restarting it"
+    cmd_stop
+  fi
+  if port_open "$KAFKA_PORT"; then
+    die "port $KAFKA_PORT is taken by a process this script did not start; set KAFKA_PORT to a free port"
+  fi
+  mkdir -p "$KAFKA_STATE_DIR"
+  # A log dir formatted for another mode (no SCRAM users) is formatted anew.
+  if [[ "$(cat "$KAFKA_STATE_DIR/mode" 2>/dev/null)" != "$sasl" ]]; then rm -rf "$KAFKA_STATE_DIR/data"; fi
+  local cfg
+  cfg="$(write_config "$sasl")"
+  echo "$sasl" >"$KAFKA_STATE_DIR/mode"
+  if [[ ! -f "$KAFKA_STATE_DIR/data/meta.properties" ]]; then
+    local scram=()
+    if [[ "$sasl" == 1 ]]; then
+      scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
+        --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    fi
+    local cluster_id
+    cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+    if ! kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$cfg" "${scram[@]}" \
+        >"$KAFKA_STATE_DIR/format.log" 2>&1; then
+      tail -n 5 "$KAFKA_STATE_DIR/format.log" >&2
+      die "formatting the Kafka log dir $KAFKA_STATE_DIR/data failed (log: $KAFKA_STATE_DIR/format.log)"
+    fi
+  fi
+  say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT$([[ $sasl == 1 ]] && echo " (SASL on $((KAFKA_PORT + 2)))")"
+  # setsid: the broker outlives this script, and a Ctrl+C in the terminal that started it does not reach it.
+  setsid java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \
+    -Dsoundline.kafka.log="$KAFKA_STATE_DIR/server.log" \
+    -cp "$JARS/*" kafka.Kafka "$cfg" >"$KAFKA_STATE_DIR/stdout.log" 2>&1 </dev/null &
+  echo $! >"$PID_FILE"
+  local deadline=$((SECONDS + 90))
+  until grep -q 'Kafka Server started' "$KAFKA_STATE_DIR/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; do
+    if ! running; then
+      tail -n 20 "$KAFKA_STATE_DIR/server.log" "$KAFKA_STATE_DIR/stdout.log" >&2 2>/dev/null || true
+      die "Kafka exited during start-up (logs in $KAFKA_STATE_DIR)"
+    fi
+    if ((SECONDS > deadline)); then
+      cmd_stop
+      die "Kafka did not answer on 127.0.0.1:$KAFKA_PORT within 90 s (logs in $KAFKA_STATE_DIR)"
+    fi
+    sleep 0.5
+  done
+  say "Kafka is up on 127.0.0.1:$KAFKA_PORT (pid $(cat "$PID_FILE"), logs in $KAFKA_STATE_DIR)"
+}
+
+cmd_stop() {
+  if ! running; then
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  local pid
+  pid="$(cat "$PID_FILE")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "Kafka (pid $pid) did not stop within 30 s; killing it"
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PID_FILE"
+  say "Kafka on $KAFKA_PORT stopped"
+}
+
+cmd_status() {
+  if running; then
+    echo "Kafka running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$PID_FILE"), state $KAFKA_STATE_DIR)"
+  else
+    echo "Kafka not running (port $KAFKA_PORT)"
+    return 1
+  fi
+}
+
+cmd_env() {
+  echo "SOUNDLINE_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
+  if [[ "$(cat "$KAFKA_STATE_DIR/mode" 2>/dev/null)" == 1 ]]; then
+    echo "SOUNDLINE_TEST_KAFKA_SASL=127.0.0.1:$((KAFKA_PORT + 2))"
+    echo "SOUNDLINE_TEST_KAFKA_USER=$SASL_USER"
+    echo "SOUNDLINE_TEST_KAFKA_PASSWORD=$SASL_PASSWORD"
+  fi
+}
+
+case "${1:-}" in
+  fetch) cmd_fetch ;;
+  start) shift; cmd_start "$@" ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  classpath) cmd_fetch; echo "$JARS/*" ;;
+  *) die "usage: scripts/kafka.sh fetch|start [--sasl]|stop|status|env|classpath" ;;
+esac

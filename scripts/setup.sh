@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs everything Soundline's build, tests and `make run` need on a fresh machine. Every step is skipped
+# when its result is already there, so this is cheap to run before every command (make run/test/bench do).
+#
+#   rust:    the wasm32-unknown-unknown target
+#   tools:   trunk 0.21.14 and wasm-bindgen-cli at the exact version in Cargo.lock (cargo install, cached in ~/.cargo/bin)
+#   system:  chromium + chromium-driver (browser tests), binaryen (wasm-opt), kcat (checks) from Debian's packages
+#   kafka:   the Apache Kafka broker and tools jars, via Maven, into $SOUNDLINE_CACHE
+#
+# Usage: scripts/setup.sh [rust|tools|system|kafka]...   (no argument: all of them)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+TRUNK_VERSION=0.21.14
+APT_PACKAGES=(chromium chromium-driver binaryen kcat)
+
+setup_rust() {
+  need rustup "Rust comes from rustup (https://rustup.rs); install it first"
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown Rust target"
+    rustup target add wasm32-unknown-unknown >&2
+  fi
+}
+
+wasm_bindgen_version() { # the wasm-bindgen version Cargo.lock pins; wasm-bindgen-cli must match it exactly
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$REPO_ROOT/Cargo.lock"
+}
+
+setup_tools() {
+  need cargo "Rust comes from rustup (https://rustup.rs); install it first"
+  if [[ "$(trunk --version 2>/dev/null)" != "trunk $TRUNK_VERSION" ]]; then
+    # 0.21.14 is the newest trunk that builds with rustc 1.95 (0.22 needs 1.96.1). About 6.5 minutes on 2 cores.
+    say "installing trunk $TRUNK_VERSION (cargo install, a few minutes)"
+    cargo install --locked trunk --version "$TRUNK_VERSION" >&2 || die "cargo install trunk $TRUNK_VERSION failed"
+  fi
+  local wb
+  wb="$(wasm_bindgen_version)"
+  [[ -n "$wb" ]] || die "no wasm-bindgen entry in Cargo.lock; run cargo generate-lockfile"
+  if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $wb" ]]; then
+    # Not --locked: the CLI's own lock file pins a webpki-roots version crates.io no longer serves.
+    say "installing wasm-bindgen-cli $wb (must match Cargo.lock; about 2 minutes)"
+    cargo install wasm-bindgen-cli --version "$wb" >&2 || die "cargo install wasm-bindgen-cli $wb failed"
+  fi
+}
+
+setup_system() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v wasm-opt >/dev/null || missing+=(binaryen)
+  command -v kcat >/dev/null || missing+=(kcat)
+  ((${#missing[@]})) || return 0
+  need apt-get "the browser tests need ${missing[*]} from Debian's packages, and apt-get is not here"
+  local sudo=()
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null || die "installing ${missing[*]} needs root (apt-get); run as root or install them by hand"
+    sudo=(sudo)
+  fi
+  say "installing ${missing[*]} from Debian's packages"
+  "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2 \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+setup_kafka() {
+  bash "$REPO_ROOT/scripts/kafka.sh" fetch
+}
+
+steps=("$@")
+((${#steps[@]})) || steps=(rust system kafka tools)
+for step in "${steps[@]}"; do
+  case "$step" in
+    rust | tools | system | kafka) "setup_$step" ;;
+    *) die "setup.sh: unknown step $step (expected rust, tools, system or kafka)" ;;
+  esac
+done

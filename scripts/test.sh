@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make test`: every check and every test, against a real Kafka broker this script starts (and stops).
+#
+#   1. cargo fmt --check
+#   2. clippy -D warnings, host (whole workspace, all targets) and wasm32 (shared + web)
+#   3. a fresh single-node Kafka with a SASL listener (scripts/kafka.sh), started while 1-2 run
+#   4. cargo test: unit, property, golden and integration tests (the integration tests need that broker)
+#   5. trunk build --release of the web app into dist/
+#
+# Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next two).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+
+export KAFKA_PORT="${SOUNDLINE_TEST_KAFKA_PORT:-19092}"
+export KAFKA_STATE_DIR="${TMPDIR:-/tmp}/soundline-test-kafka-$KAFKA_PORT"
+# Integration tests must never skip for want of a broker; tests/src/lib.rs fails them instead.
+export CI="${CI:-}"
+
+declare -a timings=()
+run_step() { # run_step NAME CMD...: run, time, and stop everything on failure
+  local name="$1" start=$SECONDS
+  shift
+  say "$name"
+  if ! "$@"; then
+    die "step failed: $name"
+  fi
+  timings+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+}
+
+kafka_log="$(mktemp)"
+cleanup() {
+  bash scripts/kafka.sh stop >/dev/null 2>&1 || true
+  rm -f "$kafka_log"
+}
+trap cleanup EXIT
+
+# A fresh broker for every run: no topics or records left from an earlier one.
+bash scripts/kafka.sh stop >/dev/null 2>&1 || true
+rm -rf "$KAFKA_STATE_DIR"
+bash scripts/kafka.sh start --sasl >"$kafka_log" 2>&1 &
+kafka_pid=$!
+
+run_step "cargo fmt --check" cargo fmt --all --check
+run_step "clippy (host)" cargo clippy --workspace --all-targets --locked -- -D warnings
+run_step "clippy (wasm32)" cargo clippy -p soundline-shared -p soundline-web --lib --target wasm32-unknown-unknown --locked -- -D warnings
+
+if ! wait "$kafka_pid"; then
+  cat "$kafka_log" >&2
+  die "the test Kafka broker did not start (see above)"
+fi
+cat "$kafka_log" >&2
+eval "$(bash scripts/kafka.sh env | sed 's/^/export /')"
+
+run_step "cargo test (unit, property, integration against Kafka at $SOUNDLINE_TEST_KAFKA)" \
+  cargo test --workspace --locked
+run_step "trunk build --release" trunk build --release --locked
+[[ -f dist/index.html ]] && compgen -G 'dist/*.wasm' >/dev/null || die "trunk build did not produce dist/index.html and a .wasm"
+
+say "all steps passed"
+printf '%s\n' "${timings[@]}" >&2

@@ -1,0 +1,92 @@
+//! Support for Soundline's integration and end-to-end tests: where the real broker is, and fresh topics on it.
+//!
+//! The broker is the one `scripts/kafka.sh` starts; `make test` starts it and exports its address as
+//! `SOUNDLINE_TEST_KAFKA` (and `SOUNDLINE_TEST_KAFKA_SASL` + credentials for the SASL listener). A test that needs
+//! Kafka and does not find it **fails** with a line saying how to get one: it never passes by skipping.
+//!
+//! Like rskafka's own suite, every test works on its own randomly named topic, so tests run in parallel on one
+//! broker without seeing each other's records.
+#![deny(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::BackoffConfig;
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+
+/// Address of the test broker's PLAINTEXT listener.
+///
+/// # Panics
+///
+/// When `SOUNDLINE_TEST_KAFKA` is not set: the tests need a real broker (`make test` starts one).
+pub fn kafka_bootstrap() -> String {
+    require_env("SOUNDLINE_TEST_KAFKA")
+}
+
+/// The SASL_PLAINTEXT listener's address and its user and password.
+///
+/// # Panics
+///
+/// When the broker was not started with `scripts/kafka.sh start --sasl` (as `make test` does).
+pub fn kafka_sasl() -> (String, String, String) {
+    (
+        require_env("SOUNDLINE_TEST_KAFKA_SASL"),
+        require_env("SOUNDLINE_TEST_KAFKA_USER"),
+        require_env("SOUNDLINE_TEST_KAFKA_PASSWORD"),
+    )
+}
+
+fn require_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests need the real Kafka broker that `make test` starts \
+             (or run `scripts/kafka.sh start --sasl` and export the lines `scripts/kafka.sh env` prints)"
+        ),
+    }
+}
+
+/// A topic name no other test uses.
+pub fn random_topic(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An rskafka client on the test broker's PLAINTEXT listener.
+pub async fn client() -> Arc<Client> {
+    let bootstrap = kafka_bootstrap();
+    let client = ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test broker at {bootstrap}: {e}"));
+    Arc::new(client)
+}
+
+/// An rskafka client on the SASL listener, with the given mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
+pub async fn sasl_client(mechanism: &str, password: Option<&str>) -> Result<Client, rskafka::client::error::Error> {
+    let (addr, user, real_password) = kafka_sasl();
+    let credentials = Credentials::new(user, password.unwrap_or(&real_password).to_owned());
+    let sasl = match mechanism {
+        "PLAIN" => SaslConfig::Plain(credentials),
+        "SCRAM-SHA-256" => SaslConfig::ScramSha256(credentials),
+        "SCRAM-SHA-512" => SaslConfig::ScramSha512(credentials),
+        other => panic!("unknown SASL mechanism {other}"),
+    };
+    // rskafka retries a failed connection forever by default; a wrong password must fail, not hang.
+    let backoff = BackoffConfig { deadline: Some(Duration::from_secs(2)), ..BackoffConfig::default() };
+    ClientBuilder::new(vec![addr]).sasl_config(sasl).backoff_config(backoff).build().await
+}
+
+/// Creates `topic` with `partitions` partitions and waits until every partition has a leader.
+pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
+    let controller = client.controller_client().expect("controller client");
+    controller.create_topic(topic, partitions, 1, 5_000).await.unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
+    for partition in 0..partitions {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.partition_client(topic, partition, rskafka::client::partition::UnknownTopicHandling::Retry),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("partition {topic}/{partition} got no leader within 30 s"))
+        .unwrap_or_else(|e| panic!("partition client {topic}/{partition}: {e}"));
+    }
+}
