@@ -45,12 +45,18 @@ run_step "cargo fmt --check" cargo fmt --all --check
 run_step "clippy (host)" cargo clippy --workspace --all-targets --locked -- -D warnings
 run_step "clippy (wasm32)" cargo clippy -p soundline-shared -p soundline-web --lib --target wasm32-unknown-unknown --locked -- -D warnings
 
+# The SIGTERM tests run the real binary; tests find it beside their own executable.
+run_step "cargo build (relay binary)" cargo build -p soundline-relay --locked
+
 if ! wait "$kafka_pid"; then
   cat "$kafka_log" >&2
   die "the test Kafka broker did not start (see above)"
 fi
 cat "$kafka_log" >&2
 eval "$(bash scripts/kafka.sh env | sed 's/^/export /')"
+# For tests that run Kafka's own Java tools (the console producer checks the partitioner).
+SOUNDLINE_KAFKA_CLASSPATH="$(bash scripts/kafka.sh classpath)"
+export SOUNDLINE_KAFKA_CLASSPATH
 
 run_step "cargo test (unit, property, integration against Kafka at $SOUNDLINE_TEST_KAFKA)" \
   cargo test --workspace --locked

@@ -214,37 +214,14 @@ impl Envelope {
 
     /// The envelope as the compact JSON bytes that go into Kafka.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.origin.pcm_le.len() * 4 / 3 + 512);
+        let mut out = Vec::new();
         self.write_json(&mut out);
         out
     }
 
     /// Appends the JSON to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let r = &self.recording;
-        let wire = Wire {
-            uuid: &self.uuid,
-            ver: &self.stamp.ver,
-            sys_type: self.stamp.sys_type,
-            sys_tag: &self.stamp.sys_tag,
-            collect_timestamp: self.collect_timestamp_ms,
-            device_info: &r.device,
-            location_info: &r.location,
-            segment_id: &r.segment_id,
-            inspection_info: &r.inspection_info,
-            origin_data: WireOrigin {
-                base64: Base64Pcm(&self.origin.pcm_le),
-                hz: self.origin.hz,
-                bits: self.origin.bits,
-                size: self.origin.pcm_le.len() as u64,
-                duration: self.origin.duration_ms(),
-            },
-        };
-        // Writing into a Vec cannot fail, and every field is a plain string or number, which serde_json always
-        // serializes: there is no error to report here.
-        if let Err(e) = serde_json::to_writer(out, &wire) {
-            unreachable!("serializing an envelope into memory failed: {e}");
-        }
+        write_json(&self.uuid, &self.stamp, &self.recording, self.collect_timestamp_ms, &self.origin.pcm_le, out);
     }
 
     /// Parses an envelope whose `sysTag` must be [`DEFAULT_SYS_TAG`].
@@ -322,6 +299,44 @@ impl Envelope {
             // hz and bits were checked equal to the supported constants above.
             origin: OriginData { pcm_le, hz: SAMPLE_RATE_HZ, bits: BITS_PER_SAMPLE },
         })
+    }
+}
+
+/// Appends the JSON of the envelope made of these parts to `out`, without building an [`Envelope`].
+///
+/// This is the relay's per-frame path: the metadata is borrowed from the connection and the PCM from the
+/// WebSocket message, and the base64 is written straight into `out`. The PCM is 16 kHz / 16-bit little-endian.
+pub fn write_json(
+    uuid: &str,
+    stamp: &Stamp,
+    recording: &Recording,
+    collect_timestamp_ms: i64,
+    pcm_le: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.reserve(pcm_le.len() * 4 / 3 + 512);
+    let wire = Wire {
+        uuid,
+        ver: &stamp.ver,
+        sys_type: stamp.sys_type,
+        sys_tag: &stamp.sys_tag,
+        collect_timestamp: collect_timestamp_ms,
+        device_info: &recording.device,
+        location_info: &recording.location,
+        segment_id: &recording.segment_id,
+        inspection_info: &recording.inspection_info,
+        origin_data: WireOrigin {
+            base64: Base64Pcm(pcm_le),
+            hz: SAMPLE_RATE_HZ,
+            bits: BITS_PER_SAMPLE,
+            size: pcm_le.len() as u64,
+            duration: duration_ms(pcm_le.len() as u64 / 2, u64::from(SAMPLE_RATE_HZ)),
+        },
+    };
+    // Writing into a Vec cannot fail, and every field is a plain string or number, which serde_json always
+    // serializes: there is no error to report here.
+    if let Err(e) = serde_json::to_writer(out, &wire) {
+        unreachable!("serializing an envelope into memory failed: {e}");
     }
 }
 

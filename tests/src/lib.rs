@@ -8,6 +8,9 @@
 //! broker without seeing each other's records.
 #![deny(unsafe_code)]
 
+pub mod recorder;
+pub mod relay;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,4 +92,25 @@ pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
         .unwrap_or_else(|_| panic!("partition {topic}/{partition} got no leader within 30 s"))
         .unwrap_or_else(|e| panic!("partition client {topic}/{partition}: {e}"));
     }
+}
+
+/// Every record of `topic` (all `partitions`), as (partition, offset, record), in partition then offset order.
+pub async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32, i64, rskafka::record::Record)> {
+    let mut out = Vec::new();
+    for partition in 0..partitions {
+        let pc = client
+            .partition_client(topic, partition, rskafka::client::partition::UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        let end = pc.get_offset(rskafka::client::partition::OffsetAt::Latest).await.expect("latest offset");
+        let mut offset = pc.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.expect("earliest offset");
+        while offset < end {
+            let (records, _) = pc.fetch_records(offset, 1..10_000_000, 1_000).await.expect("fetch");
+            for r in records {
+                offset = r.offset + 1;
+                out.push((partition, r.offset, r.record));
+            }
+        }
+    }
+    out
 }

@@ -1,0 +1,740 @@
+//! The relay's configuration: one table of settings, three sources, one typed [`Config`].
+//!
+//! Sources, in rising precedence:
+//! 1. the JSON config file (`--config FILE` or `SOUNDLINE_CONFIG`), in the existing uploader's format
+//!    (`{"isDebug":..,"version":..,"kafka":{"urls":[{"host":..,"port":..}],"weight_topic":..,"uname":..,
+//!    "upassword":..,"communication_protocol":..,"security_protocol":..,"sasl_mechanism":..}}`), so operators keep
+//!    their file, extended with a `"relay"` object for the relay's own keys;
+//! 2. environment variables `SOUNDLINE_*`;
+//! 3. command-line flags.
+//!
+//! Every setting is a row of [`SETTINGS`]; the README's configuration table is checked against it by a test.
+//! A wrong or missing value is one [`ConfigError`] line naming where the value came from (file key, variable or
+//! flag) and what is expected; `main` prints it and exits with code 2. Kafka credentials come from the file or
+//! the environment only, never from a flag (flags show up in `ps`), and never appear in logs: [`Secret`] prints
+//! as `***`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use soundline_shared::envelope::Stamp;
+
+/// One setting: its canonical key and where each source spells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Canonical key.
+    pub key: &'static str,
+    /// Dotted path in the JSON config file.
+    pub file: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Command-line flag (without `--`), if any.
+    pub flag: Option<&'static str>,
+    /// Default, if any.
+    pub default: Option<&'static str>,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+const fn s(
+    key: &'static str,
+    file: &'static str,
+    env: &'static str,
+    flag: Option<&'static str>,
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Setting {
+    Setting { key, file, env, flag, default, help }
+}
+
+/// Every setting the relay reads.
+pub const SETTINGS: &[Setting] = &[
+    s(
+        "listen",
+        "relay.listen",
+        "SOUNDLINE_LISTEN",
+        Some("listen"),
+        Some("127.0.0.1:8080"),
+        "address:port the HTTP/WebSocket server binds",
+    ),
+    s(
+        "static_dir",
+        "relay.static_dir",
+        "SOUNDLINE_STATIC_DIR",
+        Some("static-dir"),
+        None,
+        "directory of the built web app (trunk's dist/) to serve at /",
+    ),
+    s(
+        "debug",
+        "isDebug",
+        "SOUNDLINE_DEBUG",
+        Some("debug"),
+        Some("false"),
+        "debug logging: one line per frame (size, topic, timestamp)",
+    ),
+    s(
+        "log_json",
+        "relay.log_json",
+        "SOUNDLINE_LOG_JSON",
+        Some("log-json"),
+        Some("false"),
+        "log as JSON lines instead of human-readable text",
+    ),
+    s(
+        "brokers",
+        "kafka.urls",
+        "SOUNDLINE_KAFKA_BROKERS",
+        Some("brokers"),
+        None,
+        "Kafka bootstrap brokers, host:port[,host:port...] (file: [{\"host\":..,\"port\":..}])",
+    ),
+    s(
+        "topic",
+        "kafka.weight_topic",
+        "SOUNDLINE_TOPIC",
+        Some("topic"),
+        Some("aicp-sound"),
+        "Kafka topic the envelopes are produced to",
+    ),
+    s(
+        "security_protocol",
+        "kafka.security_protocol",
+        "SOUNDLINE_KAFKA_SECURITY_PROTOCOL",
+        Some("security-protocol"),
+        Some("PLAINTEXT"),
+        "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL",
+    ),
+    s(
+        "sasl_mechanism",
+        "kafka.sasl_mechanism",
+        "SOUNDLINE_KAFKA_SASL_MECHANISM",
+        Some("sasl-mechanism"),
+        Some("PLAIN"),
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)",
+    ),
+    s("username", "kafka.uname", "SOUNDLINE_KAFKA_USERNAME", None, None, "SASL user name (file or environment only)"),
+    s(
+        "password",
+        "kafka.upassword",
+        "SOUNDLINE_KAFKA_PASSWORD",
+        None,
+        None,
+        "SASL password (file or environment only; or SOUNDLINE_KAFKA_PASSWORD_FILE)",
+    ),
+    s(
+        "password_file",
+        "relay.kafka_password_file",
+        "SOUNDLINE_KAFKA_PASSWORD_FILE",
+        None,
+        None,
+        "file whose first line is the SASL password",
+    ),
+    s(
+        "ca_file",
+        "relay.kafka_ca_file",
+        "SOUNDLINE_KAFKA_CA_FILE",
+        Some("kafka-ca-file"),
+        None,
+        "PEM file of CA certificates for SSL/SASL_SSL (default: the Mozilla roots)",
+    ),
+    s(
+        "ver",
+        "kafka.communication_protocol",
+        "SOUNDLINE_VER",
+        Some("ver"),
+        Some("1.0"),
+        "the envelope's \"ver\" string",
+    ),
+    s("sys_type", "relay.sys_type", "SOUNDLINE_SYS_TYPE", None, Some("3"), "the envelope's \"sysType\""),
+    s("sys_tag", "relay.sys_tag", "SOUNDLINE_SYS_TAG", None, Some("AICP_SOUND"), "the envelope's \"sysTag\""),
+    s(
+        "create_topic",
+        "relay.create_topic",
+        "SOUNDLINE_CREATE_TOPIC",
+        Some("create-topic"),
+        Some("true"),
+        "create the topic when it is missing (false: a missing topic is an error)",
+    ),
+    s(
+        "partitions",
+        "relay.partitions",
+        "SOUNDLINE_PARTITIONS",
+        Some("partitions"),
+        Some("6"),
+        "partitions of a topic the relay creates",
+    ),
+    s(
+        "replication_factor",
+        "relay.replication_factor",
+        "SOUNDLINE_REPLICATION_FACTOR",
+        Some("replication-factor"),
+        Some("1"),
+        "replication factor of a topic the relay creates",
+    ),
+    s(
+        "compression",
+        "relay.compression",
+        "SOUNDLINE_COMPRESSION",
+        Some("compression"),
+        Some("none"),
+        "record batch compression: none, gzip, lz4, snappy or zstd",
+    ),
+    s(
+        "linger_ms",
+        "relay.linger_ms",
+        "SOUNDLINE_LINGER_MS",
+        Some("linger-ms"),
+        Some("5"),
+        "how long a partition's batch waits for more records before it is sent",
+    ),
+    s(
+        "batch_max_bytes",
+        "relay.batch_max_bytes",
+        "SOUNDLINE_BATCH_MAX_BYTES",
+        None,
+        Some("1000000"),
+        "largest record batch sent in one produce request",
+    ),
+    s(
+        "max_message_bytes",
+        "relay.max_message_bytes",
+        "SOUNDLINE_MAX_MESSAGE_BYTES",
+        None,
+        Some("1048588"),
+        "the broker's/topic's max message size; larger envelopes are refused, never truncated",
+    ),
+    s(
+        "memory_budget_bytes",
+        "relay.memory_budget_bytes",
+        "SOUNDLINE_MEMORY_BUDGET_BYTES",
+        None,
+        Some("268435456"),
+        "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders",
+    ),
+    s(
+        "max_frame_ms",
+        "relay.max_frame_ms",
+        "SOUNDLINE_MAX_FRAME_MS",
+        None,
+        Some("2000"),
+        "longest accepted audio frame, in ms of 16 kHz audio",
+    ),
+    s(
+        "max_connections",
+        "relay.max_connections",
+        "SOUNDLINE_MAX_CONNECTIONS",
+        None,
+        Some("10000"),
+        "WebSocket connections served at once; more are refused with HTTP 503",
+    ),
+    s(
+        "shutdown_timeout_s",
+        "relay.shutdown_timeout_s",
+        "SOUNDLINE_SHUTDOWN_TIMEOUT_S",
+        None,
+        Some("20"),
+        "on SIGTERM, how long to wait for Kafka to ack what is in flight",
+    ),
+];
+
+/// A configuration value that is wrong or missing: one line, naming where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    /// Where the value came from: `config file key kafka.weight_topic`, `SOUNDLINE_TOPIC`, `--topic`, ...
+    pub origin: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn err(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { origin: origin.into(), message: message.into() }
+}
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `security_protocol`, as Kafka's clients spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    Plaintext,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+    /// TLS without SASL.
+    Ssl,
+}
+
+impl SecurityProtocol {
+    /// Whether the connection uses TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Self::SaslSsl | Self::Ssl)
+    }
+    /// Whether the connection authenticates with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// `sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// PLAIN.
+    Plain,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    ScramSha512,
+}
+
+/// Record batch compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// none.
+    None,
+    /// gzip.
+    Gzip,
+    /// lz4.
+    Lz4,
+    /// snappy.
+    Snappy,
+    /// zstd.
+    Zstd,
+}
+
+/// How the relay reaches Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic for envelopes.
+    pub topic: String,
+    /// Transport security.
+    pub security: SecurityProtocol,
+    /// SASL mechanism, used when `security.sasl()`.
+    pub sasl_mechanism: SaslMechanism,
+    /// SASL credentials, required when `security.sasl()`.
+    pub credentials: Option<(String, Secret)>,
+    /// CA certificates for TLS (PEM); `None`: the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Create the topic when missing.
+    pub create_topic: bool,
+    /// Partitions of a created topic.
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    pub replication_factor: i16,
+    /// Record batch compression.
+    pub compression: Compression,
+    /// Batch linger.
+    pub linger: Duration,
+    /// Largest batch in one produce request, bytes.
+    pub batch_max_bytes: usize,
+    /// The broker's max message size, bytes.
+    pub max_message_bytes: usize,
+}
+
+/// The relay's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Built web app to serve at `/`.
+    pub static_dir: Option<PathBuf>,
+    /// Debug logging.
+    pub debug: bool,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// `ver`, `sysType`, `sysTag` of every envelope.
+    pub stamp: Stamp,
+    /// Bytes of envelopes held before Kafka acked them.
+    pub memory_budget_bytes: u64,
+    /// Largest frame, in samples.
+    pub max_frame_samples: u32,
+    /// WebSocket connections at once.
+    pub max_connections: usize,
+    /// SIGTERM grace period.
+    pub shutdown_timeout: Duration,
+}
+
+/// Raw values by setting key, each with a description of its origin.
+#[derive(Debug, Default, Clone)]
+pub struct RawConfig {
+    values: HashMap<&'static str, (String, String)>,
+}
+
+impl RawConfig {
+    /// Sets `key` from `origin` (later calls win: apply sources in rising precedence).
+    pub fn set(&mut self, key: &'static str, origin: String, value: String) {
+        self.values.insert(key, (origin, value));
+    }
+
+    /// Reads the JSON config file's text.
+    ///
+    /// # Errors
+    ///
+    /// Not JSON, not an object, a known key with the wrong JSON type, or an unknown key in the `relay` object.
+    pub fn apply_file(&mut self, path: &str, text: &str) -> Result<(), ConfigError> {
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| err(format!("config file {path}"), format!("not valid JSON: {e}")))?;
+        if !root.is_object() {
+            return Err(err(format!("config file {path}"), "must be a JSON object"));
+        }
+        if let Some(relay) = root.get("relay") {
+            let Some(relay) = relay.as_object() else {
+                return Err(err(format!("config file {path}: key relay"), "must be an object"));
+            };
+            for k in relay.keys() {
+                let dotted = format!("relay.{k}");
+                if !SETTINGS.iter().any(|s| s.file == dotted) {
+                    return Err(err(
+                        format!("config file {path}: key {dotted}"),
+                        "is not a relay setting (see the README's configuration table)",
+                    ));
+                }
+            }
+        }
+        for setting in SETTINGS {
+            let mut node = Some(&root);
+            for part in setting.file.split('.') {
+                node = node.and_then(|n| n.get(part));
+            }
+            let Some(value) = node else { continue };
+            let origin = format!("config file {path}: key {}", setting.file);
+            let text =
+                if setting.key == "brokers" { urls_to_text(&origin, value)? } else { scalar_text(&origin, value)? };
+            if let Some(text) = text {
+                self.set(setting.key, origin, text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `SOUNDLINE_*` variables through `get` (`std::env::var` in production).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        for setting in SETTINGS {
+            if let Some(v) = get(setting.env) {
+                self.set(setting.key, setting.env.to_owned(), v);
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(&str, &str)> {
+        self.values.get(key).map(|(o, v)| (o.as_str(), v.as_str())).or_else(|| {
+            let setting = SETTINGS.iter().find(|s| s.key == key)?;
+            setting.default.map(|d| ("default", d))
+        })
+    }
+
+    fn parse<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+        let Some((origin, raw)) = self.get(key) else {
+            let s = SETTINGS.iter().find(|s| s.key == key);
+            let how = s.map(|s| format!("set {} or config file key {}", s.env, s.file)).unwrap_or_default();
+            return Err(err(key, format!("is required: {how}")));
+        };
+        f(raw.trim()).ok_or_else(|| err(origin, format!("expected {expected}, got {raw:?}")))
+    }
+
+    fn optional<T>(&self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ConfigError> {
+        if self.get(key).is_none() { Ok(None) } else { self.parse(key, expected, f).map(Some) }
+    }
+
+    /// Turns the raw values into a [`Config`], checking each.
+    ///
+    /// # Errors
+    ///
+    /// The first wrong or missing value.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let boolean = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            _ => None,
+        };
+        let brokers = self.parse("brokers", "host:port[,host:port...]", |v| {
+            let list: Vec<String> = v.split(',').map(|b| b.trim().to_owned()).collect();
+            list.iter().all(|b| valid_host_port(b)).then_some(list)
+        })?;
+        let security = self.parse("security_protocol", "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL", |v| {
+            match v.to_ascii_uppercase().as_str() {
+                "PLAINTEXT" => Some(SecurityProtocol::Plaintext),
+                "SASL_PLAINTEXT" => Some(SecurityProtocol::SaslPlaintext),
+                "SASL_SSL" => Some(SecurityProtocol::SaslSsl),
+                "SSL" => Some(SecurityProtocol::Ssl),
+                _ => None,
+            }
+        })?;
+        let sasl_mechanism = self.parse("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", |v| {
+            match v.to_ascii_uppercase().as_str() {
+                "PLAIN" => Some(SaslMechanism::Plain),
+                "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
+                "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
+                _ => None,
+            }
+        })?;
+        let credentials = if security.sasl() {
+            let user = self.parse("username", "a SASL user name", |v| (!v.is_empty()).then(|| v.to_owned()))?;
+            let password = match self.optional("password_file", "a readable file path", |v| Some(PathBuf::from(v)))? {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        err("SOUNDLINE_KAFKA_PASSWORD_FILE", format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    text.lines().next().unwrap_or_default().to_owned()
+                }
+                None => self.parse("password", "a SASL password", |v| Some(v.to_owned()))?,
+            };
+            Some((user, Secret(password)))
+        } else {
+            None
+        };
+        let ca_file = self.optional("ca_file", "a PEM file path", |v| Some(PathBuf::from(v)))?;
+        if let Some(path) = &ca_file
+            && !path.is_file()
+        {
+            let origin = self.get("ca_file").map(|(o, _)| o.to_owned()).unwrap_or_default();
+            return Err(err(origin, format!("{} is not a readable file", path.display())));
+        }
+        let compression =
+            self.parse("compression", "none, gzip, lz4, snappy or zstd", |v| match v.to_ascii_lowercase().as_str() {
+                "none" => Some(Compression::None),
+                "gzip" => Some(Compression::Gzip),
+                "lz4" => Some(Compression::Lz4),
+                "snappy" => Some(Compression::Snappy),
+                "zstd" => Some(Compression::Zstd),
+                _ => None,
+            })?;
+        let max_message_bytes = self.parse("max_message_bytes", "a byte count of at least 65536", |v| {
+            v.parse().ok().filter(|n| *n >= 65_536)
+        })?;
+        let batch_max_bytes: usize =
+            self.parse("batch_max_bytes", "a byte count of at least 1024", |v| v.parse().ok().filter(|n| *n >= 1024))?;
+        let max_frame_ms: u32 = self.parse("max_frame_ms", "milliseconds between 10 and 10000", |v| {
+            v.parse().ok().filter(|n| (10..=10_000).contains(n))
+        })?;
+        let kafka =
+            KafkaConfig {
+                brokers,
+                topic: self.parse("topic", "a Kafka topic name (1-249 of [a-zA-Z0-9._-])", |v| {
+                    valid_topic(v).then(|| v.to_owned())
+                })?,
+                security,
+                sasl_mechanism,
+                credentials,
+                ca_file,
+                create_topic: self.parse("create_topic", "true or false", boolean)?,
+                partitions: self.parse("partitions", "a partition count between 1 and 10000", |v| {
+                    v.parse().ok().filter(|n| (1..=10_000).contains(n))
+                })?,
+                replication_factor: self.parse("replication_factor", "a replication factor between 1 and 32", |v| {
+                    v.parse().ok().filter(|n| (1..=32).contains(n))
+                })?,
+                compression,
+                linger: Duration::from_millis(self.parse("linger_ms", "milliseconds between 0 and 10000", |v| {
+                    v.parse().ok().filter(|n| *n <= 10_000)
+                })?),
+                // A batch is one Kafka message as far as message.max.bytes goes: never build one the broker refuses.
+                batch_max_bytes: batch_max_bytes.min(max_message_bytes),
+                max_message_bytes,
+            };
+        let stamp = Stamp {
+            ver: self.parse("ver", "a version string", |v| Some(v.to_owned()))?,
+            sys_type: self.parse("sys_type", "an integer", |v| v.parse().ok())?,
+            sys_tag: self.parse("sys_tag", "a non-empty tag", |v| (!v.is_empty()).then(|| v.to_owned()))?,
+        };
+        Ok(Config {
+            listen: self.parse("listen", "address:port, e.g. 0.0.0.0:8080", |v| v.parse().ok())?,
+            static_dir: self.optional("static_dir", "a directory", |v| Some(PathBuf::from(v)))?,
+            debug: self.parse("debug", "true or false", boolean)?,
+            log_json: self.parse("log_json", "true or false", boolean)?,
+            kafka,
+            stamp,
+            memory_budget_bytes: self.parse("memory_budget_bytes", "a byte count of at least 1048576", |v| {
+                v.parse().ok().filter(|n| *n >= 1 << 20)
+            })?,
+            max_frame_samples: max_frame_ms * (soundline_shared::SAMPLE_RATE_HZ / 1000),
+            max_connections: self.parse("max_connections", "a count between 1 and 1000000", |v| {
+                v.parse().ok().filter(|n| (1..=1_000_000).contains(n))
+            })?,
+            shutdown_timeout: Duration::from_secs(self.parse(
+                "shutdown_timeout_s",
+                "seconds between 1 and 600",
+                |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
+            )?),
+        })
+    }
+}
+
+fn scalar_text(origin: &str, value: &Value) -> Result<Option<String>, ConfigError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        Value::Array(_) | Value::Object(_) => Err(err(origin, "expected a string, number or boolean")),
+    }
+}
+
+fn urls_to_text(origin: &str, value: &Value) -> Result<Option<String>, ConfigError> {
+    let Some(items) = value.as_array() else {
+        return Err(err(origin, "expected a list like [{\"host\":\"kafka-1\",\"port\":9092}]"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let host = item.get("host").and_then(Value::as_str).filter(|h| !h.is_empty());
+        let port = item.get("port").and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())));
+        match (host, port) {
+            (Some(h), Some(p)) if (1..=65_535).contains(&p) => out.push(format!("{h}:{p}")),
+            _ => return Err(err(format!("{origin}[{i}]"), "expected {\"host\": \"name\", \"port\": 1-65535}")),
+        }
+    }
+    if out.is_empty() {
+        return Err(err(origin, "lists no broker"));
+    }
+    Ok(Some(out.join(",")))
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn valid_topic(s: &str) -> bool {
+    (1..=249).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEGACY: &str = r#"{"isDebug":false,"version":"2.3.1","kafka":{"urls":[{"host":"kafka-1","port":9092},{"host":"kafka-2","port":"9093"}],
+        "weight_topic":"aicp_sound_topic","uname":"alice","upassword":"s3cret","communication_protocol":"1.2",
+        "security_protocol":"SASL_PLAINTEXT","sasl_mechanism":"SCRAM-SHA-512"}}"#;
+
+    fn from(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        if let Some(text) = file {
+            raw.apply_file("relay.json", text)?;
+        }
+        raw.apply_env(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()));
+        raw.resolve()
+    }
+
+    #[test]
+    fn the_existing_uploaders_file_configures_the_relay() {
+        let c = from(Some(LEGACY), &[]).expect("valid");
+        assert_eq!(c.kafka.brokers, ["kafka-1:9092", "kafka-2:9093"]);
+        assert_eq!(c.kafka.topic, "aicp_sound_topic");
+        assert_eq!(c.kafka.security, SecurityProtocol::SaslPlaintext);
+        assert_eq!(c.kafka.sasl_mechanism, SaslMechanism::ScramSha512);
+        let (user, password) = c.kafka.credentials.expect("credentials");
+        assert_eq!((user.as_str(), password.expose()), ("alice", "s3cret"));
+        assert_eq!(c.stamp.ver, "1.2");
+        assert_eq!(c.stamp.sys_tag, "AICP_SOUND");
+        assert_eq!(c.stamp.sys_type, 3);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = from(Some(LEGACY), &[("SOUNDLINE_TOPIC", "other"), ("SOUNDLINE_KAFKA_BROKERS", "k:1")]).expect("valid");
+        assert_eq!(c.kafka.topic, "other");
+        assert_eq!(c.kafka.brokers, ["k:1"]);
+    }
+
+    #[test]
+    fn missing_brokers_name_where_to_set_them() {
+        let e = from(None, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "brokers: is required: set SOUNDLINE_KAFKA_BROKERS or config file key kafka.urls");
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_origin_and_what_is_expected() {
+        let e = from(None, &[("SOUNDLINE_KAFKA_BROKERS", "k:1"), ("SOUNDLINE_LINGER_MS", "soon")]).unwrap_err();
+        assert_eq!(e.to_string(), "SOUNDLINE_LINGER_MS: expected milliseconds between 0 and 10000, got \"soon\"");
+        let e = from(Some(r#"{"kafka":{"urls":[{"host":"k"}]}}"#), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file relay.json: key kafka.urls[0]: expected {\"host\": \"name\", \"port\": 1-65535}"
+        );
+        let e = from(Some(r#"{"kafka":{"urls":[{"host":"k","port":1}]},"relay":{"lingr_ms":3}}"#), &[]).unwrap_err();
+        assert!(e.to_string().contains("key relay.lingr_ms: is not a relay setting"), "{e}");
+        let e = from(Some("{not json"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("config file relay.json: not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn sasl_without_credentials_is_an_error() {
+        let e = from(None, &[("SOUNDLINE_KAFKA_BROKERS", "k:1"), ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")])
+            .unwrap_err();
+        assert_eq!(e.origin, "username");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = from(Some(LEGACY), &[]).expect("valid");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("***"));
+    }
+
+    #[test]
+    fn batches_never_exceed_the_message_size() {
+        let c = from(None, &[("SOUNDLINE_KAFKA_BROKERS", "k:1"), ("SOUNDLINE_MAX_MESSAGE_BYTES", "100000")])
+            .expect("valid");
+        assert_eq!(c.kafka.batch_max_bytes, 100_000);
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../../README.md");
+        for s in SETTINGS {
+            let row = format!("| {} | `{}` | `{}` |", s.key, s.file, s.env);
+            assert!(readme.contains(&row), "README's configuration table lacks {row}");
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_distinct_key_variable_and_flag() {
+        let (mut keys, mut envs, mut files, mut flags) = Default::default();
+        let fresh = |set: &mut std::collections::HashSet<&'static str>, v| set.insert(v);
+        for s in SETTINGS {
+            assert!(
+                fresh(&mut keys, s.key) && fresh(&mut envs, s.env) && fresh(&mut files, s.file),
+                "{} repeats",
+                s.key
+            );
+            assert!(s.env.starts_with("SOUNDLINE_"));
+            if let Some(f) = s.flag {
+                assert!(fresh(&mut flags, f), "flag {f} repeats");
+            }
+        }
+        for secret in ["username", "password", "password_file"] {
+            let s = SETTINGS.iter().find(|s| s.key == secret).expect("exists");
+            assert!(s.flag.is_none(), "{secret} must not be settable on the command line");
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! `/ws/record`: one recorder connection, from hello to the last ack.
+//!
+//! # Data Flow
+//!
+//! ```text
+//!  socket ─► reader ── hello? ─► ready ─────────────────────────────────► outbound ─► writer ─► socket
+//!              │                                                            ▲            ▲
+//!              └─ frame ─► decode ─► seq check ─► envelope ─► reserve ─► producer.send    │
+//!                                                        (may wait: backpressure)  │      │
+//!                                                                                  └─ ack receivers, in order
+//!  producer link state (watch) ──────────────────────────────────────────────── status ───┘
+//! ```
+//!
+//! The socket is split, as in axum's chat example: the reader validates and hands records to the producer; the
+//! writer owns the sink and sends, in frame order, an ack per record once Kafka stored it, plus status changes.
+//! A protocol error stops the reader; the writer still delivers the acks of frames already produced (bounded by
+//! the shutdown timeout), then sends the error and closes with its code. SIGTERM does the same with
+//! `shutting_down` / 1001. A client's bad input ends only its own connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chrono::{TimeZone, Utc};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rskafka::record::Record;
+use soundline_shared::control::{ClientMessage, ErrorCode, Hello, LinkState, ServerMessage};
+use soundline_shared::envelope;
+use soundline_shared::frame::{AudioFrame, FrameError};
+use soundline_shared::recording::Recording;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::kafka::producer::{Delivery, Link, ProduceError};
+use crate::server::AppState;
+
+/// Outbound work for the writer. Bounded: when 1024 items wait (acks of ~3 minutes of 200 ms frames), the reader
+/// stops reading until the writer catches up.
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// Bytes Kafka adds around a record in a batch (record header, key, header names): a frame is refused as too
+/// large when its envelope plus this exceeds the broker's message size.
+const RECORD_OVERHEAD_BYTES: usize = 512;
+
+enum Outbound {
+    Message(ServerMessage),
+    Ack {
+        seq: u32,
+        bytes: usize,
+        delivery: oneshot::Receiver<Result<Delivery, ProduceError>>,
+    },
+    /// Stop: deliver pending acks, then send the error (if any) and close with its code.
+    Close(ErrorCode, String),
+}
+
+/// A problem that ends the connection: the code and the one-line message sent with it.
+struct Fail(ErrorCode, String);
+
+/// Serves one upgraded recorder connection until it ends.
+pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+    let (sink, stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let held = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write(sink, out_rx, state.clone(), Arc::clone(&held)));
+    let mut stream = stream;
+    let outcome = read(&mut stream, &out_tx, &state, &held, &peer).await;
+    let outcome_was_error = outcome.is_some();
+    if let Some(Fail(code, message)) = outcome {
+        state.metrics().error(code);
+        if code == ErrorCode::ShuttingDown {
+            tracing::info!(peer, "closing recorder connection for shutdown");
+        } else {
+            tracing::info!(peer, %code, message, "closing recorder connection");
+        }
+        let _ = out_tx.send(Outbound::Close(code, message)).await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    if outcome_was_error {
+        linger(&mut stream).await;
+    }
+}
+
+/// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
+/// close, for 2 s at most. Closing at once while input is unread (say, the rest of an oversized message) makes
+/// the kernel reset the connection, and the client would lose the error and the close code.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let _ = tokio::time::timeout_at(deadline, async {
+        let mut errors = 0;
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                // The reader gave up on this stream (it may re-report the same error): just hold the socket.
+                Some(Err(_)) if errors < 64 => errors += 1,
+                Some(Err(_)) | None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads until the client leaves (`None`) or a problem ends the connection.
+async fn read(
+    stream: &mut SplitStream<WebSocket>,
+    out: &mpsc::Sender<Outbound>,
+    state: &AppState,
+    held: &AtomicU64,
+    peer: &str,
+) -> Option<Fail> {
+    let shutdown = state.shutdown().clone();
+    let mut session: Option<Session> = None;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                return Some(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect and resend unacked frames".into()));
+            }
+            msg = stream.next() => msg,
+        };
+        let msg = match msg {
+            None => return None,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return classify_read_error(&e),
+        };
+        let result = match (msg, session.as_mut()) {
+            (Message::Text(text), None) => match hello(&text, state) {
+                Ok((s, ready)) => {
+                    tracing::info!(peer, car = %s.recording.device.car_id, segment = %s.recording.segment_id, "recording started");
+                    session = Some(s);
+                    out.send(Outbound::Message(ready)).await.map_err(|_| Fail(ErrorCode::Internal, String::new()))
+                }
+                Err(f) => Err(f),
+            },
+            (Message::Binary(_), None) => Err(Fail(
+                ErrorCode::HelloRequired,
+                "send the hello (a JSON text message) before any audio frame".into(),
+            )),
+            (Message::Binary(bytes), Some(s)) => frame(&bytes, s, out, state, held).await,
+            (Message::Text(_), Some(_)) => Err(Fail(
+                ErrorCode::UnexpectedText,
+                "only binary audio frames are expected after the hello; send text only once, as the hello".into(),
+            )),
+            (Message::Close(_), _) => return None,
+            (Message::Ping(_) | Message::Pong(_), _) => Ok(()),
+        };
+        if let Err(fail) = result {
+            return Some(fail);
+        }
+    }
+}
+
+fn classify_read_error(e: &axum::Error) -> Option<Fail> {
+    // axum hides tungstenite's error type; its messages are stable and name the cause.
+    let text = e.to_string();
+    if text.contains("UTF-8") || text.contains("utf-8") || text.contains("utf8") {
+        Some(Fail(ErrorCode::InvalidUtf8, "a text message was not valid UTF-8".into()))
+    } else if text.contains("Message too long") || text.contains("too long") || text.contains("Space limit exceeded") {
+        Some(Fail(ErrorCode::MessageTooBig, format!("a message exceeded the relay's size limit ({text})")))
+    } else {
+        tracing::debug!(error = %text, "recorder connection failed");
+        None
+    }
+}
+
+/// Per-connection state after the hello.
+struct Session {
+    recording: Recording,
+    /// The Kafka key: carID, UTF-8.
+    key: Vec<u8>,
+    next_seq: Option<u32>,
+}
+
+fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail> {
+    let msg = ClientMessage::parse(text).map_err(|e| Fail(e.hello_code(), e.to_string()))?;
+    let ClientMessage::Hello(Hello { recording, .. }) = msg;
+    let cfg = state.config();
+    let ready = ServerMessage::Ready {
+        protocol: soundline_shared::PROTOCOL_VERSION,
+        topic: cfg.kafka.topic.clone(),
+        max_frame_samples: cfg.max_frame_samples,
+    };
+    let key = recording.device.car_id.as_bytes().to_vec();
+    Ok((Session { recording, key, next_seq: None }, ready))
+}
+
+async fn frame(
+    bytes: &[u8],
+    session: &mut Session,
+    out: &mpsc::Sender<Outbound>,
+    state: &AppState,
+    held: &AtomicU64,
+) -> Result<(), Fail> {
+    let cfg = state.config();
+    let frame = AudioFrame::decode(bytes, cfg.max_frame_samples).map_err(|e| match e {
+        FrameError::TooManySamples { .. } => Fail(ErrorCode::FrameTooLarge, e.to_string()),
+        e => Fail(ErrorCode::BadFrame, e.to_string()),
+    })?;
+    if let Some(expected) = session.next_seq
+        && frame.seq != expected
+    {
+        return Err(Fail(ErrorCode::SequenceOutOfOrder, format!("expected seq {expected}, got {}", frame.seq)));
+    }
+    session.next_seq = Some(frame.seq.checked_add(1).ok_or_else(|| {
+        Fail(ErrorCode::SequenceOutOfOrder, "seq 4294967295 is the last of a segment; start a new segment".into())
+    })?);
+
+    let mut uuid_buf = uuid::Uuid::encode_buffer();
+    let uuid = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid_buf);
+    let mut value = Vec::new();
+    envelope::write_json(uuid, &cfg.stamp, &session.recording, frame.capture_ts_ms, frame.pcm_le, &mut value);
+    let size = value.len() + session.key.len() + RECORD_OVERHEAD_BYTES;
+    if size > cfg.kafka.max_message_bytes {
+        return Err(Fail(
+            ErrorCode::RecordTooLarge,
+            format!(
+                "frame seq {} makes a {size}-byte record; the broker accepts at most {} bytes: send shorter frames",
+                frame.seq, cfg.kafka.max_message_bytes
+            ),
+        ));
+    }
+    tracing::debug!(
+        seq = frame.seq,
+        samples = frame.sample_count(),
+        bytes = value.len(),
+        topic = %cfg.kafka.topic,
+        collect_timestamp = frame.capture_ts_ms,
+        "frame"
+    );
+    let record = Record {
+        key: Some(session.key.clone()),
+        value: Some(value),
+        headers: BTreeMap::from([
+            ("segmentId".to_owned(), session.recording.segment_id.as_bytes().to_vec()),
+            ("seq".to_owned(), frame.seq.to_string().into_bytes()),
+        ]),
+        timestamp: Utc.timestamp_millis_opt(frame.capture_ts_ms).single().unwrap_or_default(),
+    };
+
+    let producer = state.producer();
+    let permit = match producer.try_reserve(size) {
+        Some(p) => p,
+        None => {
+            state.metrics().backpressure_total.fetch_add(1, Relaxed);
+            let status = |state, message: &str| {
+                Outbound::Message(ServerMessage::Status {
+                    state,
+                    held_bytes: held.load(Ordering::Relaxed),
+                    message: message.to_owned(),
+                })
+            };
+            let _ = out
+                .send(status(
+                    LinkState::Backpressure,
+                    "the relay's memory budget is full; waiting for Kafka before reading more",
+                ))
+                .await;
+            let permit = producer.reserve(size).await;
+            let _ = out.send(status(LinkState::Ok, "reading again")).await;
+            permit
+        }
+    };
+    held.fetch_add(size as u64, Relaxed);
+    let metrics = state.metrics();
+    metrics.frames_in_total.fetch_add(1, Relaxed);
+    metrics.bytes_in_total.fetch_add(frame.pcm_le.len() as u64, Relaxed);
+    let delivery = producer.send(record, permit);
+    out.send(Outbound::Ack { seq: frame.seq, bytes: size, delivery })
+        .await
+        .map_err(|_| Fail(ErrorCode::Internal, "the connection's writer stopped".into()))
+}
+
+type Ack = (u32, usize, Result<Delivery, ProduceError>);
+
+/// Why the writer stops: the socket failed (nothing more can be sent), or the connection must close with a code.
+enum Stop {
+    SocketGone,
+    Close(ErrorCode, String),
+}
+
+/// Owns the sink: acks in frame order, status on link changes, and the final error + close.
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    state: AppState,
+    held: Arc<AtomicU64>,
+) {
+    let mut pending: FuturesOrdered<futures_util::future::BoxFuture<'static, Ack>> = FuturesOrdered::new();
+    let mut link = state.producer().link();
+    let mut last_up = true;
+    let stop = loop {
+        let link_changed = async {
+            if link.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let step = tokio::select! {
+            biased;
+            Some(ack) = pending.next(), if !pending.is_empty() => deliver(&mut sink, ack, &state, &held).await,
+            item = rx.recv() => match item {
+                Some(Outbound::Ack { seq, bytes, delivery }) => {
+                    pending.push_back(Box::pin(async move { (seq, bytes, delivery.await.unwrap_or(Err(ProduceError::Stopped))) }));
+                    Ok(())
+                }
+                Some(Outbound::Message(m)) => {
+                    let is_ready = matches!(m, ServerMessage::Ready { .. });
+                    let mut sent = send(&mut sink, m).await;
+                    if is_ready {
+                        // A recorder that connects while Kafka is away hears so right after `ready`.
+                        let current = link.borrow_and_update().clone();
+                        last_up = current.up;
+                        if sent.is_ok() && !current.up {
+                            sent = send(&mut sink, status(&current, &held)).await;
+                        }
+                    }
+                    sent.map_err(|_| Stop::SocketGone)
+                }
+                Some(Outbound::Close(code, message)) => Err(Stop::Close(code, message)),
+                // The reader ended without an error: the client left, nobody is there to ack.
+                None => Err(Stop::SocketGone),
+            },
+            () = link_changed => {
+                let current = link.borrow_and_update().clone();
+                if current.up == last_up {
+                    Ok(())
+                } else {
+                    last_up = current.up;
+                    send(&mut sink, status(&current, &held)).await.map_err(|_| Stop::SocketGone)
+                }
+            }
+        };
+        if let Err(stop) = step {
+            break stop;
+        }
+    };
+    let Stop::Close(mut code, mut message) = stop else { return };
+    // Deliver the acks of frames already handed to Kafka, within the shutdown timeout.
+    let drained = tokio::time::timeout(state.config().shutdown_timeout, async {
+        while let Some(ack) = pending.next().await {
+            match deliver(&mut sink, ack, &state, &held).await {
+                Ok(()) => {}
+                Err(Stop::SocketGone) => return None,
+                Err(Stop::Close(c, m)) => return Some((c, m)),
+            }
+        }
+        None
+    })
+    .await;
+    match drained {
+        Ok(Some((c, m))) => (code, message) = (c, m),
+        Ok(None) => {}
+        Err(_) => tracing::warn!(pending = pending.len(), "closing a recorder connection with acks still pending"),
+    }
+    let _ = send(&mut sink, ServerMessage::error(code, message.clone())).await;
+    let reason = Utf8Bytes::from(truncate(&message, 120).to_owned());
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}
+
+/// Sends one ack, or turns a refused record into the reason to close.
+async fn deliver(
+    sink: &mut SplitSink<WebSocket, Message>,
+    (seq, bytes, result): Ack,
+    state: &AppState,
+    held: &AtomicU64,
+) -> Result<(), Stop> {
+    held.fetch_sub(bytes as u64, Relaxed);
+    match result {
+        Ok(d) => {
+            send(sink, ServerMessage::Ack { seq, partition: d.partition, offset: d.offset })
+                .await
+                .map_err(|_| Stop::SocketGone)?;
+            state.metrics().acks_total.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        Err(ProduceError::TooLarge { bytes }) => {
+            state.metrics().error(ErrorCode::RecordTooLarge);
+            Err(Stop::Close(
+                ErrorCode::RecordTooLarge,
+                format!("Kafka refused frame seq {seq} ({bytes} bytes) as too large"),
+            ))
+        }
+        Err(ProduceError::Stopped) => Err(Stop::Close(
+            ErrorCode::ShuttingDown,
+            "the relay stopped before Kafka acknowledged every frame; resend unacked frames".into(),
+        )),
+    }
+}
+
+fn status(link: &Link, held: &AtomicU64) -> ServerMessage {
+    let (state, message) = if link.up {
+        (LinkState::Ok, "frames are reaching Kafka".to_owned())
+    } else {
+        (LinkState::KafkaUnavailable, format!("Kafka is unavailable ({}); frames are held and retried", link.detail))
+    };
+    ServerMessage::Status { state, held_bytes: held.load(Relaxed), message }
+}
+
+async fn send(sink: &mut SplitSink<WebSocket, Message>, msg: ServerMessage) -> Result<(), axum::Error> {
+    sink.send(Message::Text(msg.to_json().into())).await
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (close reasons are limited to 123 bytes).
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

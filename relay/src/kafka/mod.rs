@@ -1,0 +1,168 @@
+//! The relay's side of Kafka: connecting (SASL, TLS), making sure the topic exists, and the producer.
+//!
+//! rskafka speaks the wire protocol; this module adds what rskafka leaves to its users: a partitioner
+//! ([`partitioner`]), batching with linger and a memory budget ([`producer`]), and turning configuration into a
+//! connected client with errors an operator can act on.
+
+pub mod partitioner;
+pub mod producer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+
+use crate::config::{KafkaConfig, SaslMechanism};
+
+/// What can go wrong between the relay and Kafka, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The brokers could not be reached, or the connection failed.
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Unreachable {
+        /// The bootstrap list.
+        brokers: String,
+        /// rskafka's error.
+        source: ClientError,
+    },
+    /// The broker refused the SASL credentials.
+    #[error(
+        "Kafka refused the SASL credentials of user {user:?} ({mechanism}): check kafka.uname/upassword (or SOUNDLINE_KAFKA_USERNAME/_PASSWORD)"
+    )]
+    AuthenticationFailed {
+        /// The user name.
+        user: String,
+        /// The mechanism.
+        mechanism: &'static str,
+    },
+    /// The topic is missing and the relay may not create it.
+    #[error("topic {0:?} does not exist and create_topic is off: create it, or set SOUNDLINE_CREATE_TOPIC=true")]
+    TopicMissing(String),
+    /// Creating the topic failed.
+    #[error("cannot create topic {topic:?}: {source}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// rskafka's error.
+        source: ClientError,
+    },
+    /// The TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// How long one connection attempt may retry inside rskafka before the relay reports and backs off itself.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+fn mechanism_name(m: SaslMechanism) -> &'static str {
+    match m {
+        SaslMechanism::Plain => "PLAIN",
+        SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+        SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+    }
+}
+
+/// Builds a client for `cfg`, retrying inside rskafka for at most [`CONNECT_DEADLINE`] (and at most `op_deadline`
+/// per later request, so that a lost broker turns into an error the producer can report instead of a hang).
+///
+/// # Errors
+///
+/// [`KafkaError::AuthenticationFailed`] for refused credentials, [`KafkaError::Tls`] for unusable TLS files,
+/// [`KafkaError::Unreachable`] otherwise.
+///
+/// # Cancellation
+///
+/// Safe to drop: nothing is shared until it returns.
+pub async fn connect(cfg: &KafkaConfig, op_deadline: Duration) -> Result<Client, KafkaError> {
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(op_deadline.max(CONNECT_DEADLINE)),
+    };
+    let mut builder = ClientBuilder::new(cfg.brokers.clone()).client_id("soundline-relay").backoff_config(backoff);
+    if let Some((user, password)) = cfg.credentials.as_ref().filter(|_| cfg.security.sasl()) {
+        let credentials = Credentials::new(user.clone(), password.expose().to_owned());
+        builder = builder.sasl_config(match cfg.sasl_mechanism {
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        });
+    }
+    if cfg.security.tls() {
+        builder = builder.tls_config(tls_config(cfg)?);
+    }
+    builder.build().await.map_err(|source| {
+        // rskafka reports refused credentials only inside its error text.
+        if source.to_string().contains("SaslAuthenticationFailed") {
+            KafkaError::AuthenticationFailed {
+                user: cfg.credentials.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+                mechanism: mechanism_name(cfg.sasl_mechanism),
+            }
+        } else {
+            KafkaError::Unreachable { brokers: cfg.brokers.join(","), source }
+        }
+    })
+}
+
+fn tls_config(cfg: &KafkaConfig) -> Result<Arc<rustls::ClientConfig>, KafkaError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| KafkaError::Tls(format!("cannot read {}: {e}", path.display())))?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| KafkaError::Tls(format!("{} is not valid PEM: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| KafkaError::Tls(format!("{}: {e}", path.display())))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(KafkaError::Tls(format!("{} holds no certificate", path.display())));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KafkaError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Makes sure `cfg.topic` exists (creating it when allowed) and returns its partition count.
+///
+/// # Errors
+///
+/// [`KafkaError::TopicMissing`] when it is missing and `create_topic` is off; [`KafkaError::CreateTopic`] or
+/// [`KafkaError::Unreachable`] when Kafka fails.
+pub async fn ensure_topic(client: &Client, cfg: &KafkaConfig) -> Result<i32, KafkaError> {
+    let unreachable = |source| KafkaError::Unreachable { brokers: cfg.brokers.join(","), source };
+    for _ in 0..50 {
+        let topics = client.list_topics().await.map_err(unreachable)?;
+        if let Some(t) = topics.iter().find(|t| t.name == cfg.topic)
+            && !t.partitions.is_empty()
+        {
+            return Ok(t.partitions.len() as i32);
+        }
+        if !cfg.create_topic {
+            return Err(KafkaError::TopicMissing(cfg.topic.clone()));
+        }
+        let controller = client.controller_client().map_err(unreachable)?;
+        match controller.create_topic(&cfg.topic, cfg.partitions, cfg.replication_factor, 10_000).await {
+            Ok(()) => {
+                tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, replication = cfg.replication_factor, "created topic")
+            }
+            // Another replica created it first: fine, list again.
+            Err(ClientError::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {}
+            Err(source) => return Err(KafkaError::CreateTopic { topic: cfg.topic.clone(), source }),
+        }
+        // Metadata reaches every broker shortly after creation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(KafkaError::TopicMissing(cfg.topic.clone()))
+}

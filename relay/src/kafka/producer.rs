@@ -1,0 +1,391 @@
+//! Batching producer: envelopes in, Kafka offsets out, with linger, retries and a bounded memory budget.
+//!
+//! # Data Flow
+//!
+//! ```text
+//!  ingest (one task per recorder)
+//!    │  reserve(bytes) ── waits while the memory budget is spent (backpressure: the recorder is not read)
+//!    │  send(record, permit) ─► intake (unbounded; bounded in bytes by the budget)
+//!    ▼
+//!  dispatcher ── waits for the topic's layout, then routes by partition_for_key(key)
+//!    │
+//!    ├─► partition 0 queue ─► worker 0 ── batch (linger / batch_max_bytes) ─► produce ─► Kafka
+//!    ├─► partition 1 queue ─► worker 1 ── ...                                    │
+//!    ...                                                                          ▼
+//!  ingest ◄─────────────── oneshot: Ok(Delivery{partition, offset}) per record ◄─ offsets
+//! ```
+//!
+//! - **Order**: one dispatcher and one in-flight request per partition, retried until it succeeds before the next
+//!   batch is sent, so records of one key keep their order in Kafka, failures included.
+//! - **Acks**: a record's oneshot fires only after Kafka answered the produce request with offsets.
+//! - **Failures**: rskafka retries a request for up to `op_deadline`; then the worker marks the link down (recorders
+//!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s) and sends the same batch again, forever.
+//!   Records are never dropped. The only record-level failure is a record larger than the broker accepts
+//!   (`MessageTooLarge`): a batch that provokes it is split until the single offending record is refused alone.
+//! - **Memory**: every record holds a permit of its size from a semaphore of `memory_budget_bytes` until Kafka
+//!   acked it. When the budget is spent, `reserve` waits, and the recorder's socket is not read meanwhile.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use rskafka::client::Client;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{Compression as RsCompression, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::partitioner::partition_for_key;
+use super::{KafkaError, connect, ensure_topic};
+use crate::config::{Compression, KafkaConfig};
+use crate::metrics::Metrics;
+
+/// Where Kafka stored a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Why a record was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker refused the record as too large.
+    #[error("the record ({bytes} bytes) is larger than the broker accepts")]
+    TooLarge {
+        /// The record's size.
+        bytes: usize,
+    },
+    /// The relay stopped before Kafka acknowledged the record.
+    #[error("the relay stopped before Kafka acknowledged the record")]
+    Stopped,
+}
+
+/// The state of the relay's link to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Connected, topic present, no partition failing.
+    pub up: bool,
+    /// Why not, in one line (empty when up).
+    pub detail: String,
+}
+
+struct Pending {
+    record: Record,
+    bytes: usize,
+    enqueued: Instant,
+    done: oneshot::Sender<Result<Delivery, ProduceError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Handle to the producer; cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    intake: mpsc::UnboundedSender<Pending>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+    link: watch::Receiver<Link>,
+    metrics: Arc<Metrics>,
+}
+
+/// Shared by the supervisor and the partition workers.
+struct Ctx {
+    cfg: KafkaConfig,
+    compression: RsCompression,
+    metrics: Arc<Metrics>,
+    link: watch::Sender<Link>,
+    /// Per partition: the error it is failing with, if any. Link is up when the supervisor is connected and no
+    /// partition fails. A std Mutex: held only to update a small map, never across an await.
+    failing: std::sync::Mutex<BTreeMap<i32, String>>,
+}
+
+impl Ctx {
+    fn set_partition(&self, partition: i32, failure: Option<String>) {
+        let Ok(mut failing) = self.failing.lock() else { return };
+        let changed = match failure {
+            Some(detail) => failing.insert(partition, detail.clone()).as_ref() != Some(&detail),
+            None => failing.remove(&partition).is_some(),
+        };
+        if changed {
+            let link = match failing.iter().next() {
+                Some((p, detail)) => Link { up: false, detail: format!("partition {p}: {detail}") },
+                None => Link { up: true, detail: String::new() },
+            };
+            self.publish(link);
+        }
+    }
+
+    fn publish(&self, link: Link) {
+        self.metrics.kafka_up.store(i64::from(link.up), Relaxed);
+        self.link.send_if_modified(|cur| {
+            if *cur == link {
+                return false;
+            }
+            if link.up {
+                tracing::info!("Kafka link is up");
+            } else {
+                tracing::warn!(detail = %link.detail, "Kafka link is down; holding records and retrying");
+            }
+            *cur = link;
+            true
+        });
+    }
+}
+
+impl Producer {
+    /// Starts connecting to Kafka in the background and returns at once; records sent before the topic's layout
+    /// is known wait (within the budget) until it is.
+    pub fn start(
+        cfg: KafkaConfig,
+        memory_budget_bytes: u64,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (intake, intake_rx) = mpsc::unbounded_channel();
+        let (link_tx, link) = watch::channel(Link { up: false, detail: "connecting to Kafka".into() });
+        let compression = match cfg.compression {
+            Compression::None => RsCompression::NoCompression,
+            Compression::Gzip => RsCompression::Gzip,
+            Compression::Lz4 => RsCompression::Lz4,
+            Compression::Snappy => RsCompression::Snappy,
+            Compression::Zstd => RsCompression::Zstd,
+        };
+        let ctx = Arc::new(Ctx {
+            cfg,
+            compression,
+            metrics: Arc::clone(&metrics),
+            link: link_tx,
+            failing: std::sync::Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(supervise(ctx, intake_rx, shutdown));
+        let budget_bytes = usize::try_from(memory_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Self { intake, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes, link, metrics }
+    }
+
+    /// The link state, to watch.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.clone()
+    }
+
+    /// Reserves `bytes` of the memory budget without waiting, or `None` when it is spent.
+    pub fn try_reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes.min(self.budget_bytes)).ok()?;
+        Arc::clone(&self.budget).try_acquire_many_owned(n).ok()
+    }
+
+    /// Reserves `bytes` of the memory budget, waiting until Kafka acks enough held records.
+    ///
+    /// # Cancellation
+    ///
+    /// Safe to drop; nothing is reserved then.
+    pub async fn reserve(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let n = u32::try_from(bytes.min(self.budget_bytes)).unwrap_or(u32::MAX);
+        match Arc::clone(&self.budget).acquire_many_owned(n).await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => unreachable!("the memory budget semaphore was closed"),
+        }
+    }
+
+    /// Hands a record to Kafka. The receiver fires once Kafka stored it (or it was refused).
+    pub fn send(
+        &self,
+        record: Record,
+        permit: OwnedSemaphorePermit,
+    ) -> oneshot::Receiver<Result<Delivery, ProduceError>> {
+        let (done, rx) = oneshot::channel();
+        let bytes = permit.num_permits();
+        self.metrics.held_bytes.fetch_add(bytes as i64, Relaxed);
+        let pending = Pending { record, bytes, enqueued: Instant::now(), done, _permit: permit };
+        if let Err(mpsc::error::SendError(p)) = self.intake.send(pending) {
+            self.metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+            let _ = p.done.send(Err(ProduceError::Stopped));
+        }
+        rx
+    }
+}
+
+/// Connects, makes sure the topic exists, starts the partition workers and routes records to them; follows
+/// partitions added to the topic later.
+async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, shutdown: CancellationToken) {
+    let op_deadline = Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(200);
+    let (client, partitions) = loop {
+        let attempt = async {
+            let client = Arc::new(connect(&ctx.cfg, op_deadline).await?);
+            let n = ensure_topic(&client, &ctx.cfg).await?;
+            Ok::<_, KafkaError>((client, n))
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            () = shutdown.cancelled() => return drain_stopped(intake).await,
+        };
+        match result {
+            Ok(ok) => break ok,
+            Err(e) => {
+                ctx.publish(Link { up: false, detail: e.to_string() });
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return drain_stopped(intake).await,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    tracing::info!(topic = %ctx.cfg.topic, partitions, "producing to Kafka");
+    let mut queues: Vec<mpsc::UnboundedSender<Pending>> = Vec::new();
+    let spawn_workers = |queues: &mut Vec<mpsc::UnboundedSender<Pending>>, n: i32| {
+        for partition in queues.len() as i32..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_partition(Arc::clone(&client), partition, rx, Arc::clone(&ctx)));
+            queues.push(tx);
+        }
+    };
+    spawn_workers(&mut queues, partitions);
+    ctx.publish(Link { up: true, detail: String::new() });
+
+    let mut rescan = tokio::time::interval(Duration::from_secs(30));
+    rescan.tick().await;
+    loop {
+        tokio::select! {
+            next = intake.recv() => {
+                let Some(p) = next else { return };
+                let key = p.record.key.as_deref().unwrap_or_default();
+                let partition = partition_for_key(key, queues.len() as i32) as usize;
+                if let Err(mpsc::error::SendError(p)) = queues[partition].send(p) {
+                    let _ = p.done.send(Err(ProduceError::Stopped));
+                }
+            }
+            _ = rescan.tick() => {
+                // New partitions: Java producers start using them at once, so do we.
+                if let Ok(topics) = client.list_topics().await
+                    && let Some(t) = topics.iter().find(|t| t.name == ctx.cfg.topic)
+                    && t.partitions.len() > queues.len()
+                {
+                    tracing::info!(topic = %ctx.cfg.topic, from = queues.len(), to = t.partitions.len(), "topic gained partitions");
+                    spawn_workers(&mut queues, t.partitions.len() as i32);
+                }
+            }
+        }
+    }
+}
+
+async fn drain_stopped(mut intake: mpsc::UnboundedReceiver<Pending>) {
+    intake.close();
+    while let Some(p) = intake.recv().await {
+        let _ = p.done.send(Err(ProduceError::Stopped));
+    }
+}
+
+async fn partition_client(client: &Client, ctx: &Ctx, partition: i32) -> PartitionClient {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.partition_client(ctx.cfg.topic.clone(), partition, UnknownTopicHandling::Retry).await {
+            Ok(pc) => return pc,
+            Err(e) => {
+                ctx.set_partition(partition, Some(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One partition's worker: batches its queue and produces one batch at a time.
+async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::UnboundedReceiver<Pending>, ctx: Arc<Ctx>) {
+    let pc = partition_client(&client, &ctx, partition).await;
+    let max_bytes = ctx.cfg.batch_max_bytes;
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Linger counts from the oldest record's arrival, as in Kafka's own producer.
+        let deadline = tokio::time::Instant::from_std(first.enqueued + ctx.cfg.linger);
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while bytes < max_bytes {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some(p) = next else { break };
+            if bytes + p.bytes > max_bytes {
+                carry = Some(p);
+                break;
+            }
+            bytes += p.bytes;
+            batch.push(p);
+        }
+        produce(&pc, partition, batch, &ctx).await;
+    }
+}
+
+/// Produces `batch` until Kafka stores it, splitting it only when the broker says it is too large.
+async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx: &Ctx) {
+    let metrics = &ctx.metrics;
+    let mut work = VecDeque::from([batch]);
+    let mut backoff = Duration::from_millis(100);
+    while let Some(batch) = work.pop_front() {
+        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+        match pc.produce(records, ctx.compression).await {
+            Ok(offsets) if offsets.len() == batch.len() => {
+                ctx.set_partition(partition, None);
+                backoff = Duration::from_millis(100);
+                metrics.batches_total.fetch_add(1, Relaxed);
+                metrics.records_produced_total.fetch_add(batch.len() as u64, Relaxed);
+                for (p, offset) in batch.into_iter().zip(offsets) {
+                    metrics.produce_latency.observe(p.enqueued.elapsed());
+                    metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+                    let _ = p.done.send(Ok(Delivery { partition, offset }));
+                }
+            }
+            Ok(offsets) => {
+                // rskafka checks this itself; a mismatch would be a broker bug. Retry rather than ack wrongly.
+                tracing::error!(
+                    partition,
+                    sent = batch.len(),
+                    got = offsets.len(),
+                    "Kafka returned a wrong number of offsets; retrying"
+                );
+                work.push_front(batch);
+                tokio::time::sleep(backoff).await;
+            }
+            Err(ClientError::ServerError {
+                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                ..
+            }) => {
+                if batch.len() == 1 {
+                    for p in batch {
+                        tracing::warn!(partition, bytes = p.bytes, "Kafka refused a record as too large");
+                        metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+                        let _ = p.done.send(Err(ProduceError::TooLarge { bytes: p.bytes }));
+                    }
+                } else {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    work.push_front(second);
+                    work.push_front(first);
+                }
+            }
+            Err(e) => {
+                metrics.produce_retries_total.fetch_add(1, Relaxed);
+                ctx.set_partition(partition, Some(e.to_string()));
+                work.push_front(batch);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Soundline's relay: the server between recorders and Kafka.
+//!
+//! An audio frame's path through this crate:
+//!
+//! ```text
+//!  /ws/record ─► ingest.rs ─► kafka/producer.rs ─► Kafka
+//!  (server.rs)   validate,     batch per partition
+//!                envelope,     (kafka/partitioner.rs),
+//!                ack ◄──────── offsets
+//! ```
+//!
+//! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
+//! - [`server`]: routes, shared state, connection limit, graceful shutdown; [`server::run`] is what `main` calls.
+//! - [`ingest`]: one recorder connection: hello, frames, acks, errors and close codes.
+//! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
+//! - [`metrics`]: counters for `/metrics`.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod server;

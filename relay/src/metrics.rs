@@ -1,0 +1,181 @@
+//! The relay's counters, rendered at `/metrics` in the Prometheus text format.
+//!
+//! Plain atomics, updated on the hot path with `Relaxed` ordering (each value is independent; a scrape may see
+//! one counter a frame ahead of another, which Prometheus tolerates). No metrics library: the set is small and
+//! fixed, and this keeps the per-frame cost at a few uncontended atomic adds.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use soundline_shared::control::ErrorCode;
+
+/// Upper bounds (seconds) of the produce latency histogram's buckets.
+const LATENCY_BUCKETS_S: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A Prometheus histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric the relay exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Recorder connections open now.
+    pub connections_active: AtomicI64,
+    /// Recorder connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub connections_refused_total: AtomicU64,
+    /// Audio frames received and accepted.
+    pub frames_in_total: AtomicU64,
+    /// PCM bytes in accepted frames.
+    pub bytes_in_total: AtomicU64,
+    /// Frames acked to recorders.
+    pub acks_total: AtomicU64,
+    /// Records Kafka acknowledged.
+    pub records_produced_total: AtomicU64,
+    /// Produce requests sent (one per batch).
+    pub batches_total: AtomicU64,
+    /// Produce requests that failed and were retried.
+    pub produce_retries_total: AtomicU64,
+    /// Envelope bytes held in memory, not yet acked by Kafka.
+    pub held_bytes: AtomicI64,
+    /// Times a recorder had to wait because the memory budget was full.
+    pub backpressure_total: AtomicU64,
+    /// Time from a record entering the producer to Kafka's acknowledgement.
+    pub produce_latency: Histogram,
+    /// 1 when the relay can reach Kafka and the topic exists.
+    pub kafka_up: AtomicI64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts one error sent to a client.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many errors of `code` were sent.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter("soundline_connections_total", "Recorder connections accepted.", self.connections_total.load(Relaxed));
+        counter(
+            "soundline_connections_refused_total",
+            "Connections refused because max_connections were open.",
+            self.connections_refused_total.load(Relaxed),
+        );
+        counter("soundline_frames_in_total", "Audio frames received and accepted.", self.frames_in_total.load(Relaxed));
+        counter("soundline_bytes_in_total", "PCM bytes in accepted frames.", self.bytes_in_total.load(Relaxed));
+        counter(
+            "soundline_acks_total",
+            "Frames acked to recorders after Kafka stored them.",
+            self.acks_total.load(Relaxed),
+        );
+        counter(
+            "soundline_records_produced_total",
+            "Records Kafka acknowledged.",
+            self.records_produced_total.load(Relaxed),
+        );
+        counter(
+            "soundline_produce_batches_total",
+            "Produce requests that succeeded.",
+            self.batches_total.load(Relaxed),
+        );
+        counter(
+            "soundline_produce_retries_total",
+            "Produce requests that failed and were retried.",
+            self.produce_retries_total.load(Relaxed),
+        );
+        counter(
+            "soundline_backpressure_total",
+            "Times a recorder waited because the memory budget was full.",
+            self.backpressure_total.load(Relaxed),
+        );
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("soundline_connections_active", "Recorder connections open now.", self.connections_active.load(Relaxed));
+        gauge(
+            "soundline_held_bytes",
+            "Envelope bytes held in memory until Kafka acks them.",
+            self.held_bytes.load(Relaxed),
+        );
+        gauge("soundline_kafka_up", "1 when Kafka is reachable and the topic exists.", self.kafka_up.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP soundline_errors_total Errors sent to clients, by code.\n# TYPE soundline_errors_total counter"
+        );
+        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(out, "soundline_errors_total{{code=\"{code}\"}} {}", n.load(Relaxed));
+        }
+        self.produce_latency.render(
+            "soundline_produce_latency_seconds",
+            "Time from a record entering the producer to Kafka's acknowledgement.",
+            &mut out,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.produce_latency.observe(Duration::from_micros(500));
+        m.produce_latency.observe(Duration::from_millis(30));
+        let text = m.render();
+        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
+        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2"), "{text}");
+        assert!(text.contains("soundline_produce_latency_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn errors_are_labelled_by_code() {
+        let m = Metrics::default();
+        m.error(ErrorCode::BadFrame);
+        assert!(m.render().contains("soundline_errors_total{code=\"bad_frame\"} 1"));
+        assert_eq!(m.errors(ErrorCode::BadFrame), 1);
+    }
+}

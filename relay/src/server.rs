@@ -1,0 +1,186 @@
+//! The HTTP server: routes, shared state, connection limit and graceful shutdown.
+//!
+//! `main` parses the configuration and calls [`run`]; tests call the same function on `127.0.0.1:0`
+//! (mini-redis's shape). [`app`] builds the router alone, so handlers can be tested without a socket.
+//!
+//! Routes:
+//! - `GET /ws/record`: recorder WebSocket ([`crate::ingest`]);
+//! - `GET /healthz`: 200 while the process serves;
+//! - `GET /readyz`: 200 when Kafka is reachable and the topic exists, else 503 with the reason;
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]);
+//! - everything else: the built web app from `static_dir`, when configured.
+//!
+//! Shutdown (SIGTERM, Ctrl+C, or the future passed to [`run`]): stop accepting connections, tell every
+//! recorder connection to stop reading, let each deliver the acks of frames Kafka already has (within
+//! `shutdown_timeout`), close them with 1001, and return. Upgraded WebSockets are not tracked by hyper, so a
+//! [`TaskTracker`] counts them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::kafka::producer::Producer;
+use crate::metrics::Metrics;
+
+/// Largest text message accepted (a hello is at most ~6 KiB of metadata).
+const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// State shared by every handler; a cheap clone of an `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    producer: Producer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the state and starts the producer (which connects to Kafka in the background).
+    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let producer =
+            Producer::start(config.kafka.clone(), config.memory_budget_bytes, Arc::clone(&metrics), shutdown.clone());
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        Self {
+            shared: Arc::new(Shared { config, producer, metrics, shutdown, connections, tracker: TaskTracker::new() }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The Kafka producer.
+    pub fn producer(&self) -> &Producer {
+        &self.shared.producer
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Cancelled when the relay shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+}
+
+/// The router, without a listener.
+pub fn app(state: AppState) -> Router {
+    let static_dir = state.config().static_dir.clone();
+    let router = Router::new()
+        .route("/ws/record", get(record))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    match static_dir {
+        // The built web app (trunk's dist/): the page and the WebSockets share one origin and one port.
+        Some(dir) => {
+            router.fallback_service(tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true))
+        }
+        None => router,
+    }
+}
+
+async fn record(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if state.shutdown().is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the relay is shutting down\n").into_response();
+    }
+    let Ok(slot) = Arc::clone(&state.shared.connections).try_acquire_owned() else {
+        state.metrics().connections_refused_total.fetch_add(1, Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry later\n").into_response();
+    };
+    let cfg = state.config();
+    let max_message = (soundline_shared::frame::HEADER_LEN + cfg.max_frame_samples as usize * 2).max(MAX_TEXT_BYTES);
+    let tracker = state.shared.tracker.clone();
+    ws.max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let metrics = Arc::clone(&state.shared.metrics);
+            metrics.connections_total.fetch_add(1, Relaxed);
+            metrics.connections_active.fetch_add(1, Relaxed);
+            crate::ingest::serve(socket, state, peer.to_string()).await;
+            metrics.connections_active.fetch_sub(1, Relaxed);
+            drop(slot);
+        })
+    })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let link = state.producer().link().borrow().clone();
+    if state.shutdown().is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n").into_response()
+    } else if link.up {
+        (StatusCode::OK, format!("ready: producing to topic {}\n", state.config().kafka.topic)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", link.detail)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics().render()).into_response()
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains recorder connections and returns.
+///
+/// # Errors
+///
+/// The listener failed.
+///
+/// # Cancellation
+///
+/// Dropping the future drops every connection without draining; complete `shutdown` for a graceful stop.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = CancellationToken::new();
+    let state = AppState::new(config, token.clone());
+    let timeout = state.config().shutdown_timeout;
+    let tracker = state.shared.tracker.clone();
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; draining recorder connections");
+            token.cancel();
+        }
+    };
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(signal)
+        .await?;
+    token.cancel();
+    tracker.close();
+    // Each connection bounds its own drain by `timeout`; the extra second covers the close handshakes.
+    if tokio::time::timeout(timeout + std::time::Duration::from_secs(1), tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "shutdown timeout: closing remaining connections");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! A relay for tests: the real server, in this process on `127.0.0.1:0`, or the real binary as a child process.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use soundline_relay::config::{Config, RawConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Builds a relay configuration for the test broker from `SOUNDLINE_*`-style pairs (later pairs win).
+pub fn config(overrides: &[(&str, &str)]) -> Config {
+    let mut raw = RawConfig::default();
+    let bootstrap = crate::kafka_bootstrap();
+    let base = [
+        ("SOUNDLINE_KAFKA_BROKERS", bootstrap.as_str()),
+        ("SOUNDLINE_LISTEN", "127.0.0.1:0"),
+        ("SOUNDLINE_SHUTDOWN_TIMEOUT_S", "10"),
+    ];
+    raw.apply_env(|k| overrides.iter().rev().chain(base.iter()).find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()));
+    raw.resolve().unwrap_or_else(|e| panic!("test relay config: {e}"))
+}
+
+/// The relay server running inside the test process.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl InProcess {
+    /// Starts `soundline_relay::server::run` on an ephemeral port.
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(soundline_relay::server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// `ws://` URL of `path`.
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// `http://` URL of `path`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until `/readyz` answers 200 (Kafka connected, topic present).
+    pub async fn wait_ready(&self) {
+        wait_ready(self.addr).await;
+    }
+
+    /// Graceful shutdown; returns when `run` returned.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("relay task panicked").expect("relay run failed");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Waits (30 s at most) until the relay at `addr` says it is ready.
+pub async fn wait_ready(addr: SocketAddr) {
+    for _ in 0..300 {
+        if let Ok((200, _)) = http_get(addr, "/readyz").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = http_get(addr, "/readyz").await;
+    panic!("relay at {addr} not ready within 30 s: {last:?}");
+}
+
+/// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The `soundline-relay` binary as a child process.
+pub struct Child {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The process.
+    pub child: tokio::process::Child,
+}
+
+impl Child {
+    /// Runs `soundline-relay serve` with `env` (plus the test broker and port 0) and waits for its listen line.
+    pub async fn spawn(env: &[(&str, &str)]) -> Self {
+        let mut cmd = tokio::process::Command::new(relay_bin());
+        cmd.arg("serve");
+        cmd.env("SOUNDLINE_KAFKA_BROKERS", crate::kafka_bootstrap()).env("SOUNDLINE_LISTEN", "127.0.0.1:0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn soundline-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(a) = line.strip_prefix("listening on http://") {
+                    return a.parse::<SocketAddr>().ok();
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("soundline-relay printed no listen address within 30 s");
+        Self { addr, child }
+    }
+}
+
+/// The `soundline-relay` binary: `SOUNDLINE_RELAY_BIN`, or the one cargo built beside this test binary.
+///
+/// # Panics
+///
+/// When neither exists (`make test` builds it first).
+pub fn relay_bin() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("SOUNDLINE_RELAY_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/soundline-relay
+    let candidate = exe.parent().and_then(|deps| deps.parent()).map(|p| p.join("soundline-relay"));
+    match candidate {
+        Some(p) if p.is_file() => p,
+        _ => panic!(
+            "no soundline-relay binary: run `cargo build -p soundline-relay` first, or set SOUNDLINE_RELAY_BIN (make test does)"
+        ),
+    }
+}

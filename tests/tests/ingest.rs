@@ -1,0 +1,160 @@
+//! `/ws/record` against the real broker: what recorders send lands in Kafka exactly as sent, in order, and each
+//! ack names the record that holds the frame.
+
+use std::collections::HashMap;
+
+use soundline_relay::kafka::partitioner::partition_for_key;
+use soundline_shared::control::{ErrorCode, ServerMessage};
+use soundline_shared::envelope::Envelope;
+use soundline_tests::recorder::{Event, Recorder, recording, samples};
+use soundline_tests::relay::{InProcess, config, http_get};
+use soundline_tests::{client, random_topic, read_all};
+
+const BASE_TS: i64 = 1_764_000_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at_their_records() {
+    const CARS: usize = 8;
+    const SEGMENTS: usize = 3;
+    const FRAMES: u32 = 20;
+    const PARTITIONS: i32 = 4;
+    let topic = random_topic("ingest");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_PARTITIONS", "4")])).await;
+    relay.wait_ready().await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CARS {
+        for s in 0..SEGMENTS {
+            let url = relay.ws("/ws/record");
+            tasks.spawn(async move {
+                let rec = recording(&format!("CAR-{c:03}"), &format!("seg-{c}-{s}"));
+                let mut r = Recorder::start(&url, &rec).await;
+                for seq in 0..FRAMES {
+                    r.send_frame(seq, BASE_TS + i64::from(seq) * 200, &samples(&rec.segment_id, seq, 3200)).await;
+                }
+                let acks = r.acks(FRAMES as usize).await;
+                r.close().await;
+                (rec, acks)
+            });
+        }
+    }
+    let results = tasks.join_all().await;
+
+    let records = read_all(&*client().await, &topic, PARTITIONS).await;
+    assert_eq!(records.len(), CARS * SEGMENTS * FRAMES as usize, "every frame lands exactly once");
+    let by_position: HashMap<(i32, i64), &rskafka::record::Record> =
+        records.iter().map(|(p, o, r)| ((*p, *o), r)).collect();
+
+    let mut acked = 0;
+    for (rec, acks) in &results {
+        let seqs: Vec<u32> = acks.iter().map(|a| a.0).collect();
+        assert_eq!(seqs, (0..FRAMES).collect::<Vec<_>>(), "acks of {} come in frame order", rec.segment_id);
+        let mut last_offset = -1;
+        for &(seq, partition, offset) in acks {
+            assert_eq!(
+                partition,
+                partition_for_key(rec.device.car_id.as_bytes(), PARTITIONS),
+                "one car, one partition"
+            );
+            assert!(offset > last_offset, "offsets of a segment increase with seq");
+            last_offset = offset;
+            let record = by_position
+                .get(&(partition, offset))
+                .unwrap_or_else(|| panic!("ack {partition}/{offset} points at no record"));
+            assert_eq!(record.key.as_deref(), Some(rec.device.car_id.as_bytes()));
+            assert_eq!(record.headers.get("seq").map(Vec::as_slice), Some(seq.to_string().as_bytes()));
+            assert_eq!(record.headers.get("segmentId").map(Vec::as_slice), Some(rec.segment_id.as_bytes()));
+            let ts = BASE_TS + i64::from(seq) * 200;
+            assert_eq!(record.timestamp.timestamp_millis(), ts);
+            let env =
+                Envelope::parse(record.value.as_deref().unwrap_or_default()).expect("a valid AICP_SOUND envelope");
+            assert_eq!(&env.recording, rec, "metadata as sent in the hello");
+            assert_eq!(env.collect_timestamp_ms, ts);
+            assert_eq!(env.stamp.ver, "1.0");
+            assert_eq!(env.origin.samples(), samples(&rec.segment_id, seq, 3200), "audio as sent");
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, records.len(), "every record was acked once");
+    let uuids: std::collections::HashSet<String> = records
+        .iter()
+        .map(|(_, _, r)| Envelope::parse(r.value.as_deref().unwrap_or_default()).map(|e| e.uuid).unwrap_or_default())
+        .collect();
+    assert_eq!(uuids.len(), records.len(), "uuid is unique per frame");
+
+    let (status, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains(&format!("soundline_acks_total {}", records.len())), "{metrics}");
+    assert!(metrics.contains(&format!("soundline_frames_in_total {}", records.len())), "{metrics}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_that_may_not_create_the_topic_says_so_in_readyz() {
+    let topic = random_topic("missing");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_CREATE_TOPIC", "false")])).await;
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        last = http_get(relay.addr, "/readyz").await.expect("readyz");
+        if last.1.contains("does not exist") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503);
+    assert!(last.1.contains(&format!("topic \"{topic}\" does not exist and create_topic is off")), "{}", last.1);
+    let (status, body) = http_get(relay.addr, "/healthz").await.expect("healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"), "alive even when not ready");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn frames_larger_than_the_broker_accepts_are_refused_not_truncated() {
+    let topic = random_topic("toolarge");
+    let relay =
+        InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_MAX_MESSAGE_BYTES", "65536")])).await;
+    relay.wait_ready().await;
+    let rec = recording("CAR-BIG", "seg-big");
+    let mut r = Recorder::start(&relay.ws("/ws/record"), &rec).await;
+    r.send_frame(0, BASE_TS, &samples("seg-big", 0, 1600)).await;
+    assert_eq!(r.acks(1).await.len(), 1, "a 100 ms frame fits");
+    r.send_frame(1, BASE_TS + 100, &samples("seg-big", 1, 32_000)).await;
+    let (code, message, close) = r.expect_error().await;
+    assert_eq!((code, close), (ErrorCode::RecordTooLarge, 4009));
+    assert!(message.contains("the broker accepts at most 65536 bytes"), "{message}");
+    let records = read_all(&*client().await, &topic, 6).await;
+    assert_eq!(records.len(), 1, "only the frame that fits is in Kafka");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_recorder_that_connects_gets_ready_with_topic_and_frame_limit() {
+    let topic = random_topic("ready");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_MAX_FRAME_MS", "1000")])).await;
+    relay.wait_ready().await;
+    let mut r = Recorder::connect(&relay.ws("/ws/record")).await;
+    let ready = r.hello(&recording("CAR-1", "seg-1")).await;
+    assert_eq!(ready, Event::Server(ServerMessage::Ready { protocol: 1, topic, max_frame_samples: 16_000 }));
+    r.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_serves_the_built_web_app_from_static_dir() {
+    let dir = std::env::temp_dir().join(format!("soundline-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("index.html"), "<!doctype html><title>Soundline</title>").expect("write index");
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_TOPIC", &random_topic("static")),
+        ("SOUNDLINE_STATIC_DIR", dir.to_str().expect("utf-8 path")),
+    ]))
+    .await;
+    let (status, body) = http_get(relay.addr, "/").await.expect("GET /");
+    assert_eq!((status, body.as_str()), (200, "<!doctype html><title>Soundline</title>"));
+    let (status, _) = http_get(relay.addr, "/missing.js").await.expect("GET /missing.js");
+    assert_eq!(status, 404);
+    let (status, _) = http_get(relay.addr, "/healthz").await.expect("healthz");
+    assert_eq!(status, 200, "API routes win over files");
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

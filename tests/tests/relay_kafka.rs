@@ -1,0 +1,113 @@
+//! The relay's Kafka side against the real broker: SASL (PLAIN, SCRAM-SHA-256/512) and its errors, and the
+//! partitioner checked against where Kafka's own Java producer puts the same keys.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use soundline_relay::kafka::partitioner::partition_for_key;
+use soundline_tests::recorder::{Recorder, recording, samples};
+use soundline_tests::relay::{InProcess, config, http_get};
+use soundline_tests::{client, create_topic, kafka_sasl, random_topic, read_all};
+
+#[tokio::test]
+async fn relay_produces_over_sasl_plain_and_scram() {
+    let (addr, user, password) = kafka_sasl();
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let topic = random_topic("sasl");
+        let relay = InProcess::start(config(&[
+            ("SOUNDLINE_KAFKA_BROKERS", &addr),
+            ("SOUNDLINE_TOPIC", &topic),
+            ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("SOUNDLINE_KAFKA_SASL_MECHANISM", mechanism),
+            ("SOUNDLINE_KAFKA_USERNAME", &user),
+            ("SOUNDLINE_KAFKA_PASSWORD", &password),
+        ]))
+        .await;
+        relay.wait_ready().await;
+        let mut r = Recorder::start(&relay.ws("/ws/record"), &recording("CAR-S", "seg-s")).await;
+        for seq in 0..3 {
+            r.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 200, &samples("seg-s", seq, 3200)).await;
+        }
+        assert_eq!(r.acks(3).await.len(), 3, "{mechanism}: frames acked");
+        r.close().await;
+        assert_eq!(read_all(&*client().await, &topic, 6).await.len(), 3, "{mechanism}: frames in Kafka");
+        relay.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_sasl_password_is_a_clear_error_in_readyz() {
+    let (addr, user, _) = kafka_sasl();
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &addr),
+        ("SOUNDLINE_TOPIC", &random_topic("sasl-bad")),
+        ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("SOUNDLINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("SOUNDLINE_KAFKA_USERNAME", &user),
+        ("SOUNDLINE_KAFKA_PASSWORD", "not-the-password"),
+    ]))
+    .await;
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = http_get(relay.addr, "/readyz").await.expect("readyz");
+        if last.1.contains("SASL") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503);
+    assert_eq!(
+        last.1,
+        format!(
+            "not ready: Kafka refused the SASL credentials of user \"{user}\" (SCRAM-SHA-256): check kafka.uname/upassword \
+             (or SOUNDLINE_KAFKA_USERNAME/_PASSWORD)\n"
+        )
+    );
+    assert!(!last.1.contains("not-the-password"), "the password never appears");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("soundline_kafka_up 0"));
+    assert!(!metrics.contains("not-the-password"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn partitions_match_where_the_java_producer_puts_the_same_keys() {
+    const PARTITIONS: i32 = 12;
+    let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+        .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath (scripts/kafka.sh classpath)");
+    let topic = random_topic("java-partitioner");
+    let client = client().await;
+    create_topic(&client, &topic, PARTITIONS).await;
+
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("CAR-{i:04}"))
+        .chain(["21", "foobar", "abc", "车厢-7", "a-little-bit-longer-string"].map(String::from))
+        .collect();
+    let mut producer = Command::new("java")
+        .args(["-cp", &classpath, "org.apache.kafka.tools.ConsoleProducer"])
+        .args(["--bootstrap-server", &soundline_tests::kafka_bootstrap(), "--topic", &topic])
+        .args(["--property", "parse.key=true", "--property", "key.separator=|"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run Kafka's ConsoleProducer (java)");
+    {
+        let mut stdin = producer.stdin.take().expect("stdin");
+        for key in &keys {
+            writeln!(stdin, "{key}|value of {key}").expect("write to the console producer");
+        }
+    }
+    assert!(producer.wait().expect("console producer").success(), "the Java console producer failed");
+
+    let records = read_all(&client, &topic, PARTITIONS).await;
+    assert_eq!(records.len(), keys.len());
+    let java: HashMap<String, i32> = records
+        .iter()
+        .map(|(p, _, r)| (String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(), *p))
+        .collect();
+    for key in &keys {
+        assert_eq!(Some(&partition_for_key(key.as_bytes(), PARTITIONS)), java.get(key), "partition of key {key:?}");
+    }
+}
