@@ -9,14 +9,15 @@
 #   scripts/kafka.sh classpath              print the jars' classpath (for Kafka's own tools)
 #
 # Settings (environment):
-#   KAFKA_PORT         PLAINTEXT listener port (default 9092); the controller uses KAFKA_PORT+1,
-#                      the SASL_PLAINTEXT listener (--sasl) KAFKA_PORT+2
+#   KAFKA_PORT         PLAINTEXT listener port (default 9092); the controller uses KAFKA_PORT+1; with --sasl,
+#                      SASL_PLAINTEXT is on KAFKA_PORT+2, SSL on KAFKA_PORT+3 and SASL_SSL on KAFKA_PORT+4
 #   KAFKA_STATE_DIR    log dir, config, pid and server.log (default /tmp/soundline-kafka-$KAFKA_PORT)
 #   KAFKA_VERSION      Kafka version to fetch (default: the one in scripts/kafka/pom.xml)
 #   KAFKA_HEAP         JVM heap (default 768m)
 #
-# --sasl adds a SASL_PLAINTEXT listener with mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, all for user
-# "soundline" with password "soundline-secret" (test credentials, loopback only).
+# --sasl adds SASL_PLAINTEXT, SSL and SASL_SSL listeners. SASL offers PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, all
+# for user "soundline" with password "soundline-secret" (test credentials, loopback only). TLS uses a throwaway CA
+# made with openssl in the state dir (ca.pem, printed by `env`), for a certificate valid for 127.0.0.1/localhost.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -62,9 +63,10 @@ write_config() {
   local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
   local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
   if [[ "$sasl" == 1 ]]; then
-    listeners+=",SASL_PLAINTEXT://127.0.0.1:$((KAFKA_PORT + 2))"
-    advertised+=",SASL_PLAINTEXT://127.0.0.1:$((KAFKA_PORT + 2))"
-    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    local secure="SASL_PLAINTEXT://127.0.0.1:$((KAFKA_PORT + 2)),SSL://127.0.0.1:$((KAFKA_PORT + 3)),SASL_SSL://127.0.0.1:$((KAFKA_PORT + 4))"
+    listeners+=",$secure"
+    advertised+=",$secure"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL"
   fi
   cat >"$cfg" <<PROPS
 # Written by scripts/kafka.sh: a single-node KRaft broker+controller on loopback.
@@ -88,14 +90,38 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
   if [[ "$sasl" == 1 ]]; then
+    echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" >>"$cfg"
+    local l
+    for l in sasl_plaintext sasl_ssl; do
+      cat >>"$cfg" <<PROPS
+listener.name.$l.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.$l.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.$l.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+    done
     cat >>"$cfg" <<PROPS
-sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
-listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_STATE_DIR/tls/keystore.pem
+ssl.client.auth=none
 PROPS
   fi
   echo "$cfg"
+}
+
+make_certs() { # a throwaway CA and a broker certificate for 127.0.0.1 / localhost, once per state dir
+  local d="$KAFKA_STATE_DIR/tls"
+  [[ -f "$d/keystore.pem" ]] && return 0
+  need openssl "the TLS listeners need openssl to make test certificates (apt-get install -y openssl)"
+  mkdir -p "$d"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/ca.key" -out "$d/ca.pem" -days 3650 \
+      -subj "/CN=Soundline test CA"
+    openssl req -newkey rsa:2048 -nodes -keyout "$d/broker.key" -out "$d/broker.csr" -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$d/san.ext"
+    openssl x509 -req -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -out "$d/broker.pem" -days 3650 -extfile "$d/san.ext"
+  } >"$d/openssl.log" 2>&1 || die "making test certificates failed (log: $d/openssl.log)"
+  cat "$d/broker.key" "$d/broker.pem" >"$d/keystore.pem"
 }
 
 kafka_java() { # kafka_java MAINCLASS ARGS...: run a Kafka class with the cached jars
@@ -127,6 +153,7 @@ cmd_start() {
   mkdir -p "$KAFKA_STATE_DIR"
   # A log dir formatted for another mode (no SCRAM users) is formatted anew.
   if [[ "$(cat "$KAFKA_STATE_DIR/mode" 2>/dev/null)" != "$sasl" ]]; then rm -rf "$KAFKA_STATE_DIR/data"; fi
+  if [[ "$sasl" == 1 ]]; then make_certs; fi
   local cfg
   cfg="$(write_config "$sasl")"
   echo "$sasl" >"$KAFKA_STATE_DIR/mode"
@@ -199,6 +226,9 @@ cmd_env() {
   echo "SOUNDLINE_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
   if [[ "$(cat "$KAFKA_STATE_DIR/mode" 2>/dev/null)" == 1 ]]; then
     echo "SOUNDLINE_TEST_KAFKA_SASL=127.0.0.1:$((KAFKA_PORT + 2))"
+    echo "SOUNDLINE_TEST_KAFKA_SSL=127.0.0.1:$((KAFKA_PORT + 3))"
+    echo "SOUNDLINE_TEST_KAFKA_SASL_SSL=127.0.0.1:$((KAFKA_PORT + 4))"
+    echo "SOUNDLINE_TEST_KAFKA_CA=$KAFKA_STATE_DIR/tls/ca.pem"
     echo "SOUNDLINE_TEST_KAFKA_USER=$SASL_USER"
     echo "SOUNDLINE_TEST_KAFKA_PASSWORD=$SASL_PASSWORD"
   fi

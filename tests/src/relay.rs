@@ -88,6 +88,19 @@ pub async fn wait_ready(addr: SocketAddr) {
     panic!("relay at {addr} not ready within 30 s: {last:?}");
 }
 
+/// Polls `/readyz` (15 s at most) until its body contains `needle`; returns the last (status, body).
+pub async fn readyz_once_it_says(addr: SocketAddr, needle: &str) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = http_get(addr, "/readyz").await.expect("GET /readyz");
+        if last.1.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,7 +7,7 @@ use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_shared::control::{ErrorCode, ServerMessage};
 use soundline_shared::envelope::Envelope;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get};
+use soundline_tests::relay::{InProcess, config, http_get, readyz_once_it_says};
 use soundline_tests::{client, random_topic, read_all};
 
 const BASE_TS: i64 = 1_764_000_000_000;
@@ -93,14 +93,7 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
 async fn a_relay_that_may_not_create_the_topic_says_so_in_readyz() {
     let topic = random_topic("missing");
     let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_CREATE_TOPIC", "false")])).await;
-    let mut last = (0, String::new());
-    for _ in 0..50 {
-        last = http_get(relay.addr, "/readyz").await.expect("readyz");
-        if last.1.contains("does not exist") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let last = readyz_once_it_says(relay.addr, "does not exist").await;
     assert_eq!(last.0, 503);
     assert!(last.1.contains(&format!("topic \"{topic}\" does not exist and create_topic is off")), "{}", last.1);
     let (status, body) = http_get(relay.addr, "/healthz").await.expect("healthz");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_tests::recorder::{Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get};
+use soundline_tests::relay::{InProcess, config, http_get, readyz_once_it_says};
 use soundline_tests::{client, create_topic, kafka_sasl, random_topic, read_all};
 
 #[tokio::test]
@@ -24,14 +24,7 @@ async fn relay_produces_over_sasl_plain_and_scram() {
             ("SOUNDLINE_KAFKA_PASSWORD", &password),
         ]))
         .await;
-        relay.wait_ready().await;
-        let mut r = Recorder::start(&relay.ws("/ws/record"), &recording("CAR-S", "seg-s")).await;
-        for seq in 0..3 {
-            r.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 200, &samples("seg-s", seq, 3200)).await;
-        }
-        assert_eq!(r.acks(3).await.len(), 3, "{mechanism}: frames acked");
-        r.close().await;
-        assert_eq!(read_all(&*client().await, &topic, 6).await.len(), 3, "{mechanism}: frames in Kafka");
+        three_frames_through(&relay, &topic, mechanism).await;
         relay.stop().await;
     }
 }
@@ -48,14 +41,7 @@ async fn a_wrong_sasl_password_is_a_clear_error_in_readyz() {
         ("SOUNDLINE_KAFKA_PASSWORD", "not-the-password"),
     ]))
     .await;
-    let mut last = (0, String::new());
-    for _ in 0..150 {
-        last = http_get(relay.addr, "/readyz").await.expect("readyz");
-        if last.1.contains("SASL") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let last = readyz_once_it_says(relay.addr, "SASL").await;
     assert_eq!(last.0, 503);
     assert_eq!(
         last.1,
@@ -110,4 +96,105 @@ async fn partitions_match_where_the_java_producer_puts_the_same_keys() {
     for key in &keys {
         assert_eq!(Some(&partition_for_key(key.as_bytes(), PARTITIONS)), java.get(key), "partition of key {key:?}");
     }
+}
+
+fn tls_env() -> (String, String, String) {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: make test starts the broker with TLS listeners"))
+    };
+    (get("SOUNDLINE_TEST_KAFKA_SSL"), get("SOUNDLINE_TEST_KAFKA_SASL_SSL"), get("SOUNDLINE_TEST_KAFKA_CA"))
+}
+
+async fn three_frames_through(relay: &InProcess, topic: &str, what: &str) {
+    relay.wait_ready().await;
+    let mut r = Recorder::start(&relay.ws("/ws/record"), &recording("CAR-T", "seg-t")).await;
+    for seq in 0..3 {
+        r.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 200, &samples("seg-t", seq, 3200)).await;
+    }
+    assert_eq!(r.acks(3).await.len(), 3, "{what}: frames acked");
+    r.close().await;
+    assert_eq!(read_all(&*client().await, topic, 6).await.len(), 3, "{what}: frames in Kafka");
+}
+
+#[tokio::test]
+async fn relay_produces_over_tls_and_sasl_over_tls() {
+    let (ssl, sasl_ssl, ca) = tls_env();
+    let topic = random_topic("ssl");
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &ssl),
+        ("SOUNDLINE_TOPIC", &topic),
+        ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SSL"),
+        ("SOUNDLINE_KAFKA_CA_FILE", &ca),
+    ]))
+    .await;
+    three_frames_through(&relay, &topic, "SSL").await;
+    relay.stop().await;
+
+    let (_, user, password) = kafka_sasl();
+    let topic = random_topic("sasl-ssl");
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &sasl_ssl),
+        ("SOUNDLINE_TOPIC", &topic),
+        ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("SOUNDLINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("SOUNDLINE_KAFKA_USERNAME", &user),
+        ("SOUNDLINE_KAFKA_PASSWORD", &password),
+        ("SOUNDLINE_KAFKA_CA_FILE", &ca),
+    ]))
+    .await;
+    three_frames_through(&relay, &topic, "SASL_SSL").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
+    let (ssl, _, _) = tls_env();
+    // No CA file: the Mozilla roots, which did not sign the test broker's certificate.
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &ssl),
+        ("SOUNDLINE_TOPIC", &random_topic("ssl-bad")),
+        ("SOUNDLINE_KAFKA_SECURITY_PROTOCOL", "SSL"),
+    ]))
+    .await;
+    let last = readyz_once_it_says(relay.addr, "cannot reach Kafka").await;
+    assert_eq!(last.0, 503);
+    assert!(last.1.contains("cannot reach Kafka") && last.1.contains("certificate"), "{}", last.1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn relay_compresses_batches_with_each_configured_codec() {
+    for codec in ["gzip", "lz4", "snappy", "zstd"] {
+        let topic = random_topic(&format!("codec-{codec}"));
+        let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_COMPRESSION", codec)])).await;
+        three_frames_through(&relay, &topic, codec).await;
+        relay.stop().await;
+    }
+}
+
+#[test]
+fn a_wrong_setting_is_one_line_and_exit_code_2() {
+    let out = Command::new(soundline_tests::relay::relay_bin())
+        .arg("serve")
+        .env("SOUNDLINE_KAFKA_BROKERS", "127.0.0.1:9")
+        .env("SOUNDLINE_COMPRESSION", "brotli")
+        .output()
+        .expect("run soundline-relay");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "soundline-relay: SOUNDLINE_COMPRESSION: expected none, gzip, lz4, snappy or zstd, got \"brotli\"\n"
+    );
+    let out = Command::new(soundline_tests::relay::relay_bin())
+        .args(["serve", "--config", "/nonexistent/relay.json"])
+        .env_remove("SOUNDLINE_KAFKA_BROKERS")
+        .output()
+        .expect("run soundline-relay");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("soundline-relay: config file /nonexistent/relay.json: cannot read it:")
+            && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -262,7 +262,8 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
             }
             _ = rescan.tick() => {
                 // New partitions: Java producers start using them at once, so do we.
-                if let Ok(topics) = client.list_topics().await
+                // Bounded: records wait in the intake meanwhile.
+                if let Ok(Ok(topics)) = tokio::time::timeout(Duration::from_secs(2), client.list_topics()).await
                     && let Some(t) = topics.iter().find(|t| t.name == ctx.cfg.topic)
                     && t.partitions.len() > queues.len()
                 {
