@@ -14,6 +14,7 @@
 //! - [`ingest`]: one recorder connection: hello, frames, acks, errors and close codes.
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]
 
 pub mod config;
@@ -21,3 +22,4 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod server;
+pub mod tail;

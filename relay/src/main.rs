@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! soundline-relay serve [--config FILE] [--listen ADDR] [--brokers H:P,...] [--topic T] ...
+//! soundline-relay tail  [--config FILE] [--from earliest|latest|MS] [--car ID] [--segment ID] [--full|--json] [--count N]
 //! ```
 //!
 //! A configuration error is one line on stderr and exit code 2.
@@ -14,10 +15,9 @@ use soundline_relay::config::{Config, RawConfig, SETTINGS};
 /// Settings whose flag takes no value: `--debug` means true.
 const SWITCHES: [&str; 2] = ["debug", "log_json"];
 
-fn cli() -> Command {
-    let mut serve =
-        Command::new("serve").about("Serve recorders: WebSocket frames in, AICP_SOUND envelopes to Kafka, acks out");
-    serve = serve.arg(
+/// Adds `--config` and every setting's flag: `serve` and `tail` read the same configuration.
+fn with_config_args(mut cmd: Command) -> Command {
+    cmd = cmd.arg(
         Arg::new("config")
             .long("config")
             .value_name("FILE")
@@ -26,15 +26,49 @@ fn cli() -> Command {
     for s in SETTINGS {
         let Some(flag) = s.flag else { continue };
         let arg = Arg::new(s.key).long(flag).help(format!("{} [env: {}]", s.help, s.env));
-        serve =
-            serve.arg(if SWITCHES.contains(&s.key) { arg.action(ArgAction::SetTrue) } else { arg.value_name("VALUE") });
+        cmd = cmd.arg(if SWITCHES.contains(&s.key) { arg.action(ArgAction::SetTrue) } else { arg.value_name("VALUE") });
     }
+    cmd
+}
+
+fn cli() -> Command {
+    let serve = with_config_args(
+        Command::new("serve").about("Serve recorders: WebSocket frames in, AICP_SOUND envelopes to Kafka, acks out"),
+    );
+    let tail_cmd = with_config_args(
+        Command::new("tail").about("Print the topic's records: topic:partition:offset: key=... value=..."),
+    )
+    .arg(
+        Arg::new("from")
+            .long("from")
+            .value_name("earliest|latest|MS")
+            .default_value("latest")
+            .help("where to start reading"),
+    )
+    .arg(Arg::new("car").long("car").value_name("CAR_ID").help("only envelopes of this carID"))
+    .arg(Arg::new("segment").long("segment").value_name("SEGMENT_ID").help("only envelopes of this segmentId"))
+    .arg(Arg::new("full").long("full").action(ArgAction::SetTrue).help("print whole values instead of a summary"))
+    .arg(
+        Arg::new("json")
+            .long("json")
+            .action(ArgAction::SetTrue)
+            .conflicts_with("full")
+            .help("one JSON object per record"),
+    )
+    .arg(
+        Arg::new("count")
+            .long("count")
+            .value_name("N")
+            .value_parser(clap::value_parser!(u64))
+            .help("stop after N records"),
+    );
     Command::new("soundline-relay")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Soundline relay: browser recordings into Kafka, and Kafka back out to browsers")
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(serve)
+        .subcommand(tail_cmd)
         .disable_help_subcommand(true)
 }
 
@@ -92,7 +126,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let Some(("serve", m)) = matches.subcommand() else {
+    let Some((command, m)) = matches.subcommand() else {
         return ExitCode::from(2);
     };
     let config = match load(m) {
@@ -110,6 +144,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if command == "tail" {
+        return runtime.block_on(tail(config, m));
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
@@ -137,4 +174,35 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+async fn tail(config: Config, m: &ArgMatches) -> ExitCode {
+    let from = m.get_one::<String>("from").map_or("latest", String::as_str);
+    let Some(start) = soundline_relay::tail::parse_start(from) else {
+        eprintln!("soundline-relay: --from: expected earliest, latest or milliseconds since the epoch, got {from:?}");
+        return ExitCode::from(2);
+    };
+    let format = if m.get_flag("json") {
+        soundline_relay::tail::Format::Json
+    } else if m.get_flag("full") {
+        soundline_relay::tail::Format::Full
+    } else {
+        soundline_relay::tail::Format::Summary
+    };
+    let options = soundline_relay::tail::Options {
+        topic: config.kafka.topic.clone(),
+        start,
+        car: m.get_one::<String>("car").cloned(),
+        segment: m.get_one::<String>("segment").cloned(),
+        format,
+        count: m.get_one::<u64>("count").copied(),
+    };
+    let stdout = std::io::stdout().lock();
+    match soundline_relay::tail::run(&config, &options, stdout, shutdown_signal()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("soundline-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -15,6 +15,7 @@
 //! - [`frame`]: the binary audio frame on the WebSocket (header + little-endian PCM). Bytes only, no I/O.
 //! - [`control`]: the JSON control messages (hello, ready, ack, status, error) and the documented close codes.
 //! - [`recording`]: the recording metadata a technician enters, shared by the hello and the envelope.
+//! - [`feed`]: what a consumed record holds (envelope, other JSON, opaque bytes), for the feed and `tail`.
 //!
 //! Nothing here is async or browser-specific, so every rule of the wire format is tested natively.
 //! `docs/protocol.md` is the prose version of [`frame`] and [`control`].
@@ -23,6 +24,7 @@
 
 pub mod control;
 pub mod envelope;
+pub mod feed;
 pub mod frame;
 pub mod recording;
 

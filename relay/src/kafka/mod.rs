@@ -4,6 +4,7 @@
 //! ([`partitioner`]), batching with linger and a memory budget ([`producer`]), and turning configuration into a
 //! connected client with errors an operator can act on.
 
+pub mod consumer;
 pub mod partitioner;
 pub mod producer;
 
@@ -40,6 +41,9 @@ pub enum KafkaError {
     /// The topic is missing and the relay may not create it.
     #[error("topic {0:?} does not exist and create_topic is off: create it, or set SOUNDLINE_CREATE_TOPIC=true")]
     TopicMissing(String),
+    /// A topic to read does not exist.
+    #[error("topic {0:?} does not exist on the brokers")]
+    NoSuchTopic(String),
     /// Creating the topic failed.
     #[error("cannot create topic {topic:?}: {source}")]
     CreateTopic {

@@ -1,0 +1,169 @@
+//! Reading a topic back: one fetch loop per partition, records out in partition order.
+//!
+//! # Data Flow
+//!
+//! ```text
+//!  Kafka ─► fetch loop, partition 0 ─┐
+//!  Kafka ─► fetch loop, partition 1 ─┼─► bounded channel (records in each partition's order) ─► tail / feed
+//!  ...                               ┘   full: the fetch loops wait (a slow reader never buffers unboundedly)
+//! ```
+//!
+//! rskafka has no consumer groups: the relay reads partitions directly from a start position it chooses. A fetch
+//! that fails is retried with backoff, logged once per failure streak; a start offset that retention removed
+//! meanwhile is replaced by the earliest kept one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use rskafka::client::Client;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+use tokio::sync::mpsc;
+
+use super::KafkaError;
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest record kept.
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+    /// The first record whose timestamp is at or after this many ms since the epoch.
+    TimestampMs(i64),
+}
+
+/// One record read from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The record.
+    pub record: Record,
+}
+
+/// Largest fetch response per request.
+const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
+/// How long the broker may hold a fetch open waiting for new records.
+const FETCH_MAX_WAIT_MS: i32 = 500;
+
+/// The number of partitions of `topic`.
+///
+/// # Errors
+///
+/// [`KafkaError::NoSuchTopic`] when it does not exist; [`KafkaError::Unreachable`] when Kafka fails.
+pub async fn partitions(client: &Client, brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+    let topics =
+        client.list_topics().await.map_err(|source| KafkaError::Unreachable { brokers: brokers.to_owned(), source })?;
+    topics
+        .iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions.len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| KafkaError::NoSuchTopic(topic.to_owned()))
+}
+
+/// Reads every partition of `topic` from `start` into `tx` until `tx` is closed.
+pub fn spawn_topic_readers(
+    client: Arc<Client>,
+    topic: &str,
+    partitions: i32,
+    start: Start,
+    tx: mpsc::Sender<Consumed>,
+) {
+    let topic: Arc<str> = Arc::from(topic);
+    for partition in 0..partitions {
+        tokio::spawn(read_partition(Arc::clone(&client), Arc::clone(&topic), partition, start, tx.clone()));
+    }
+}
+
+async fn resolve(pc: &PartitionClient, start: Start) -> Result<i64, ClientError> {
+    match start {
+        Start::Earliest => pc.get_offset(OffsetAt::Earliest).await,
+        Start::Latest => pc.get_offset(OffsetAt::Latest).await,
+        Start::TimestampMs(ms) => {
+            let at = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+            pc.get_offset(OffsetAt::Timestamp(at)).await
+        }
+    }
+}
+
+/// One partition's fetch loop.
+async fn read_partition(
+    client: Arc<Client>,
+    topic: Arc<str>,
+    partition: i32,
+    start: Start,
+    tx: mpsc::Sender<Consumed>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    let failed = |e: &dyn std::fmt::Display, failing: &mut bool| {
+        if !*failing {
+            tracing::warn!(%topic, partition, error = %e, "reading from Kafka failed; retrying");
+            *failing = true;
+        }
+    };
+    let (pc, mut offset) = loop {
+        if tx.is_closed() {
+            return;
+        }
+        let attempt = async {
+            let pc = client.partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry).await?;
+            let offset = resolve(&pc, start).await?;
+            Ok::<_, ClientError>((pc, offset))
+        };
+        match attempt.await {
+            Ok(ok) => break ok,
+            Err(e) => {
+                failed(&e, &mut failing);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    loop {
+        let fetched = tokio::select! {
+            r = pc.fetch_records(offset, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
+            () = tx.closed() => return,
+        };
+        match fetched {
+            Ok((records, _high_watermark)) => {
+                if failing {
+                    tracing::info!(%topic, partition, offset, "reading from Kafka again");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(100);
+                for r in records {
+                    offset = r.offset + 1;
+                    let consumed =
+                        Consumed { topic: Arc::clone(&topic), partition, offset: r.offset, record: r.record };
+                    if tx.send(consumed).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                // Retention removed what we were about to read: go on from the oldest record kept.
+                match pc.get_offset(OffsetAt::Earliest).await {
+                    Ok(earliest) => {
+                        tracing::warn!(%topic, partition, from = offset, to = earliest, "offset out of range; skipping to the earliest kept record");
+                        offset = earliest;
+                    }
+                    Err(e) => failed(&e, &mut failing),
+                }
+            }
+            Err(e) => {
+                failed(&e, &mut failing);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
