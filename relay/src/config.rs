@@ -51,194 +51,38 @@ const fn s(
 }
 
 /// Every setting the relay reads.
+#[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
-    s(
-        "listen",
-        "relay.listen",
-        "SOUNDLINE_LISTEN",
-        Some("listen"),
-        Some("127.0.0.1:8080"),
-        "address:port the HTTP/WebSocket server binds",
-    ),
-    s(
-        "static_dir",
-        "relay.static_dir",
-        "SOUNDLINE_STATIC_DIR",
-        Some("static-dir"),
-        None,
-        "directory of the built web app (trunk's dist/) to serve at /",
-    ),
-    s(
-        "debug",
-        "isDebug",
-        "SOUNDLINE_DEBUG",
-        Some("debug"),
-        Some("false"),
-        "debug logging: one line per frame (size, topic, timestamp)",
-    ),
-    s(
-        "log_json",
-        "relay.log_json",
-        "SOUNDLINE_LOG_JSON",
-        Some("log-json"),
-        Some("false"),
-        "log as JSON lines instead of human-readable text",
-    ),
-    s(
-        "brokers",
-        "kafka.urls",
-        "SOUNDLINE_KAFKA_BROKERS",
-        Some("brokers"),
-        None,
-        "Kafka bootstrap brokers, host:port[,host:port...] (file: [{\"host\":..,\"port\":..}])",
-    ),
-    s(
-        "topic",
-        "kafka.weight_topic",
-        "SOUNDLINE_TOPIC",
-        Some("topic"),
-        Some("aicp-sound"),
-        "Kafka topic the envelopes are produced to",
-    ),
-    s(
-        "security_protocol",
-        "kafka.security_protocol",
-        "SOUNDLINE_KAFKA_SECURITY_PROTOCOL",
-        Some("security-protocol"),
-        Some("PLAINTEXT"),
-        "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL",
-    ),
-    s(
-        "sasl_mechanism",
-        "kafka.sasl_mechanism",
-        "SOUNDLINE_KAFKA_SASL_MECHANISM",
-        Some("sasl-mechanism"),
-        Some("PLAIN"),
-        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)",
-    ),
+    s("listen", "relay.listen", "SOUNDLINE_LISTEN", Some("listen"), Some("127.0.0.1:8080"), "address:port the HTTP/WebSocket server binds"),
+    s("static_dir", "relay.static_dir", "SOUNDLINE_STATIC_DIR", Some("static-dir"), None, "directory of the built web app (trunk's dist/) to serve at /"),
+    s("debug", "isDebug", "SOUNDLINE_DEBUG", Some("debug"), Some("false"), "debug logging: one line per frame (size, topic, timestamp)"),
+    s("log_json", "relay.log_json", "SOUNDLINE_LOG_JSON", Some("log-json"), Some("false"), "log as JSON lines instead of human-readable text"),
+    s("brokers", "kafka.urls", "SOUNDLINE_KAFKA_BROKERS", Some("brokers"), None, "Kafka bootstrap brokers, host:port[,host:port...] (file: [{\"host\":..,\"port\":..}])"),
+    s("topic", "kafka.weight_topic", "SOUNDLINE_TOPIC", Some("topic"), Some("aicp-sound"), "Kafka topic the envelopes are produced to"),
+    s("security_protocol", "kafka.security_protocol", "SOUNDLINE_KAFKA_SECURITY_PROTOCOL", Some("security-protocol"), Some("PLAINTEXT"), "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL"),
+    s("sasl_mechanism", "kafka.sasl_mechanism", "SOUNDLINE_KAFKA_SASL_MECHANISM", Some("sasl-mechanism"), Some("PLAIN"), "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)"),
     s("username", "kafka.uname", "SOUNDLINE_KAFKA_USERNAME", None, None, "SASL user name (file or environment only)"),
-    s(
-        "password",
-        "kafka.upassword",
-        "SOUNDLINE_KAFKA_PASSWORD",
-        None,
-        None,
-        "SASL password (file or environment only; or SOUNDLINE_KAFKA_PASSWORD_FILE)",
-    ),
-    s(
-        "password_file",
-        "relay.kafka_password_file",
-        "SOUNDLINE_KAFKA_PASSWORD_FILE",
-        None,
-        None,
-        "file whose first line is the SASL password",
-    ),
-    s(
-        "ca_file",
-        "relay.kafka_ca_file",
-        "SOUNDLINE_KAFKA_CA_FILE",
-        Some("kafka-ca-file"),
-        None,
-        "PEM file of CA certificates for SSL/SASL_SSL (default: the Mozilla roots)",
-    ),
-    s(
-        "ver",
-        "kafka.communication_protocol",
-        "SOUNDLINE_VER",
-        Some("ver"),
-        Some("1.0"),
-        "the envelope's \"ver\" string",
-    ),
+    s("password", "kafka.upassword", "SOUNDLINE_KAFKA_PASSWORD", None, None, "SASL password (file or environment only; or SOUNDLINE_KAFKA_PASSWORD_FILE)"),
+    s("password_file", "relay.kafka_password_file", "SOUNDLINE_KAFKA_PASSWORD_FILE", None, None, "file whose first line is the SASL password"),
+    s("ca_file", "relay.kafka_ca_file", "SOUNDLINE_KAFKA_CA_FILE", Some("kafka-ca-file"), None, "PEM file of CA certificates for SSL/SASL_SSL (default: the Mozilla roots)"),
+    s("ver", "kafka.communication_protocol", "SOUNDLINE_VER", Some("ver"), Some("1.0"), "the envelope's \"ver\" string"),
     s("sys_type", "relay.sys_type", "SOUNDLINE_SYS_TYPE", None, Some("3"), "the envelope's \"sysType\""),
     s("sys_tag", "relay.sys_tag", "SOUNDLINE_SYS_TAG", None, Some("AICP_SOUND"), "the envelope's \"sysTag\""),
-    s(
-        "create_topic",
-        "relay.create_topic",
-        "SOUNDLINE_CREATE_TOPIC",
-        Some("create-topic"),
-        Some("true"),
-        "create the topic when it is missing (false: a missing topic is an error)",
-    ),
-    s(
-        "partitions",
-        "relay.partitions",
-        "SOUNDLINE_PARTITIONS",
-        Some("partitions"),
-        Some("6"),
-        "partitions of a topic the relay creates",
-    ),
-    s(
-        "replication_factor",
-        "relay.replication_factor",
-        "SOUNDLINE_REPLICATION_FACTOR",
-        Some("replication-factor"),
-        Some("1"),
-        "replication factor of a topic the relay creates",
-    ),
-    s(
-        "compression",
-        "relay.compression",
-        "SOUNDLINE_COMPRESSION",
-        Some("compression"),
-        Some("none"),
-        "record batch compression: none, gzip, lz4, snappy or zstd",
-    ),
-    s(
-        "linger_ms",
-        "relay.linger_ms",
-        "SOUNDLINE_LINGER_MS",
-        Some("linger-ms"),
-        Some("5"),
-        "how long a partition's batch waits for more records before it is sent",
-    ),
-    s(
-        "batch_max_bytes",
-        "relay.batch_max_bytes",
-        "SOUNDLINE_BATCH_MAX_BYTES",
-        None,
-        Some("1000000"),
-        "largest record batch sent in one produce request",
-    ),
-    s(
-        "max_message_bytes",
-        "relay.max_message_bytes",
-        "SOUNDLINE_MAX_MESSAGE_BYTES",
-        None,
-        Some("1048588"),
-        "the broker's/topic's max message size; larger envelopes are refused, never truncated",
-    ),
-    s(
-        "memory_budget_bytes",
-        "relay.memory_budget_bytes",
-        "SOUNDLINE_MEMORY_BUDGET_BYTES",
-        None,
-        Some("268435456"),
-        "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders",
-    ),
-    s(
-        "max_frame_ms",
-        "relay.max_frame_ms",
-        "SOUNDLINE_MAX_FRAME_MS",
-        None,
-        Some("2000"),
-        "longest accepted audio frame, in ms of 16 kHz audio",
-    ),
-    s(
-        "max_connections",
-        "relay.max_connections",
-        "SOUNDLINE_MAX_CONNECTIONS",
-        None,
-        Some("10000"),
-        "WebSocket connections served at once; more are refused with HTTP 503",
-    ),
-    s(
-        "shutdown_timeout_s",
-        "relay.shutdown_timeout_s",
-        "SOUNDLINE_SHUTDOWN_TIMEOUT_S",
-        None,
-        Some("20"),
-        "on SIGTERM, how long to wait for Kafka to ack what is in flight",
-    ),
+    s("create_topic", "relay.create_topic", "SOUNDLINE_CREATE_TOPIC", Some("create-topic"), Some("true"), "create the topic when it is missing (false: a missing topic is an error)"),
+    s("partitions", "relay.partitions", "SOUNDLINE_PARTITIONS", Some("partitions"), Some("6"), "partitions of a topic the relay creates"),
+    s("replication_factor", "relay.replication_factor", "SOUNDLINE_REPLICATION_FACTOR", Some("replication-factor"), Some("1"), "replication factor of a topic the relay creates"),
+    s("compression", "relay.compression", "SOUNDLINE_COMPRESSION", Some("compression"), Some("none"), "record batch compression: none, gzip, lz4, snappy or zstd"),
+    s("linger_ms", "relay.linger_ms", "SOUNDLINE_LINGER_MS", Some("linger-ms"), Some("5"), "how long a partition's batch waits for more records before it is sent"),
+    s("batch_max_bytes", "relay.batch_max_bytes", "SOUNDLINE_BATCH_MAX_BYTES", None, Some("1000000"), "largest record batch sent in one produce request"),
+    s("max_message_bytes", "relay.max_message_bytes", "SOUNDLINE_MAX_MESSAGE_BYTES", None, Some("1048588"), "the broker's/topic's max message size; larger envelopes are refused, never truncated"),
+    s("memory_budget_bytes", "relay.memory_budget_bytes", "SOUNDLINE_MEMORY_BUDGET_BYTES", None, Some("268435456"), "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders"),
+    s("max_frame_ms", "relay.max_frame_ms", "SOUNDLINE_MAX_FRAME_MS", None, Some("2000"), "longest accepted audio frame, in ms of 16 kHz audio"),
+    s("max_connections", "relay.max_connections", "SOUNDLINE_MAX_CONNECTIONS", None, Some("10000"), "WebSocket connections served at once; more are refused with HTTP 503"),
+    s("feed_topics", "relay.feed_topics", "SOUNDLINE_FEED_TOPICS", Some("feed-topics"), Some(""), "other topics /ws/feed may serve besides the audio topic, comma-separated (e.g. analysis results)"),
+    s("feed_buffer_records", "relay.feed_buffer_records", "SOUNDLINE_FEED_BUFFER_RECORDS", None, Some("1024"), "live records a feed subscriber may fall behind before it is told it lagged"),
+    s("feed_send_timeout_s", "relay.feed_send_timeout_s", "SOUNDLINE_FEED_SEND_TIMEOUT_S", None, Some("10"), "a feed subscriber that reads nothing for this long is disconnected (too_slow)"),
+    s("feed_malformed", "relay.feed_malformed", "SOUNDLINE_FEED_MALFORMED", None, Some("opaque"), "records neither envelope nor JSON: opaque (delivered as base64) or skip (counted, dropped)"),
+    s("shutdown_timeout_s", "relay.shutdown_timeout_s", "SOUNDLINE_SHUTDOWN_TIMEOUT_S", None, Some("20"), "on SIGTERM, how long to wait for Kafka to ack what is in flight"),
 ];
 
 /// A configuration value that is wrong or missing: one line, naming where it came from.
@@ -353,6 +197,19 @@ pub struct KafkaConfig {
     pub max_message_bytes: usize,
 }
 
+/// The live feed (`/ws/feed`).
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// Topics served besides the audio topic.
+    pub topics: Vec<String>,
+    /// Live records a subscriber may fall behind.
+    pub buffer_records: usize,
+    /// Longest a send to a subscriber may take.
+    pub send_timeout: Duration,
+    /// Skip (count) records that are neither envelopes nor JSON, instead of delivering them as opaque.
+    pub skip_malformed: bool,
+}
+
 /// The relay's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -376,6 +233,8 @@ pub struct Config {
     pub max_connections: usize,
     /// SIGTERM grace period.
     pub shutdown_timeout: Duration,
+    /// The live feed.
+    pub feed: FeedConfig,
 }
 
 /// Raw values by setting key, each with a description of its origin.
@@ -580,6 +439,26 @@ impl RawConfig {
                 "seconds between 1 and 600",
                 |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
             )?),
+            feed: FeedConfig {
+                topics: self.parse("feed_topics", "topic names separated by commas", |v| {
+                    let list: Vec<String> =
+                        v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+                    list.iter().all(|t| valid_topic(t)).then_some(list)
+                })?,
+                buffer_records: self.parse("feed_buffer_records", "a record count between 16 and 1000000", |v| {
+                    v.parse().ok().filter(|n| (16..=1_000_000).contains(n))
+                })?,
+                send_timeout: Duration::from_secs(self.parse(
+                    "feed_send_timeout_s",
+                    "seconds between 1 and 600",
+                    |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
+                )?),
+                skip_malformed: self.parse("feed_malformed", "opaque or skip", |v| match v {
+                    "opaque" => Some(false),
+                    "skip" => Some(true),
+                    _ => None,
+                })?,
+            },
         })
     }
 }

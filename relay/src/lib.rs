@@ -4,9 +4,13 @@
 //!
 //! ```text
 //!  /ws/record ─► ingest.rs ─► kafka/producer.rs ─► Kafka
-//!  (server.rs)   validate,     batch per partition
-//!                envelope,     (kafka/partitioner.rs),
-//!                ack ◄──────── offsets
+//!  (server.rs)   validate,     batch per partition     │
+//!                envelope,     (kafka/partitioner.rs), │
+//!                ack ◄──────── offsets                 │
+//!                                                      ▼
+//!  /ws/feed ◄── feed.rs ◄── fanout.rs ◄── kafka/consumer.rs
+//!               filters,    one hub per topic,  one fetch loop per partition
+//!               history     broadcast
 //! ```
 //!
 //! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
@@ -14,10 +18,13 @@
 //! - [`ingest`]: one recorder connection: hello, frames, acks, errors and close codes.
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`fanout`] and [`feed`]: Kafka back out to `/ws/feed` subscribers, one consumer per partition per process.
 //! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod fanout;
+pub mod feed;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;

@@ -46,6 +46,25 @@ impl Histogram {
     }
 }
 
+/// Why a feed record was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedDrop {
+    /// A subscriber fell behind the live stream (counted per subscriber).
+    Lagged,
+    /// Neither an envelope nor JSON, and `feed_malformed` is `skip`.
+    Malformed,
+}
+
+impl FeedDrop {
+    const ALL: [Self; 2] = [Self::Lagged, Self::Malformed];
+    fn label(self) -> &'static str {
+        match self {
+            Self::Lagged => "lagged",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
 /// Every metric the relay exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -75,6 +94,11 @@ pub struct Metrics {
     pub produce_latency: Histogram,
     /// 1 when the relay can reach Kafka and the topic exists.
     pub kafka_up: AtomicI64,
+    /// Feed subscribers connected now.
+    pub feed_subscribers: AtomicI64,
+    /// Records sent to feed subscribers.
+    pub feed_delivered_total: AtomicU64,
+    feed_dropped: [AtomicU64; FeedDrop::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -91,8 +115,15 @@ impl Metrics {
         ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Counts `n` feed records not delivered for `reason`.
+    pub fn feed_dropped(&self, reason: FeedDrop, n: u64) {
+        if let Some(i) = FeedDrop::ALL.iter().position(|r| *r == reason) {
+            self.feed_dropped[i].fetch_add(n, Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition; `consumer_lag` is (topic, partition, records behind) per feed partition.
+    pub fn render(&self, consumer_lag: &[(std::sync::Arc<str>, i32, i64)]) -> String {
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -140,12 +171,32 @@ impl Metrics {
             self.held_bytes.load(Relaxed),
         );
         gauge("soundline_kafka_up", "1 when Kafka is reachable and the topic exists.", self.kafka_up.load(Relaxed));
+        gauge("soundline_feed_subscribers", "Feed subscribers connected now.", self.feed_subscribers.load(Relaxed));
         let _ = writeln!(
             out,
             "# HELP soundline_errors_total Errors sent to clients, by code.\n# TYPE soundline_errors_total counter"
         );
         for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
             let _ = writeln!(out, "soundline_errors_total{{code=\"{code}\"}} {}", n.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP soundline_feed_delivered_total Records sent to feed subscribers.\n# TYPE soundline_feed_delivered_total counter\nsoundline_feed_delivered_total {}",
+            self.feed_delivered_total.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP soundline_feed_dropped_total Feed records not delivered, by reason.\n# TYPE soundline_feed_dropped_total counter"
+        );
+        for (reason, n) in FeedDrop::ALL.iter().zip(&self.feed_dropped) {
+            let _ = writeln!(out, "soundline_feed_dropped_total{{reason=\"{}\"}} {}", reason.label(), n.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP soundline_consumer_lag Records between the feed consumer and the partition's end.\n# TYPE soundline_consumer_lag gauge"
+        );
+        for (topic, partition, lag) in consumer_lag {
+            let _ = writeln!(out, "soundline_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}");
         }
         self.produce_latency.render(
             "soundline_produce_latency_seconds",
@@ -165,7 +216,7 @@ mod tests {
         let m = Metrics::default();
         m.produce_latency.observe(Duration::from_micros(500));
         m.produce_latency.observe(Duration::from_millis(30));
-        let text = m.render();
+        let text = m.render(&[]);
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_count 2"), "{text}");
@@ -175,7 +226,7 @@ mod tests {
     fn errors_are_labelled_by_code() {
         let m = Metrics::default();
         m.error(ErrorCode::BadFrame);
-        assert!(m.render().contains("soundline_errors_total{code=\"bad_frame\"} 1"));
+        assert!(m.render(&[]).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
         assert_eq!(m.errors(ErrorCode::BadFrame), 1);
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Routes:
 //! - `GET /ws/record`: recorder WebSocket ([`crate::ingest`]);
+//! - `GET /ws/feed`: feed WebSocket ([`crate::feed`], fed by [`crate::fanout`]);
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 when Kafka is reachable and the topic exists, else 503 with the reason;
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]);
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::kafka::producer::Producer;
 use crate::metrics::Metrics;
 
@@ -47,6 +49,7 @@ pub struct AppState {
 struct Shared {
     config: Config,
     producer: Producer,
+    fanout: Fanout,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
@@ -60,8 +63,17 @@ impl AppState {
         let producer =
             Producer::start(config.kafka.clone(), config.memory_budget_bytes, Arc::clone(&metrics), shutdown.clone());
         let connections = Arc::new(Semaphore::new(config.max_connections));
+        let fanout = Fanout::new(config.clone(), Arc::clone(&metrics));
         Self {
-            shared: Arc::new(Shared { config, producer, metrics, shutdown, connections, tracker: TaskTracker::new() }),
+            shared: Arc::new(Shared {
+                config,
+                producer,
+                fanout,
+                metrics,
+                shutdown,
+                connections,
+                tracker: TaskTracker::new(),
+            }),
         }
     }
 
@@ -73,6 +85,11 @@ impl AppState {
     /// The Kafka producer.
     pub fn producer(&self) -> &Producer {
         &self.shared.producer
+    }
+
+    /// The feed's fan-out.
+    pub fn fanout(&self) -> &Fanout {
+        &self.shared.fanout
     }
 
     /// The metrics.
@@ -91,6 +108,7 @@ pub fn app(state: AppState) -> Router {
     let static_dir = state.config().static_dir.clone();
     let router = Router::new()
         .route("/ws/record", get(record))
+        .route("/ws/feed", get(feed))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -104,11 +122,30 @@ pub fn app(state: AppState) -> Router {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Record,
+    Feed,
+}
+
 async fn record(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
+    upgrade(ws, state, peer, Endpoint::Record)
+}
+
+async fn feed(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    upgrade(ws, state, peer, Endpoint::Feed)
+}
+
+/// Both WebSocket endpoints: the connection limit, message size limits, and tracking for graceful shutdown.
+fn upgrade(ws: WebSocketUpgrade, state: AppState, peer: SocketAddr, endpoint: Endpoint) -> Response {
     if state.shutdown().is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the relay is shutting down\n").into_response();
     }
@@ -116,15 +153,22 @@ async fn record(
         state.metrics().connections_refused_total.fetch_add(1, Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry later\n").into_response();
     };
-    let cfg = state.config();
-    let max_message = (soundline_shared::frame::HEADER_LEN + cfg.max_frame_samples as usize * 2).max(MAX_TEXT_BYTES);
+    let max_message = match endpoint {
+        Endpoint::Record => {
+            (soundline_shared::frame::HEADER_LEN + state.config().max_frame_samples as usize * 2).max(MAX_TEXT_BYTES)
+        }
+        Endpoint::Feed => MAX_TEXT_BYTES,
+    };
     let tracker = state.shared.tracker.clone();
     ws.max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| {
         tracker.track_future(async move {
             let metrics = Arc::clone(&state.shared.metrics);
             metrics.connections_total.fetch_add(1, Relaxed);
             metrics.connections_active.fetch_add(1, Relaxed);
-            crate::ingest::serve(socket, state, peer.to_string()).await;
+            match endpoint {
+                Endpoint::Record => crate::ingest::serve(socket, state, peer.to_string()).await,
+                Endpoint::Feed => crate::feed::serve(socket, state, peer.to_string()).await,
+            }
             metrics.connections_active.fetch_sub(1, Relaxed);
             drop(slot);
         })
@@ -135,6 +179,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let link = state.producer().link().borrow().clone();
     if state.shutdown().is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n").into_response()
+    } else if let Some(failure) = state.fanout().health().failure() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {failure}\n")).into_response()
     } else if link.up {
         (StatusCode::OK, format!("ready: producing to topic {}\n", state.config().kafka.topic)).into_response()
     } else {
@@ -143,7 +189,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics().render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics().render(&state.fanout().health().lag()),
+    )
+        .into_response()
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains recorder connections and returns.

@@ -145,6 +145,14 @@ pub enum ErrorCode {
     InvalidUtf8,
     /// A WebSocket message exceeds the relay's size limit.
     MessageTooBig,
+    /// The feed's first message is not a valid subscribe.
+    BadSubscribe,
+    /// The subscription names a topic that is not on the relay's feed allowlist.
+    TopicNotAllowed,
+    /// A feed subscriber did not read for longer than the relay's send timeout.
+    TooSlow,
+    /// The subscribed topic does not exist (yet) on the brokers.
+    UnknownTopic,
     /// The relay is shutting down; reconnect (to another replica) and resend unacked frames.
     ShuttingDown,
     /// The relay failed in a way that is not the client's fault.
@@ -153,7 +161,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 17] = [
         Self::UnsupportedProtocol,
         Self::HelloRequired,
         Self::BadHello,
@@ -165,6 +173,10 @@ impl ErrorCode {
         Self::RecordTooLarge,
         Self::InvalidUtf8,
         Self::MessageTooBig,
+        Self::BadSubscribe,
+        Self::TopicNotAllowed,
+        Self::TooSlow,
+        Self::UnknownTopic,
         Self::ShuttingDown,
         Self::Internal,
     ];
@@ -183,6 +195,10 @@ impl ErrorCode {
             Self::RecordTooLarge => 4009,
             Self::InvalidUtf8 => 1007,
             Self::MessageTooBig => 1009,
+            Self::BadSubscribe => 4010,
+            Self::TopicNotAllowed => 4011,
+            Self::TooSlow => 4012,
+            Self::UnknownTopic => 4013,
             Self::ShuttingDown => 1001,
             Self::Internal => 1011,
         }
@@ -202,6 +218,10 @@ impl ErrorCode {
             Self::RecordTooLarge => "record_too_large",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::MessageTooBig => "message_too_big",
+            Self::BadSubscribe => "bad_subscribe",
+            Self::TopicNotAllowed => "topic_not_allowed",
+            Self::TooSlow => "too_slow",
+            Self::UnknownTopic => "unknown_topic",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
         }
@@ -209,7 +229,7 @@ impl ErrorCode {
 
     /// Whether a recorder should reconnect and resend after this error (the fault is not in what it sent).
     pub const fn retryable(self) -> bool {
-        matches!(self, Self::ShuttingDown | Self::Internal)
+        matches!(self, Self::ShuttingDown | Self::Internal | Self::TooSlow | Self::UnknownTopic)
     }
 }
 

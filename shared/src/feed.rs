@@ -1,7 +1,22 @@
-//! What a consumed Kafka record's value is, for everything that shows records to people (the relay's `tail`
-//! command now, the browser's feed panel later): an `AICP_SOUND` envelope, other JSON (analysis results), or
-//! opaque bytes. Classifying never fails: a malformed record is shown as what it is, it never stops a reader.
+//! The live feed: what a consumed Kafka record's value is, and the `/ws/feed` messages that carry records from
+//! the relay to subscribers (the browser's feed panel; any client that reads `docs/protocol.md`).
+//!
+//! ```text
+//! subscriber                                                   relay
+//!   │ ── text {"type":"subscribe","topic":..,"from":..,...} ──► │ allowlist, start positions
+//!   │ ◄──────── text {"type":"subscribed","topic":..,"from":{"0":12,...}}
+//!   │ ◄──────── text {"type":"record", ...}  (history first, then live; per partition in offset order)
+//!   │ ◄──────── text {"type":"lagged","missed":n,"resumeFrom":{...}}   when it fell behind the live stream
+//! ```
+//!
+//! A value is classified as an `AICP_SOUND` envelope, other JSON (analysis results), or opaque bytes.
+//! Classifying never fails: a malformed record is shown as what it is, it never stops a reader.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::ControlError;
 use crate::envelope::Envelope;
 
 /// A record's value, classified.
@@ -37,6 +52,204 @@ impl FeedValue {
     }
 }
 
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum From {
+    /// Only records produced from now on (the default).
+    Live,
+    /// The oldest records Kafka keeps.
+    Earliest,
+    /// The first record at or after this time (ms since the epoch), per partition.
+    TimestampMs(i64),
+    /// The next offset to deliver, per partition (a resume: last received offset + 1). Partitions not named start
+    /// live.
+    Offsets(BTreeMap<i32, i64>),
+}
+
+/// A feed client's only message: what to receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscribe {
+    /// Topic; `None`: the relay's audio topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Start position; default live.
+    #[serde(default = "live", with = "from_json")]
+    pub from: From,
+    /// Only envelopes whose `deviceInfo.carID` is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub car_id: Option<String>,
+    /// Only envelopes whose `segmentId` is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<String>,
+}
+
+fn live() -> From {
+    From::Live
+}
+
+/// `from` on the wire: `"live"`, `"earliest"`, `{"timestampMs": N}` or `{"offsets": {"0": 12}}`.
+mod from_json {
+    use super::From;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Word(String),
+        Timestamp {
+            #[serde(rename = "timestampMs")]
+            timestamp_ms: i64,
+        },
+        // String keys: JSON object keys are strings, and untagged enums cannot turn them into numbers.
+        Offsets {
+            offsets: std::collections::BTreeMap<String, i64>,
+        },
+    }
+
+    pub fn serialize<S: Serializer>(from: &From, s: S) -> Result<S::Ok, S::Error> {
+        match from {
+            From::Live => Wire::Word("live".into()),
+            From::Earliest => Wire::Word("earliest".into()),
+            From::TimestampMs(ms) => Wire::Timestamp { timestamp_ms: *ms },
+            From::Offsets(o) => Wire::Offsets { offsets: o.iter().map(|(p, o)| (p.to_string(), *o)).collect() },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<From, D::Error> {
+        match Wire::deserialize(d)? {
+            Wire::Word(w) if w == "live" => Ok(From::Live),
+            Wire::Word(w) if w == "earliest" => Ok(From::Earliest),
+            Wire::Word(w) => Err(serde::de::Error::custom(format!(
+                "from {w:?} is not \"live\", \"earliest\", {{\"timestampMs\": N}} or {{\"offsets\": {{\"PARTITION\": OFFSET}}}}"
+            ))),
+            Wire::Timestamp { timestamp_ms } => Ok(From::TimestampMs(timestamp_ms)),
+            Wire::Offsets { offsets } => offsets
+                .into_iter()
+                .map(|(p, o)| match p.parse::<i32>() {
+                    Ok(p) if p >= 0 && o >= 0 => Ok((p, o)),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "offsets: {p:?}: {o} is not a partition number and an offset >= 0"
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(From::Offsets),
+        }
+    }
+}
+
+/// Per-partition offsets on the wire: a JSON object with partition numbers as string keys, `{"0": 12}`.
+///
+/// Written by hand because tagged enums buffer their fields, and buffered JSON keys stay strings.
+mod partition_offsets {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<i32, i64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(p, o)| (p.to_string(), o)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i32, i64>, D::Error> {
+        parse(BTreeMap::<String, i64>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(raw: BTreeMap<String, i64>) -> Result<BTreeMap<i32, i64>, String> {
+        raw.into_iter()
+            .map(|(p, o)| match p.parse::<i32>() {
+                Ok(p) if p >= 0 && o >= 0 => Ok((p, o)),
+                _ => Err(format!("offsets: {p:?}: {o} is not a partition number and an offset >= 0")),
+            })
+            .collect()
+    }
+}
+
+/// Feed client messages (text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedClientMessage {
+    /// The one message a feed client sends, first.
+    Subscribe(Subscribe),
+}
+
+impl FeedClientMessage {
+    /// Parses a feed client's text message.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::NotJson`] or [`ControlError::Invalid`], naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self, ControlError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ControlError::NotJson(e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+
+    /// As JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Feed relay messages (text). Errors are [`crate::control::ServerMessage::Error`], then a close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedServerMessage {
+    /// The subscription is accepted; `from` is the first offset that will be delivered, per partition.
+    Subscribed {
+        /// Topic.
+        topic: String,
+        /// Number of partitions.
+        partitions: i32,
+        /// First offset delivered, per partition.
+        #[serde(with = "partition_offsets")]
+        from: BTreeMap<i32, i64>,
+    },
+    /// One Kafka record.
+    Record(FeedRecord),
+    /// The subscriber fell behind the live stream and `missed` records were skipped; re-subscribe with
+    /// `{"offsets": resumeFrom}` to read them.
+    Lagged {
+        /// Records skipped.
+        missed: u64,
+        /// Per partition, the first offset not delivered.
+        #[serde(rename = "resumeFrom", with = "partition_offsets")]
+        resume_from: BTreeMap<i32, i64>,
+    },
+}
+
+/// One record as the feed delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka timestamp, ms.
+    pub timestamp_ms: i64,
+    /// Key as UTF-8 (lossy), if any.
+    pub key: Option<String>,
+    /// `envelope`, `json` or `opaque`.
+    pub kind: String,
+    /// The envelope or JSON document as it is in Kafka; for `opaque`, the bytes as standard base64.
+    pub value: serde_json::Value,
+}
+
+impl FeedServerMessage {
+    /// Parses a relay's feed message.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::NotJson`] or [`ControlError::Invalid`].
+    pub fn parse(text: &str) -> Result<Self, ControlError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ControlError::NotJson(e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +264,48 @@ mod tests {
         assert_eq!(FeedValue::classify(b"\x00\xff garbage").kind(), "opaque");
         // An envelope-shaped document with a broken field is still readable JSON.
         assert_eq!(FeedValue::classify(br#"{"sysTag":"AICP_SOUND"}"#).kind(), "json");
+    }
+
+    #[test]
+    fn subscribe_defaults_to_live_on_the_audio_topic() {
+        let msg = FeedClientMessage::parse(r#"{"type":"subscribe"}"#).expect("valid");
+        assert_eq!(
+            msg,
+            FeedClientMessage::Subscribe(Subscribe { topic: None, from: From::Live, car_id: None, segment_id: None })
+        );
+    }
+
+    #[test]
+    fn every_start_position_round_trips() {
+        for (json, from) in [
+            (r#""earliest""#, From::Earliest),
+            (r#""live""#, From::Live),
+            (r#"{"timestampMs":1764000000000}"#, From::TimestampMs(1_764_000_000_000)),
+            (r#"{"offsets":{"0":12,"3":40}}"#, From::Offsets(BTreeMap::from([(0, 12), (3, 40)]))),
+        ] {
+            let text = format!(r#"{{"type":"subscribe","topic":"t","from":{json},"carId":"C"}}"#);
+            let parsed = FeedClientMessage::parse(&text).expect("valid");
+            let want = Subscribe { topic: Some("t".into()), from, car_id: Some("C".into()), segment_id: None };
+            assert_eq!(parsed, FeedClientMessage::Subscribe(want.clone()));
+            assert_eq!(FeedClientMessage::parse(&FeedClientMessage::Subscribe(want).to_json()), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn relay_messages_with_partition_maps_round_trip() {
+        let msgs = [
+            FeedServerMessage::Subscribed { topic: "t".into(), partitions: 2, from: BTreeMap::from([(0, 5), (1, 9)]) },
+            FeedServerMessage::Lagged { missed: 3, resume_from: BTreeMap::from([(1, 10)]) },
+        ];
+        for m in msgs {
+            let text = serde_json::to_string(&m).expect("serializable");
+            assert_eq!(FeedServerMessage::parse(&text), Ok(m), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_start_position_is_named() {
+        let err = FeedClientMessage::parse(r#"{"type":"subscribe","from":"yesterday"}"#).unwrap_err();
+        assert!(matches!(err, ControlError::Invalid(_)), "{err}");
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod recorder;
 pub mod relay;
+pub mod subscriber;
 
 use std::sync::Arc;
 use std::time::Duration;

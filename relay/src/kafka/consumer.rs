@@ -12,7 +12,8 @@
 //! that fails is retried with backoff, logged once per failure streak; a start offset that retention removed
 //! meanwhile is replaced by the earliest kept one.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -33,6 +34,44 @@ pub enum Start {
     Latest,
     /// The first record whose timestamp is at or after this many ms since the epoch.
     TimestampMs(i64),
+    /// This offset.
+    Offset(i64),
+}
+
+/// What the fetch loops report for `/readyz` and `/metrics`: partitions failing now, and lag (high watermark minus
+/// the next offset to read) per partition. A std Mutex: held briefly to update small maps, never across an await.
+#[derive(Debug, Default)]
+pub struct ConsumerHealth {
+    failing: Mutex<BTreeMap<(Arc<str>, i32), String>>,
+    lag: Mutex<BTreeMap<(Arc<str>, i32), i64>>,
+}
+
+impl ConsumerHealth {
+    /// The first failing partition's error, if any.
+    pub fn failure(&self) -> Option<String> {
+        let failing = self.failing.lock().ok()?;
+        failing.iter().next().map(|((t, p), e)| format!("reading {t}/{p}: {e}"))
+    }
+
+    /// Lag per (topic, partition).
+    pub fn lag(&self) -> Vec<(Arc<str>, i32, i64)> {
+        self.lag.lock().map(|l| l.iter().map(|((t, p), n)| (Arc::clone(t), *p, *n)).collect()).unwrap_or_default()
+    }
+
+    fn set_failing(&self, topic: &Arc<str>, partition: i32, error: Option<String>) {
+        if let Ok(mut f) = self.failing.lock() {
+            match error {
+                Some(e) => f.insert((Arc::clone(topic), partition), e),
+                None => f.remove(&(Arc::clone(topic), partition)),
+            };
+        }
+    }
+
+    fn set_lag(&self, topic: &Arc<str>, partition: i32, lag: i64) {
+        if let Ok(mut l) = self.lag.lock() {
+            l.insert((Arc::clone(topic), partition), lag.max(0));
+        }
+    }
 }
 
 /// One record read from Kafka.
@@ -78,9 +117,29 @@ pub fn spawn_topic_readers(
     tx: mpsc::Sender<Consumed>,
 ) {
     let topic: Arc<str> = Arc::from(topic);
+    let health = Arc::new(ConsumerHealth::default());
     for partition in 0..partitions {
-        tokio::spawn(read_partition(Arc::clone(&client), Arc::clone(&topic), partition, start, tx.clone()));
+        spawn_partition_reader(
+            Arc::clone(&client),
+            Arc::clone(&topic),
+            partition,
+            start,
+            tx.clone(),
+            Arc::clone(&health),
+        );
     }
+}
+
+/// Reads one partition from `start` into `tx` until `tx` is closed, reporting to `health`.
+pub fn spawn_partition_reader(
+    client: Arc<Client>,
+    topic: Arc<str>,
+    partition: i32,
+    start: Start,
+    tx: mpsc::Sender<Consumed>,
+    health: Arc<ConsumerHealth>,
+) {
+    tokio::spawn(read_partition(client, topic, partition, start, tx, health));
 }
 
 async fn resolve(pc: &PartitionClient, start: Start) -> Result<i64, ClientError> {
@@ -89,8 +148,13 @@ async fn resolve(pc: &PartitionClient, start: Start) -> Result<i64, ClientError>
         Start::Latest => pc.get_offset(OffsetAt::Latest).await,
         Start::TimestampMs(ms) => {
             let at = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
-            pc.get_offset(OffsetAt::Timestamp(at)).await
+            match pc.get_offset(OffsetAt::Timestamp(at)).await? {
+                // Kafka answers -1 when no record is that recent: start at the end.
+                offset if offset < 0 => pc.get_offset(OffsetAt::Latest).await,
+                offset => Ok(offset),
+            }
         }
+        Start::Offset(offset) => Ok(offset),
     }
 }
 
@@ -101,12 +165,14 @@ async fn read_partition(
     partition: i32,
     start: Start,
     tx: mpsc::Sender<Consumed>,
+    health: Arc<ConsumerHealth>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     let failed = |e: &dyn std::fmt::Display, failing: &mut bool| {
         if !*failing {
             tracing::warn!(%topic, partition, error = %e, "reading from Kafka failed; retrying");
+            health.set_failing(&topic, partition, Some(e.to_string()));
             *failing = true;
         }
     };
@@ -134,11 +200,14 @@ async fn read_partition(
             () = tx.closed() => return,
         };
         match fetched {
-            Ok((records, _high_watermark)) => {
+            Ok((records, high_watermark)) => {
                 if failing {
                     tracing::info!(%topic, partition, offset, "reading from Kafka again");
+                    health.set_failing(&topic, partition, None);
                     failing = false;
                 }
+                let next = records.last().map_or(offset, |r| r.offset + 1);
+                health.set_lag(&topic, partition, high_watermark - next);
                 backoff = Duration::from_millis(100);
                 for r in records {
                     offset = r.offset + 1;

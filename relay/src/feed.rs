@@ -1,0 +1,249 @@
+//! `/ws/feed`: one subscriber, from its subscribe to the live stream.
+//!
+//! # Data Flow
+//!
+//! ```text
+//!  subscribe ─► allowlist ─► hub.join() ─► (broadcast receiver, live positions)
+//!                                │
+//!     history: own fetch per partition, [start, live position) ─► filter ─► socket
+//!     live:    broadcast receiver, offsets >= next per partition ─► filter ─► socket
+//!              lagged: tell {missed, resumeFrom}, carry on live
+//! ```
+//!
+//! Everything a subscriber does costs only itself: history is read with its own bounded fetches (1 MiB per
+//! request, paced by its socket), live records come from the shared hub, and a send that takes longer than
+//! `feed_send_timeout_s` ends the connection with `too_slow` (4012).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chrono::{TimeZone, Utc};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+use soundline_shared::control::{ErrorCode, ServerMessage};
+use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::fanout::{Hub, Published, publish};
+use crate::kafka::KafkaError;
+use crate::metrics::FeedDrop;
+use crate::server::AppState;
+
+/// How long a new connection may take to send its subscribe.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per history fetch.
+const HISTORY_FETCH_BYTES: i32 = 1024 * 1024;
+
+struct Fail(ErrorCode, String);
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Serves one feed connection until it ends.
+pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+    let (mut sink, mut stream) = socket.split();
+    state.metrics().feed_subscribers.fetch_add(1, Relaxed);
+    let outcome = tokio::select! {
+        r = subscribe_and_deliver(&mut sink, &mut stream, &state) => r,
+        () = state.shutdown().cancelled() => Err(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; subscribe again".into())),
+    };
+    state.metrics().feed_subscribers.fetch_sub(1, Relaxed);
+    if let Err(Fail(code, message)) = outcome {
+        state.metrics().error(code);
+        tracing::info!(peer, %code, message, "closing feed connection");
+        // A subscriber too slow to read gets no more writes: they would block again.
+        if code != ErrorCode::TooSlow {
+            let send = async {
+                let _ = sink.send(Message::Text(ServerMessage::error(code, message.clone()).to_json().into())).await;
+                let reason = Utf8Bytes::from(message.chars().take(100).collect::<String>());
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+            // Closing handshake: wait briefly for the client's close so it reads ours before the socket goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+async fn subscribe_and_deliver(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    state: &AppState,
+) -> Result<(), Fail> {
+    let sub = read_subscribe(stream).await?;
+    let cfg = state.config();
+    let topic = sub.topic.clone().unwrap_or_else(|| cfg.kafka.topic.clone());
+    if topic != cfg.kafka.topic && !cfg.feed.topics.contains(&topic) {
+        let mut allowed = vec![cfg.kafka.topic.as_str()];
+        allowed.extend(cfg.feed.topics.iter().map(String::as_str));
+        return Err(Fail(
+            ErrorCode::TopicNotAllowed,
+            format!("topic {topic:?} is not served here; allowed: {}", allowed.join(", ")),
+        ));
+    }
+    let hub = state.fanout().hub(&topic).await.map_err(|e| match e {
+        KafkaError::NoSuchTopic(_) => Fail(ErrorCode::UnknownTopic, e.to_string()),
+        e => Fail(ErrorCode::Internal, e.to_string()),
+    })?;
+    // The client leaving ends delivery at once, whichever phase it is in.
+    let client_gone = async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        r = deliver(sink, &hub, &sub, state) => r,
+        () = client_gone => Ok(()),
+    }
+}
+
+async fn read_subscribe(stream: &mut SplitStream<WebSocket>) -> Result<Subscribe, Fail> {
+    let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| Fail(ErrorCode::BadSubscribe, "no subscribe message within 30 s".into()))?;
+    match first {
+        Some(Ok(Message::Text(text))) => match FeedClientMessage::parse(&text) {
+            Ok(FeedClientMessage::Subscribe(sub)) => Ok(sub),
+            Err(e) => Err(Fail(ErrorCode::BadSubscribe, e.to_string())),
+        },
+        Some(Ok(_)) => Err(Fail(ErrorCode::BadSubscribe, "send a subscribe (a JSON text message) first".into())),
+        Some(Err(e)) => Err(Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}"))),
+        None => Err(Fail(ErrorCode::BadSubscribe, "the connection closed before a subscribe".into())),
+    }
+}
+
+async fn send(sink: &mut Sink, text: Utf8Bytes, state: &AppState) -> Result<(), Fail> {
+    match tokio::time::timeout(state.config().feed.send_timeout, sink.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Fail(ErrorCode::Internal, "the connection failed".into())),
+        Err(_) => Err(Fail(ErrorCode::TooSlow, "the subscriber read nothing for longer than the send timeout".into())),
+    }
+}
+
+/// Resolves the subscription's start offset per partition (never past the live position).
+async fn starts(hub: &Hub, from: &From, live: &[i64], state: &AppState) -> Result<Vec<i64>, Fail> {
+    if *from == From::Live {
+        return Ok(live.to_vec());
+    }
+    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let mut out = Vec::with_capacity(live.len());
+    for (p, live_p) in live.iter().enumerate() {
+        let wanted = match from {
+            From::Live => *live_p,
+            From::Offsets(o) => o.get(&(p as i32)).copied().unwrap_or(*live_p),
+            From::Earliest | From::TimestampMs(_) => {
+                let at = match from {
+                    From::TimestampMs(ms) => {
+                        OffsetAt::Timestamp(Utc.timestamp_millis_opt(*ms).single().unwrap_or_default())
+                    }
+                    _ => OffsetAt::Earliest,
+                };
+                let pc = client
+                    .partition_client(hub.topic.to_string(), p as i32, UnknownTopicHandling::Retry)
+                    .await
+                    .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+                // -1: no record that recent.
+                match pc.get_offset(at).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))? {
+                    o if o < 0 => *live_p,
+                    o => o,
+                }
+            }
+        };
+        out.push(wanted.clamp(0, *live_p));
+    }
+    Ok(out)
+}
+
+async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) -> Result<(), Fail> {
+    let (mut live_rx, live) = hub.join();
+    let start = starts(hub, &sub.from, &live, state).await?;
+    let subscribed = FeedServerMessage::Subscribed {
+        topic: hub.topic.to_string(),
+        partitions: live.len() as i32,
+        from: start.iter().enumerate().map(|(p, o)| (p as i32, *o)).collect(),
+    };
+    send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
+    let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
+    let metrics = state.metrics();
+
+    // History: this subscriber's own fetches, partition by partition, up to where the live stream starts.
+    let skip_malformed = state.config().feed.skip_malformed;
+    for (p, (&from, &until)) in start.iter().zip(&live).enumerate() {
+        if from >= until {
+            continue;
+        }
+        let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+        let pc = client
+            .partition_client(hub.topic.to_string(), p as i32, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+        let mut offset = from;
+        while offset < until {
+            let records = match pc.fetch_records(offset, 1..HISTORY_FETCH_BYTES, 100).await {
+                Ok((records, _)) => records,
+                Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                    // Retention removed the start: go on from the oldest record kept.
+                    offset = pc
+                        .get_offset(OffsetAt::Earliest)
+                        .await
+                        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+                    continue;
+                }
+                Err(e) => return Err(Fail(ErrorCode::Internal, format!("reading history: {e}"))),
+            };
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                if r.offset >= until {
+                    break;
+                }
+                offset = r.offset + 1;
+                let Some(published) = publish(&hub.topic, p as i32, r.offset, &r.record, skip_malformed) else {
+                    continue;
+                };
+                if published.matches(car, segment) {
+                    send(sink, published.text, state).await?;
+                    metrics.feed_delivered_total.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    // Live: each offset at most once per partition.
+    let mut next: BTreeMap<i32, i64> = live.iter().enumerate().map(|(p, o)| (p as i32, *o)).collect();
+    loop {
+        let published: Arc<Published> = match live_rx.recv().await {
+            Ok(p) => p,
+            Err(RecvError::Lagged(missed)) => {
+                metrics.feed_dropped(FeedDrop::Lagged, missed);
+                let lagged = FeedServerMessage::Lagged { missed, resume_from: next.clone() };
+                send(sink, serde_json::to_string(&lagged).unwrap_or_default().into(), state).await?;
+                continue;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        let slot = next.entry(published.partition).or_insert(0);
+        if published.offset < *slot {
+            continue;
+        }
+        *slot = published.offset + 1;
+        if published.matches(car, segment) {
+            send(sink, published.text.clone(), state).await?;
+            metrics.feed_delivered_total.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! `/ws/feed` against the real broker: every record to every subscriber in partition order, resume, filters,
+//! the topic allowlist, opaque records, and a subscriber that never reads.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+use soundline_shared::control::ErrorCode;
+use soundline_shared::envelope::{Envelope, Stamp};
+use soundline_shared::feed::{FeedRecord, FeedServerMessage, From};
+use soundline_tests::recorder::{Recorder, recording, samples};
+use soundline_tests::relay::{InProcess, config, http_get};
+use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
+use soundline_tests::{client, create_topic, random_topic, read_all};
+
+const TS: i64 = 1_764_000_000_000;
+
+fn envelope(car: &str, segment: &str, seq: u32) -> Vec<u8> {
+    Envelope::from_samples(
+        uuid::Uuid::new_v4(),
+        &Stamp { ver: "1.0".into(), ..Stamp::default() },
+        &recording(car, segment),
+        TS + i64::from(seq) * 200,
+        &samples(segment, seq, 1600),
+    )
+    .to_json()
+}
+
+fn record(key: &str, value: Vec<u8>) -> Record {
+    Record {
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        headers: BTreeMap::new(),
+        timestamp: Utc.timestamp_millis_opt(TS).single().expect("valid"),
+    }
+}
+
+/// Produces `values` straight to `partition` with rskafka, as any Kafka producer would.
+async fn produce(topic: &str, partition: i32, values: Vec<(String, Vec<u8>)>) {
+    let client = client().await;
+    let pc = client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.expect("partition client");
+    pc.produce(values.into_iter().map(|(k, v)| record(&k, v)).collect(), Compression::NoCompression)
+        .await
+        .expect("produce");
+}
+
+fn assert_partition_order(records: &[FeedRecord]) {
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in records {
+        if let Some(prev) = last.insert(r.partition, r.offset) {
+            assert!(r.offset > prev, "partition {} went from offset {prev} to {}", r.partition, r.offset);
+        }
+    }
+}
+
+async fn relay_for(topic: &str, extra: &[(&str, &str)]) -> InProcess {
+    let mut env = vec![("SOUNDLINE_TOPIC", topic), ("SOUNDLINE_PARTITIONS", "3")];
+    env.extend_from_slice(extra);
+    let relay = InProcess::start(config(&env)).await;
+    relay.wait_ready().await;
+    relay
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_get_every_record_in_partition_order_from_the_relay_and_from_plain_producers() {
+    let topic = random_topic("feed");
+    let relay = relay_for(&topic, &[]).await;
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        subscribers.push(Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await);
+    }
+    // 2 recorders x 20 frames through the relay, and 10 envelopes from a plain producer.
+    let mut recorders = tokio::task::JoinSet::new();
+    for car in ["CAR-F1", "CAR-F2"] {
+        let url = relay.ws("/ws/record");
+        recorders.spawn(async move {
+            let segment = format!("seg-{car}");
+            let mut r = Recorder::start(&url, &recording(car, &segment)).await;
+            for seq in 0..20 {
+                r.send_frame(seq, TS + i64::from(seq) * 200, &samples(&segment, seq, 1600)).await;
+            }
+            r.acks(20).await;
+            r.close().await;
+        });
+    }
+    produce(&topic, 2, (0..10).map(|i| ("CAR-P".to_owned(), envelope("CAR-P", "seg-p", i))).collect()).await;
+    recorders.join_all().await;
+
+    let in_kafka: BTreeSet<(i32, i64)> =
+        read_all(&*client().await, &topic, 3).await.iter().map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(in_kafka.len(), 50);
+    for (i, mut s) in subscribers.into_iter().enumerate() {
+        let records = s.records(50).await;
+        assert_partition_order(&records);
+        let got: BTreeSet<(i32, i64)> = records.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(got, in_kafka, "subscriber {i} got every record once");
+        assert!(records.iter().all(|r| r.kind == "envelope" && r.topic == topic));
+        let plain = records.iter().filter(|r| r.key.as_deref() == Some("CAR-P")).count();
+        assert_eq!(plain, 10, "records from a plain producer are delivered too");
+        s.close().await;
+    }
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("soundline_feed_delivered_total 250"), "{metrics}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resuming_with_its_offsets_gets_exactly_the_records_after_them() {
+    let topic = random_topic("feed-resume");
+    let relay = relay_for(&topic, &[]).await;
+    for p in 0..3 {
+        produce(&topic, p, (0..4).map(|i| (format!("CAR-{p}"), envelope(&format!("CAR-{p}"), "seg-r", i))).collect())
+            .await;
+    }
+    let mut first = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Earliest)).await;
+    let seen = first.records(7).await;
+    let resume = first.next.clone();
+    first.close().await;
+
+    for p in 0..3 {
+        produce(&topic, p, (4..6).map(|i| (format!("CAR-{p}"), envelope(&format!("CAR-{p}"), "seg-r", i))).collect())
+            .await;
+    }
+    let mut second = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Offsets(resume))).await;
+    let rest = second.records(12 + 6 - 7).await;
+    second.expect_quiet(Duration::from_millis(500)).await;
+
+    let all: BTreeSet<(i32, i64)> =
+        read_all(&*client().await, &topic, 3).await.iter().map(|(p, o, _)| (*p, *o)).collect();
+    let first_set: HashSet<(i32, i64)> = seen.iter().map(|r| (r.partition, r.offset)).collect();
+    let rest_set: HashSet<(i32, i64)> = rest.iter().map(|r| (r.partition, r.offset)).collect();
+    assert!(first_set.is_disjoint(&rest_set), "no record twice");
+    assert_eq!(first_set.union(&rest_set).copied().collect::<BTreeSet<_>>(), all, "no record missing");
+    assert_partition_order(&rest);
+    second.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn filters_deliver_exactly_the_matching_records() {
+    let topic = random_topic("feed-filter");
+    let relay = relay_for(&topic, &[]).await;
+    produce(
+        &topic,
+        0,
+        vec![
+            ("CAR-A".into(), envelope("CAR-A", "seg-1", 0)),
+            ("CAR-B".into(), envelope("CAR-B", "seg-1", 0)),
+            ("CAR-A".into(), envelope("CAR-A", "seg-2", 0)),
+            ("CAR-A".into(), br#"{"carID":"CAR-A","result":"ok"}"#.to_vec()),
+            ("CAR-A".into(), envelope("CAR-A", "seg-1", 1)),
+        ],
+    )
+    .await;
+    let mut sub = subscription(None, From::Earliest);
+    sub.car_id = Some("CAR-A".into());
+    let mut by_car = Subscriber::start(&relay.ws("/ws/feed"), &sub).await;
+    assert_eq!(by_car.records(3).await.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2, 4]);
+    by_car.expect_quiet(Duration::from_millis(300)).await;
+
+    sub.segment_id = Some("seg-1".into());
+    let mut by_both = Subscriber::start(&relay.ws("/ws/feed"), &sub).await;
+    assert_eq!(by_both.records(2).await.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 4]);
+    by_both.expect_quiet(Duration::from_millis(300)).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_allowlisted_json_topic_arrives_as_json_and_other_topics_are_refused() {
+    let topic = random_topic("feed-audio");
+    let analysis = random_topic("feed-analysis");
+    create_topic(&*client().await, &analysis, 1).await;
+    let relay = relay_for(&topic, &[("SOUNDLINE_FEED_TOPICS", &analysis)]).await;
+    produce(&analysis, 0, vec![("CAR-A".into(), br#"{"carID":"CAR-A","defect":"flat wheel","score":0.93}"#.to_vec())])
+        .await;
+
+    let mut sub = Subscriber::start(&relay.ws("/ws/feed"), &subscription(Some(&analysis), From::Earliest)).await;
+    let r = sub.records(1).await.remove(0);
+    assert_eq!((r.topic.as_str(), r.kind.as_str(), r.key.as_deref()), (analysis.as_str(), "json", Some("CAR-A")));
+    assert_eq!(r.value, serde_json::json!({"carID": "CAR-A", "defect": "flat wheel", "score": 0.93}));
+
+    let mut refused = Subscriber::connect(&relay.ws("/ws/feed"), &subscription(Some("payroll"), From::Live)).await;
+    match refused.next_event().await {
+        FeedEvent::Error(ErrorCode::TopicNotAllowed, message) => {
+            assert!(message.contains("\"payroll\" is not served here"), "{message}");
+        }
+        other => panic!("expected topic_not_allowed, got {other:?}"),
+    }
+    assert_eq!(refused.next_event().await, FeedEvent::Closed(Some(4011)));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_topic_is_delivered_as_opaque_and_the_feed_goes_on() {
+    let topic = random_topic("feed-garbage");
+    let relay = relay_for(&topic, &[]).await;
+    let mut live = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
+    produce(
+        &topic,
+        1,
+        vec![
+            ("CAR-G".into(), envelope("CAR-G", "s", 0)),
+            ("CAR-G".into(), vec![0xff, 0x00, 0x13]),
+            ("CAR-G".into(), envelope("CAR-G", "s", 1)),
+        ],
+    )
+    .await;
+    let records = live.records(3).await;
+    assert_eq!(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), ["envelope", "opaque", "envelope"]);
+    assert_eq!(records[1].value, serde_json::json!("/wAT"), "opaque bytes as base64");
+    relay.stop().await;
+
+    // With feed_malformed=skip the garbage is counted, not delivered.
+    let relay = relay_for(&topic, &[("SOUNDLINE_FEED_MALFORMED", "skip")]).await;
+    let mut history = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Earliest)).await;
+    assert_eq!(history.records(2).await.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2]);
+    produce(&topic, 1, vec![("CAR-G".into(), b"\x01\x02".to_vec()), ("CAR-G".into(), envelope("CAR-G", "s", 2))]).await;
+    assert_eq!(history.records(1).await[0].offset, 4, "the live stream skips the garbage and goes on");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("soundline_feed_dropped_total{reason=\"malformed\"} 1"), "{metrics}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_cut_off_or_told_while_others_and_ingestion_carry_on() {
+    const FRAMES: u32 = 800;
+    let topic = random_topic("feed-slow");
+    let relay =
+        relay_for(&topic, &[("SOUNDLINE_FEED_BUFFER_RECORDS", "128"), ("SOUNDLINE_FEED_SEND_TIMEOUT_S", "2")]).await;
+    let mut slow = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
+    let mut fast = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
+
+    // One-second frames (~58 KB feed messages): 800 of them overflow the slow subscriber's socket buffers and ring.
+    let url = relay.ws("/ws/record");
+    let recorder = tokio::spawn(async move {
+        let mut r = Recorder::start(&url, &recording("CAR-SLOW", "seg-slow")).await;
+        for seq in 0..FRAMES {
+            r.send_frame(seq, TS + i64::from(seq) * 1000, &samples("seg-slow", seq, 16_000)).await;
+        }
+        let acks = r.acks(FRAMES as usize).await;
+        r.close().await;
+        acks
+    });
+    let fast_records = fast.records(FRAMES as usize).await;
+    assert_partition_order(&fast_records);
+    assert_eq!(recorder.await.expect("recorder").len(), FRAMES as usize, "ingestion acked every frame");
+    // Give the relay's send timeout time to fire for the slow one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut slow_records = 0;
+    let mut told = false;
+    loop {
+        match slow.next_event().await {
+            FeedEvent::Feed(FeedServerMessage::Record(_)) => slow_records += 1,
+            FeedEvent::Feed(FeedServerMessage::Lagged { missed, resume_from }) => {
+                assert!(missed > 0 && !resume_from.is_empty());
+                told = true;
+            }
+            FeedEvent::Closed(_) | FeedEvent::Error(..) => break,
+            FeedEvent::Feed(other) => panic!("unexpected {other:?}"),
+        }
+        if slow_records + usize::from(told) >= FRAMES as usize {
+            break;
+        }
+    }
+    assert!(slow_records < FRAMES as usize, "the slow subscriber did not get everything ({slow_records})");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    let cut_off = metrics.contains("soundline_errors_total{code=\"too_slow\"} 1");
+    assert!(told || cut_off, "the slow subscriber was told it lagged or cut off with too_slow:\n{metrics}");
+    relay.stop().await;
+}
