@@ -172,3 +172,77 @@ async fn frames_sent_before_kafka_exists_are_held_with_backpressure_and_land_whe
     let _ = kafka("stop");
     let _ = std::fs::remove_dir_all(&state_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_a_broker_killed_and_restarted_without_gaps_or_duplicates() {
+    use soundline_shared::feed::{FeedServerMessage, From};
+    use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
+
+    let port = 19_300 + (std::process::id() % 200) as u16 * 3 + 1;
+    let state_dir = std::env::temp_dir().join(format!("soundline-restart-kafka-{port}"));
+    let kafka = |cmd: &str| {
+        std::process::Command::new("bash")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"), cmd])
+            .env("KAFKA_PORT", port.to_string())
+            .env("KAFKA_STATE_DIR", &state_dir)
+            .status()
+            .expect("run scripts/kafka.sh")
+    };
+    let _ = std::fs::remove_dir_all(&state_dir);
+    assert!(kafka("start").success());
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = random_topic("restart");
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &brokers),
+        ("SOUNDLINE_TOPIC", &topic),
+        ("SOUNDLINE_PARTITIONS", "1"),
+    ]))
+    .await;
+    relay.wait_ready().await;
+    let mut feed = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
+    let rec = recording("CAR-RS", "seg-rs");
+    let mut r = Recorder::start(&relay.ws("/ws/record"), &rec).await;
+    for seq in 0..5 {
+        r.send_frame(seq, TS + i64::from(seq) * 200, &samples("seg-rs", seq, 1600)).await;
+    }
+    assert_eq!(r.acks(5).await.len(), 5);
+
+    // kill -9: no clean shutdown, as when a broker's node dies.
+    let pid = std::fs::read_to_string(state_dir.join("kafka.pid")).expect("broker pid file");
+    assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().expect("kill").success());
+    let (status, body) = readyz_after_outage(relay.addr).await;
+    assert_eq!(status, 503, "/readyz reports the outage: {body}");
+    assert!(kafka("start").success(), "restart the broker on the same log dir");
+
+    for seq in 5..10 {
+        r.send_frame(seq, TS + i64::from(seq) * 200, &samples("seg-rs", seq, 1600)).await;
+    }
+    let acks = r.acks(5).await;
+    assert_eq!(acks.iter().map(|a| a.0).collect::<Vec<_>>(), [5, 6, 7, 8, 9]);
+    let mut offsets = Vec::new();
+    while offsets.len() < 10 {
+        match feed.next_event().await {
+            FeedEvent::Feed(FeedServerMessage::Record(rec)) => offsets.push(rec.offset),
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+    assert_eq!(offsets, (0..10).collect::<Vec<i64>>(), "every record once, in order, across the restart");
+    r.close().await;
+    feed.close().await;
+    relay.stop().await;
+    let _ = kafka("stop");
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+/// Polls `/readyz` for up to 20 s until it stops saying ready.
+async fn readyz_after_outage(addr: std::net::SocketAddr) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        last = http_get(addr, "/readyz").await.expect("readyz");
+        if last.0 != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}

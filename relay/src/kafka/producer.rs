@@ -92,6 +92,11 @@ pub struct Producer {
     metrics: Arc<Metrics>,
 }
 
+/// How often the link is probed with a metadata request.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The failing-map key of the metadata probe (partitions are >= 0).
+const METADATA: i32 = -1;
+
 /// Shared by the supervisor and the partition workers.
 struct Ctx {
     cfg: KafkaConfig,
@@ -112,6 +117,7 @@ impl Ctx {
         };
         if changed {
             let link = match failing.iter().next() {
+                Some((&METADATA, detail)) => Link { up: false, detail: detail.clone() },
                 Some((p, detail)) => Link { up: false, detail: format!("partition {p}: {detail}") },
                 None => Link { up: true, detail: String::new() },
             };
@@ -248,8 +254,8 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
     spawn_workers(&mut queues, partitions);
     ctx.publish(Link { up: true, detail: String::new() });
 
-    let mut rescan = tokio::time::interval(Duration::from_secs(30));
-    rescan.tick().await;
+    let (grown_tx, mut grown) = mpsc::channel(1);
+    tokio::spawn(probe(Arc::clone(&client), Arc::clone(&ctx), grown_tx, shutdown));
     loop {
         tokio::select! {
             next = intake.recv() => {
@@ -260,17 +266,37 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
                     let _ = p.done.send(Err(ProduceError::Stopped));
                 }
             }
-            _ = rescan.tick() => {
-                // New partitions: Java producers start using them at once, so do we.
-                // Bounded: records wait in the intake meanwhile.
-                if let Ok(Ok(topics)) = tokio::time::timeout(Duration::from_secs(2), client.list_topics()).await
-                    && let Some(t) = topics.iter().find(|t| t.name == ctx.cfg.topic)
-                    && t.partitions.len() > queues.len()
-                {
-                    tracing::info!(topic = %ctx.cfg.topic, from = queues.len(), to = t.partitions.len(), "topic gained partitions");
-                    spawn_workers(&mut queues, t.partitions.len() as i32);
+            Some(n) = grown.recv() => {
+                if n > queues.len() as i32 {
+                    // New partitions: Java producers start using them at once, so do we.
+                    tracing::info!(topic = %ctx.cfg.topic, from = queues.len(), to = n, "topic gained partitions");
+                    spawn_workers(&mut queues, n);
                 }
             }
+        }
+    }
+}
+
+/// Asks Kafka for the topic's metadata every [`PROBE_INTERVAL`], so that `/readyz` and recorders learn that
+/// Kafka is gone even while nothing is produced, and new partitions are noticed.
+async fn probe(client: Arc<Client>, ctx: Arc<Ctx>, grown: mpsc::Sender<i32>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match tokio::time::timeout(PROBE_INTERVAL, client.list_topics()).await {
+            Ok(Ok(topics)) => match topics.iter().find(|t| t.name == ctx.cfg.topic) {
+                Some(t) => {
+                    ctx.set_partition(METADATA, None);
+                    let _ = grown.try_send(t.partitions.len() as i32);
+                }
+                None => {
+                    ctx.set_partition(METADATA, Some(format!("topic {:?} is gone from the brokers", ctx.cfg.topic)))
+                }
+            },
+            Ok(Err(e)) => ctx.set_partition(METADATA, Some(format!("Kafka did not answer a metadata request: {e}"))),
+            Err(_) => ctx.set_partition(METADATA, Some("Kafka did not answer a metadata request within 2 s".into())),
         }
     }
 }
