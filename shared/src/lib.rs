@@ -13,6 +13,7 @@
 //!
 //! - [`envelope`]: the `AICP_SOUND` JSON envelope that downstream consumers already read, field for field.
 //! - [`frame`]: the binary audio frame on the WebSocket (header + little-endian PCM). Bytes only, no I/O.
+//! - [`dsp`]: the resampler (capture rate to 16 kHz), tested natively, compiled into the wasm recorder.
 //! - [`control`]: the JSON control messages (hello, ready, ack, status, error) and the documented close codes.
 //! - [`recording`]: the recording metadata a technician enters, shared by the hello and the envelope.
 //! - [`feed`]: what a consumed record holds (envelope, other JSON, opaque bytes), for the feed and `tail`.
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod dsp;
 pub mod envelope;
 pub mod feed;
 pub mod frame;

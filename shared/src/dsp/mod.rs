@@ -1,0 +1,5 @@
+//! Signal processing for the recorder, pure Rust over slices: nothing here knows about browsers or sockets.
+//!
+//! - [`resampler`]: any capture rate (8–96 kHz) to the 16 kHz that lands in Kafka, anti-aliased.
+
+pub mod resampler;
