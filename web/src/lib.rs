@@ -7,6 +7,9 @@
 //! This first version only boots the module and shows which protocol version the page speaks.
 #![deny(unsafe_code)]
 
+pub mod pipeline;
+pub mod uplink;
+
 use wasm_bindgen::prelude::*;
 
 /// Entry point, run by the Trunk-generated loader once the module is instantiated.
