@@ -4,15 +4,16 @@
 #
 #   rust:    the wasm32-unknown-unknown target
 #   tools:   trunk 0.21.14 and wasm-bindgen-cli at the exact version in Cargo.lock (cargo install, cached in ~/.cargo/bin)
-#   system:  chromium + chromium-driver (browser tests), binaryen (wasm-opt), kcat (checks) from Debian's packages
+#   system:  chromium + chromium-driver (browser tests) and kcat (checks) from Debian's packages
 #   kafka:   the Apache Kafka broker and tools jars, via Maven, into $SOUNDLINE_CACHE
+#   node:    playwright-core for the end-to-end browser tests (tests/e2e, npm ci; it drives Debian's Chromium and
+#            downloads no browser)
 #
-# Usage: scripts/setup.sh [rust|tools|system|kafka]...   (no argument: all of them)
+# Usage: scripts/setup.sh [rust|tools|system|kafka|node]...   (no argument: all of them)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 TRUNK_VERSION=0.21.14
-APT_PACKAGES=(chromium chromium-driver binaryen kcat)
 
 setup_rust() {
   need rustup "Rust comes from rustup (https://rustup.rs); install it first"
@@ -47,7 +48,6 @@ setup_system() {
   local missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
-  command -v wasm-opt >/dev/null || missing+=(binaryen)
   command -v kcat >/dev/null || missing+=(kcat)
   ((${#missing[@]})) || return 0
   need apt-get "the browser tests need ${missing[*]} from Debian's packages, and apt-get is not here"
@@ -66,11 +66,20 @@ setup_kafka() {
   bash "$REPO_ROOT/scripts/kafka.sh" fetch
 }
 
+setup_node() {
+  need npm "the browser tests drive Chromium with playwright-core from npm: install Node.js 18+ with npm"
+  local dir="$REPO_ROOT/tests/e2e"
+  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    say "installing playwright-core for the browser tests (npm ci)"
+    npm ci --prefix "$dir" --no-audit --no-fund >&2 || die "npm ci in tests/e2e failed"
+  fi
+}
+
 steps=("$@")
-((${#steps[@]})) || steps=(rust system kafka tools)
+((${#steps[@]})) || steps=(rust system kafka node tools)
 for step in "${steps[@]}"; do
   case "$step" in
-    rust | tools | system | kafka) "setup_$step" ;;
-    *) die "setup.sh: unknown step $step (expected rust, tools, system or kafka)" ;;
+    rust | tools | system | kafka | node) "setup_$step" ;;
+    *) die "setup.sh: unknown step $step (expected rust, tools, system, kafka or node)" ;;
   esac
 done

@@ -4,8 +4,9 @@
 #   1. cargo fmt --check
 #   2. clippy -D warnings, host (whole workspace, all targets) and wasm32 (shared + web)
 #   3. a fresh single-node Kafka with a SASL listener (scripts/kafka.sh), started while 1-2 run
-#   4. cargo test: unit, property, golden and integration tests (the integration tests need that broker)
-#   5. trunk build --release of the web app into dist/
+#   4. trunk build --release of the web app into dist/ (the browser tests load it)
+#   5. the web crate's tests as WebAssembly in headless Chromium (wasm-bindgen-test + chromedriver)
+#   6. cargo test: unit, property, golden, integration and end-to-end browser tests against that broker
 #
 # Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next two).
 set -euo pipefail
@@ -58,10 +59,12 @@ eval "$(bash scripts/kafka.sh env | sed 's/^/export /')"
 SOUNDLINE_KAFKA_CLASSPATH="$(bash scripts/kafka.sh classpath)"
 export SOUNDLINE_KAFKA_CLASSPATH
 
-run_step "cargo test (unit, property, integration against Kafka at $SOUNDLINE_TEST_KAFKA)" \
-  cargo test --workspace --locked
 run_step "trunk build --release" trunk build --release --locked
 [[ -f dist/index.html ]] && compgen -G 'dist/*.wasm' >/dev/null || die "trunk build did not produce dist/index.html and a .wasm"
+run_step "web crate tests in headless Chromium (wasm-bindgen-test)" \
+  env CHROMEDRIVER="$(command -v chromedriver)" cargo test -p soundline-web --target wasm32-unknown-unknown --locked
+run_step "cargo test (unit, property, integration and browser tests against Kafka at $SOUNDLINE_TEST_KAFKA)" \
+  cargo test --workspace --locked
 
 say "all steps passed"
 printf '%s\n' "${timings[@]}" >&2

@@ -33,7 +33,12 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `soundline_relay::server::run` on an ephemeral port.
     pub async fn start(config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        Self::start_at("127.0.0.1:0".parse().expect("address"), config).await
+    }
+
+    /// Starts it on `addr` (to restart a relay where its clients expect it).
+    pub async fn start_at(addr: SocketAddr, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(soundline_relay::server::run(listener, config, async move {

@@ -104,7 +104,8 @@ async fn sigterm_mid_stream_acks_only_what_kafka_has_and_closes_with_1001() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_sent_before_kafka_exists_are_held_with_backpressure_and_land_when_it_starts() {
     // A broker of our own, on ports nothing else uses, started only after the recorder has streamed.
-    let port = 19_300 + (std::process::id() % 200) as u16 * 3;
+    // Each test of this file that runs a broker takes its own block of 3 ports (PLAINTEXT, controller, spare).
+    let port = 19_300 + (std::process::id() % 100) as u16 * 6;
     let state_dir = std::env::temp_dir().join(format!("soundline-outage-kafka-{port}"));
     let kafka = |cmd: &str| {
         std::process::Command::new("bash")
@@ -178,7 +179,7 @@ async fn the_feed_follows_a_broker_killed_and_restarted_without_gaps_or_duplicat
     use soundline_shared::feed::{FeedServerMessage, From};
     use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
 
-    let port = 19_300 + (std::process::id() % 200) as u16 * 3 + 1;
+    let port = 19_300 + (std::process::id() % 100) as u16 * 6 + 3;
     let state_dir = std::env::temp_dir().join(format!("soundline-restart-kafka-{port}"));
     let kafka = |cmd: &str| {
         std::process::Command::new("bash")

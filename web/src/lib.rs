@@ -1,12 +1,22 @@
 //! Soundline's browser recorder, compiled to WebAssembly and loaded by `www/index.html` (built with Trunk).
 //!
-//! Where it sits: this crate is the first hop of an audio frame. The page takes the microphone through
-//! WebAudio, resamples to 16 kHz mono in Rust (`soundline_shared::dsp`), encodes frames with
-//! `soundline_shared::frame` and streams them to the relay's `/ws/record`; the feed panel reads `/ws/feed`.
+//! The first hop of an audio frame, and the last one back:
 //!
-//! This first version only boots the module and shows which protocol version the page speaks.
+//! ```text
+//!  www/capture-worklet.js   128-frame quanta -> ~20 ms blocks, off the audio thread
+//!  capture.rs               getUserMedia, AudioContext at the device's rate, the worklet node
+//!  pipeline.rs              resample to 16 kHz -> i16 (clipping counted) -> frames with seq + timestamp
+//!  uplink/                  resend buffer and backoff (mod.rs, pure) + the WebSocket to /ws/record (socket.rs)
+//!  feed.rs                  /ws/feed: what reached Kafka, with playback
+//!  page.rs                  the form, Start/Stop, meter, counters, errors
+//! ```
+//!
+//! `pipeline` and `uplink`'s buffer are plain Rust, tested natively; the rest is Web API glue.
 #![deny(unsafe_code)]
 
+pub mod capture;
+pub mod feed;
+pub mod page;
 pub mod pipeline;
 pub mod uplink;
 
@@ -15,14 +25,9 @@ use wasm_bindgen::prelude::*;
 /// Entry point, run by the Trunk-generated loader once the module is instantiated.
 #[wasm_bindgen(start)]
 pub fn start() -> Result<(), JsValue> {
-    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
-    if let Some(status) = document.get_element_by_id("status") {
-        status.set_text_content(Some(&status_line()));
-    }
-    Ok(())
-}
-
-/// The line the page shows once the module runs.
-pub fn status_line() -> String {
-    format!("Recorder module loaded (protocol v{}).", soundline_shared::PROTOCOL_VERSION)
+    page::init().inspect_err(|e| {
+        if let Some(status) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("status")) {
+            status.set_text_content(Some(&format!("The recorder could not start: {e:?}")));
+        }
+    })
 }

@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 
+pub mod socket;
+
 /// Bytes of 16 kHz 16-bit mono audio per minute, plus frame headers at 200 ms frames.
 pub const BYTES_PER_MINUTE: usize = 16_000 * 2 * 60 + 300 * soundline_shared::frame::HEADER_LEN;
 /// Default resend buffer: 15 minutes of audio.

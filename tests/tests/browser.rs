@@ -1,0 +1,260 @@
+//! End to end in a real headless Chromium: the Trunk-built page records a fake microphone (a WAV this test
+//! writes: 1 kHz + 10 kHz tones at 48 kHz) through the real relay into the real broker. What lands in Kafka is
+//! checked sample by sample: the 1 kHz tone at its level, no 6 kHz alias of the 10 kHz tone, continuous sequence
+//! numbers, the recording's length. Then the same with the relay stopped for a few seconds mid-recording.
+//!
+//! The page is driven by `tests/e2e/record.mjs` (playwright-core with Debian's Chromium); `make test` installs
+//! both and builds `dist/` first.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use soundline_shared::envelope::Envelope;
+use soundline_tests::relay::{InProcess, config};
+use soundline_tests::{client, random_topic, read_all};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const TONE_AMPLITUDE: f64 = 0.3;
+
+/// The repository root, without `..` (Chromium's fake-capture flag plays nothing from a path with `..` in it).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
+}
+
+/// Two seconds of 1 kHz + 10 kHz at 48 kHz (whole periods of both, so the fake microphone loops it seamlessly).
+fn write_wav(path: &Path) {
+    let rate = 48_000u32;
+    let samples: Vec<i16> = (0..rate * 2)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            let x = TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()
+                + TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 10_000.0 * t).sin();
+            (x * 32767.0).round() as i16
+        })
+        .collect();
+    let data_len = samples.len() as u32 * 2;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("write the test WAV");
+}
+
+/// Amplitude of the `freq_hz` component of 16 kHz samples (least-squares sine fit).
+fn amplitude(x: &[f64], freq_hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq_hz / 16_000.0;
+    let (mut ss, mut cc, mut sc, mut ys, mut yc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, y) in x.iter().enumerate() {
+        let (s, c) = (w * i as f64).sin_cos();
+        ss += s * s;
+        cc += c * c;
+        sc += s * c;
+        ys += y * s;
+        yc += y * c;
+    }
+    let det = ss * cc - sc * sc;
+    let (a, b) = ((ys * cc - yc * sc) / det, (yc * ss - ys * sc) / det);
+    (a * a + b * b).sqrt()
+}
+
+struct Run {
+    dir: PathBuf,
+    name: String,
+    car: String,
+    topic: String,
+}
+
+impl Run {
+    fn new(name: &str) -> Self {
+        let dir = repo().join("target").join("e2e-artifacts");
+        std::fs::create_dir_all(&dir).expect("artifact dir");
+        let wav = dir.join("tones-1k-10k-48k.wav");
+        write_wav(&wav);
+        Self {
+            dir,
+            name: name.to_owned(),
+            car: format!("CAR-{name}-{}", std::process::id()),
+            topic: random_topic(&format!("e2e-{name}")),
+        }
+    }
+
+    fn relay_config(&self) -> soundline_relay::config::Config {
+        let dist = repo().join("dist");
+        assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
+        config(&[
+            ("SOUNDLINE_TOPIC", &self.topic),
+            ("SOUNDLINE_PARTITIONS", "1"),
+            ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path")),
+        ])
+    }
+
+    fn node(&self, relay: &InProcess, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(repo().join("tests/e2e/record.mjs"))
+            .env("PAGE_URL", relay.http("/"))
+            .env("WAV", self.dir.join("tones-1k-10k-48k.wav"))
+            .env("CAR_ID", &self.car)
+            .env("RECORD_MS", record_ms.to_string())
+            // The artifact: what the page looked like at the end (README's screenshot comes from here).
+            .env("SCREENSHOT", self.dir.join(format!("recorder-{}.png", self.name)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("run node tests/e2e/record.mjs (make test installs playwright-core)")
+    }
+
+    /// Checks the page's final report and returns, from Kafka, this recording's envelopes in seq order.
+    async fn check_page_and_read_kafka(
+        &self,
+        report: &serde_json::Value,
+        relay_was_down: bool,
+    ) -> Vec<(u32, Envelope)> {
+        assert_eq!(report["error"], "", "the page showed an error: {report}");
+        // Chromium itself logs each refused WebSocket connection; while the relay is down those are expected.
+        let errors: Vec<&str> = report["consoleErrors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+            .unwrap_or_default();
+        let unexpected: Vec<&&str> = errors
+            .iter()
+            .filter(|e| {
+                !(relay_was_down && e.contains("WebSocket connection to") && e.contains("ERR_CONNECTION_REFUSED"))
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "the page logged errors: {unexpected:?}");
+        assert_eq!(report["sent"], report["acked"], "every frame sent was acked: {report}");
+        assert!(report["link"].as_str().unwrap_or_default().contains("every frame is in Kafka"), "{report}");
+        let rows = report["feedRows"].as_array().cloned().unwrap_or_default();
+        assert!(
+            rows.iter().any(|r| r.as_str().unwrap_or_default().contains(&self.car)),
+            "the feed panel lists the recording: {report}"
+        );
+
+        let mut frames: Vec<(u32, Envelope)> = read_all(&*client().await, &self.topic, 1)
+            .await
+            .into_iter()
+            .filter(|(_, _, r)| r.key.as_deref() == Some(self.car.as_bytes()))
+            .map(|(_, _, r)| {
+                let seq = String::from_utf8_lossy(r.headers.get("seq").map(Vec::as_slice).unwrap_or_default())
+                    .parse()
+                    .expect("seq header");
+                (seq, Envelope::parse(r.value.as_deref().unwrap_or_default()).expect("a valid envelope"))
+            })
+            .collect();
+        frames.sort_by_key(|(seq, _)| *seq);
+        frames.dedup_by_key(|(seq, _)| *seq); // at-least-once: a resend may land twice
+        let seqs: Vec<u32> = frames.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "sequence numbers are continuous: none missing");
+        assert_eq!(report["acked"].as_u64(), Some(frames.len() as u64), "Kafka holds what the page saw acked");
+        frames
+    }
+}
+
+fn check_audio(frames: &[(u32, Envelope)], expected_s: f64) {
+    let pcm: Vec<f64> = frames.iter().flat_map(|(_, e)| e.origin.samples()).map(|s| f64::from(s) / 32768.0).collect();
+    let seconds = pcm.len() as f64 / 16_000.0;
+    assert!((seconds - expected_s).abs() <= 0.3, "recorded {seconds:.2} s, expected {expected_s} s ± 0.3");
+    // Measured in 100 ms windows over the steady middle (past the start of capture, before the end), and
+    // summarised by the median: the fake microphone's loop point and a busy machine's audio thread can put a
+    // click into a window, which says nothing about the pipeline.
+    let windows: Vec<(f64, f64)> = pcm[8_000..pcm.len() - 4_000]
+        .chunks_exact(1_600)
+        .map(|w| {
+            let one_khz = amplitude(w, 1_000.0);
+            (20.0 * (one_khz / TONE_AMPLITUDE).log10(), 20.0 * (amplitude(w, 6_000.0) / one_khz).log10())
+        })
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let level_db = median(windows.iter().map(|w| w.0).collect());
+    let alias_db = median(windows.iter().map(|w| w.1).collect());
+    let worst_alias = windows.iter().map(|w| w.1).fold(f64::MIN, f64::max);
+    assert!(level_db.abs() <= 1.0, "1 kHz arrives at {level_db:+.2} dB of its level in the WAV");
+    assert!(alias_db <= -70.0, "the 10 kHz tone aliases to 6 kHz at {alias_db:.1} dB relative to 1 kHz");
+    eprintln!(
+        "e2e audio: {seconds:.2} s in {} windows, 1 kHz at {level_db:+.2} dB, 6 kHz alias at {alias_db:.1} dB (worst window {worst_alias:.1} dB)",
+        windows.len()
+    );
+}
+
+async fn report_of(child: tokio::process::Child) -> serde_json::Value {
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the browser run ends within 2 min")
+        .expect("node");
+    assert!(out.status.success(), "the browser run failed (its stderr is above)");
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
+    serde_json::from_str(&last).unwrap_or_else(|e| panic!("the browser run printed no report ({e}): {last}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
+    let run = Run::new("tone");
+    let relay = InProcess::start(run.relay_config()).await;
+    relay.wait_ready().await;
+    let report = report_of(run.node(&relay, 5_000, &[])).await;
+    let frames = run.check_page_and_read_kafka(&report, false).await;
+    check_audio(&frames, 5.0);
+    let first = &frames[0].1;
+    assert_eq!(first.recording.location.unit_id, "e2e-depot");
+    assert_eq!(first.recording.inspection_info, "end-to-end test");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_outage_mid_recording_loses_no_frame() {
+    let run = Run::new("cut");
+    let relay = InProcess::start(run.relay_config()).await;
+    relay.wait_ready().await;
+    let addr = relay.addr;
+    let resume = run.dir.join("outage.resume");
+    let _ = std::fs::remove_file(&resume);
+    let mut child =
+        run.node(&relay, 8_000, &[("CUT_AT_MS", "2500".into()), ("RESUME_FILE", resume.display().to_string())]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let cut =
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the page started recording");
+    assert_eq!(cut.expect("read").as_deref(), Some("{\"cut\":true}"));
+
+    // The relay goes away for 4 s while the page keeps recording, then comes back where it was.
+    relay.stop().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let relay = InProcess::start_at(addr, run.relay_config()).await;
+    std::fs::write(&resume, b"").expect("resume file");
+
+    let mut rest = String::new();
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("report in time")
+    {
+        rest = line;
+    }
+    assert!(child.wait().await.expect("node").success(), "the browser run failed (its stderr is above)");
+    let report: serde_json::Value = serde_json::from_str(&rest).unwrap_or_else(|e| panic!("no report ({e}): {rest}"));
+    let frames = run.check_page_and_read_kafka(&report, true).await;
+    // The page recorded through the outage: as long as its own clock says.
+    let elapsed = report["elapsed"].as_str().unwrap_or_default();
+    let (m, s) = elapsed.split_once(':').unwrap_or_else(|| panic!("elapsed {elapsed:?}"));
+    let page_seconds = m.parse::<f64>().unwrap_or_default() * 60.0 + s.parse::<f64>().unwrap_or_default();
+    assert!(page_seconds > 10.0, "the recording went on through the outage: {page_seconds} s");
+    check_audio(&frames, page_seconds);
+    relay.stop().await;
+    let _ = std::fs::remove_file(&resume);
+}
