@@ -40,13 +40,26 @@ pub fn describe_error(e: &JsValue) -> String {
 }
 
 impl Capture {
-    /// Opens the microphone `device_id` (or the default) and calls `on_block` with each block of samples at
-    /// [`Capture::sample_rate`]. Call from inside a user gesture.
+    /// Creates and resumes the AudioContext. Call synchronously inside the click that starts recording (before any
+    /// `await`): Safari and Chrome only let audio start from a user gesture.
+    ///
+    /// # Errors
+    ///
+    /// The browser has no Web Audio.
+    pub fn context_in_gesture() -> Result<AudioContext, JsValue> {
+        let context = AudioContext::new()?;
+        let _ = context.resume();
+        Ok(context)
+    }
+
+    /// Opens the microphone `device_id` (or the default) on `context` (from [`Capture::context_in_gesture`]) and
+    /// calls `on_block` with each block of samples at [`Capture::sample_rate`].
     ///
     /// # Errors
     ///
     /// The browser's error (denied, no device, ...); [`describe_error`] words it for the page.
     pub async fn start(
+        context: AudioContext,
         device_id: Option<&str>,
         processing: bool,
         mut on_block: impl FnMut(&[f32]) + 'static,
@@ -68,7 +81,6 @@ impl Capture {
         let stream: MediaStream =
             JsFuture::from(devices.get_user_media_with_constraints(&constraints)?).await?.dyn_into()?;
 
-        let context = AudioContext::new()?;
         JsFuture::from(context.resume()?).await?;
         JsFuture::from(context.audio_worklet()?.add_module("capture-worklet.js")?).await?;
         let source = context.create_media_stream_source(&stream)?;

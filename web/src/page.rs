@@ -26,7 +26,7 @@ use crate::uplink::socket::{Event, Uplink};
 
 /// Default frame length.
 const FRAME_MS: u32 = 200;
-const FIELDS: [&str; 5] = ["carId", "railType", "unitId", "sty", "notes"];
+const FIELDS: [&str; 6] = ["carId", "railType", "unitId", "sty", "notes", "frameMs"];
 
 /// The elements the page updates; cheap to clone (DOM handles).
 #[derive(Clone)]
@@ -92,11 +92,16 @@ fn field_value(doc: &Document, id: &str) -> String {
     if let Ok(i) = by_id::<HtmlInputElement>(doc, id) {
         return i.value();
     }
+    if let Ok(s) = by_id::<HtmlSelectElement>(doc, id) {
+        return s.value();
+    }
     by_id::<HtmlTextAreaElement>(doc, id).map(|t| t.value()).unwrap_or_default()
 }
 
 fn set_field(doc: &Document, id: &str, value: &str) {
-    if let Ok(i) = by_id::<HtmlInputElement>(doc, id) {
+    if let Ok(s) = by_id::<HtmlSelectElement>(doc, id) {
+        s.set_value(value);
+    } else if let Ok(i) = by_id::<HtmlInputElement>(doc, id) {
         i.set_value(value);
     } else if let Ok(t) = by_id::<HtmlTextAreaElement>(doc, id) {
         t.set_value(value);
@@ -236,6 +241,13 @@ fn start(app: &Rc<RefCell<App>>) {
         }
     }
     *app.borrow().own_car.borrow_mut() = recording.device.car_id.clone();
+    // The AudioContext must come to life inside the click itself, before anything is awaited.
+    let context = match Capture::context_in_gesture() {
+        Ok(c) => c,
+        Err(_) => return ui.error.set_text_content(Some("This browser cannot record audio (no Web Audio).")),
+    };
+    let frame_ms =
+        by_id::<HtmlSelectElement>(&doc, "frameMs").ok().and_then(|s| s.value().parse().ok()).unwrap_or(FRAME_MS);
     ui.record.set_disabled(true);
     ui.record.set_text_content(Some("Starting…"));
     let app = Rc::clone(app);
@@ -247,9 +259,10 @@ fn start(app: &Rc<RefCell<App>>) {
             }
         };
         let device = ui.mic.value();
-        let capture = match Capture::start(Some(&device), ui.processing.checked(), on_block).await {
+        let capture = match Capture::start(context.clone(), Some(&device), ui.processing.checked(), on_block).await {
             Ok(c) => c,
             Err(e) => {
+                let _ = context.close();
                 ui.error.set_text_content(Some(&describe_error(&e)));
                 ui.record.set_text_content(Some("Start recording"));
                 ui.record.set_disabled(false);
@@ -257,7 +270,7 @@ fn start(app: &Rc<RefCell<App>>) {
             }
         };
         let rate = capture.sample_rate();
-        let pipeline = match Pipeline::new(rate, FRAME_MS, js_sys::Date::now()) {
+        let pipeline = match Pipeline::new(rate, frame_ms, js_sys::Date::now()) {
             Ok(p) => p,
             Err(e) => {
                 capture.stop();
@@ -343,7 +356,7 @@ fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
         Event::Live => ui.link.set_text_content(Some("live")),
         Event::Reconnecting { retry_ms } => {
             ui.link.set_text_content(Some(&format!(
-                "reconnecting in {:.1} s (recording goes on)",
+                "relay unreachable, retrying in {:.1} s (recording goes on; frames wait here)",
                 f64::from(retry_ms) / 1000.0
             )));
         }
