@@ -8,6 +8,7 @@
 //! broker without seeing each other's records.
 #![deny(unsafe_code)]
 
+pub mod broker;
 pub mod recorder;
 pub mod relay;
 pub mod subscriber;

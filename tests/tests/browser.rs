@@ -53,21 +53,9 @@ fn write_wav(path: &Path) {
     std::fs::write(path, wav).expect("write the test WAV");
 }
 
-/// Amplitude of the `freq_hz` component of 16 kHz samples (least-squares sine fit).
+/// Amplitude of the `freq_hz` component of 16 kHz samples.
 fn amplitude(x: &[f64], freq_hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq_hz / 16_000.0;
-    let (mut ss, mut cc, mut sc, mut ys, mut yc) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (i, y) in x.iter().enumerate() {
-        let (s, c) = (w * i as f64).sin_cos();
-        ss += s * s;
-        cc += c * c;
-        sc += s * c;
-        ys += y * s;
-        yc += y * c;
-    }
-    let det = ss * cc - sc * sc;
-    let (a, b) = ((ys * cc - yc * sc) / det, (yc * ss - ys * sc) / det);
-    (a * a + b * b).sqrt()
+    soundline_shared::dsp::measure::sine_fit(x, freq_hz, 16_000.0).amplitude
 }
 
 struct Run {
@@ -169,7 +157,10 @@ impl Run {
 fn check_audio(frames: &[(u32, Envelope)], expected_s: f64) {
     let pcm: Vec<f64> = frames.iter().flat_map(|(_, e)| e.origin.samples()).map(|s| f64::from(s) / 32768.0).collect();
     let seconds = pcm.len() as f64 / 16_000.0;
-    assert!((seconds - expected_s).abs() <= 0.3, "recorded {seconds:.2} s, expected {expected_s} s ± 0.3");
+    assert!(
+        (seconds - expected_s).abs() <= 0.3,
+        "Kafka holds {seconds:.2} s of audio, expected {expected_s:.2} s ± 0.3"
+    );
     // Measured in 100 ms windows over the steady middle (past the start of capture, before the end), and
     // summarised by the median: the fake microphone's loop point and a busy machine's audio thread can put a
     // click into a window, which says nothing about the pipeline.

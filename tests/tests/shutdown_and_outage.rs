@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use soundline_shared::control::{ClientMessage, ErrorCode, Hello, LinkState, ServerMessage};
 use soundline_shared::frame;
+use soundline_tests::broker::PrivateBroker;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
 use soundline_tests::relay::{Child, InProcess, config, http_get};
 use soundline_tests::{client, random_topic, read_all};
@@ -103,22 +104,11 @@ async fn sigterm_mid_stream_acks_only_what_kafka_has_and_closes_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_sent_before_kafka_exists_are_held_with_backpressure_and_land_when_it_starts() {
-    // A broker of our own, on ports nothing else uses, started only after the recorder has streamed.
-    // Each test of this file that runs a broker takes its own block of 3 ports (PLAINTEXT, controller, spare).
-    let port = 19_300 + (std::process::id() % 100) as u16 * 6;
-    let state_dir = std::env::temp_dir().join(format!("soundline-outage-kafka-{port}"));
-    let kafka = |cmd: &str| {
-        std::process::Command::new("bash")
-            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"), cmd])
-            .env("KAFKA_PORT", port.to_string())
-            .env("KAFKA_STATE_DIR", &state_dir)
-            .status()
-            .expect("run scripts/kafka.sh")
-    };
-    let _ = std::fs::remove_dir_all(&state_dir);
+    // A broker of our own, started only after the recorder has streamed.
+    let kafka = PrivateBroker::new("outage", 0);
     let topic = random_topic("outage");
     let relay = InProcess::start(config(&[
-        ("SOUNDLINE_KAFKA_BROKERS", &format!("127.0.0.1:{port}")),
+        ("SOUNDLINE_KAFKA_BROKERS", &kafka.bootstrap()),
         ("SOUNDLINE_TOPIC", &topic),
         ("SOUNDLINE_PARTITIONS", "1"),
         ("SOUNDLINE_MEMORY_BUDGET_BYTES", "1048576"),
@@ -146,7 +136,7 @@ async fn frames_sent_before_kafka_exists_are_held_with_backpressure_and_land_whe
         other => panic!("expected a backpressure status, got {other:?}"),
     }
 
-    assert!(kafka("start").success(), "start the late broker");
+    kafka.start();
     let mut acks = Vec::new();
     let mut saw_ok = false;
     while acks.len() < FRAMES as usize {
@@ -170,8 +160,6 @@ async fn frames_sent_before_kafka_exists_are_held_with_backpressure_and_land_whe
     );
     r.close().await;
     relay.stop().await;
-    let _ = kafka("stop");
-    let _ = std::fs::remove_dir_all(&state_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,19 +167,9 @@ async fn the_feed_follows_a_broker_killed_and_restarted_without_gaps_or_duplicat
     use soundline_shared::feed::{FeedServerMessage, From};
     use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
 
-    let port = 19_300 + (std::process::id() % 100) as u16 * 6 + 3;
-    let state_dir = std::env::temp_dir().join(format!("soundline-restart-kafka-{port}"));
-    let kafka = |cmd: &str| {
-        std::process::Command::new("bash")
-            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"), cmd])
-            .env("KAFKA_PORT", port.to_string())
-            .env("KAFKA_STATE_DIR", &state_dir)
-            .status()
-            .expect("run scripts/kafka.sh")
-    };
-    let _ = std::fs::remove_dir_all(&state_dir);
-    assert!(kafka("start").success());
-    let brokers = format!("127.0.0.1:{port}");
+    let kafka = PrivateBroker::new("restart", 1);
+    kafka.start();
+    let brokers = kafka.bootstrap();
     let topic = random_topic("restart");
     let relay = InProcess::start(config(&[
         ("SOUNDLINE_KAFKA_BROKERS", &brokers),
@@ -208,12 +186,10 @@ async fn the_feed_follows_a_broker_killed_and_restarted_without_gaps_or_duplicat
     }
     assert_eq!(r.acks(5).await.len(), 5);
 
-    // kill -9: no clean shutdown, as when a broker's node dies.
-    let pid = std::fs::read_to_string(state_dir.join("kafka.pid")).expect("broker pid file");
-    assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().expect("kill").success());
+    kafka.kill9();
     let (status, body) = readyz_after_outage(relay.addr).await;
     assert_eq!(status, 503, "/readyz reports the outage: {body}");
-    assert!(kafka("start").success(), "restart the broker on the same log dir");
+    kafka.start(); // on the same log dir
 
     for seq in 5..10 {
         r.send_frame(seq, TS + i64::from(seq) * 200, &samples("seg-rs", seq, 1600)).await;
@@ -231,8 +207,6 @@ async fn the_feed_follows_a_broker_killed_and_restarted_without_gaps_or_duplicat
     r.close().await;
     feed.close().await;
     relay.stop().await;
-    let _ = kafka("stop");
-    let _ = std::fs::remove_dir_all(&state_dir);
 }
 
 /// Polls `/readyz` for up to 20 s until it stops saying ready.

@@ -321,11 +321,15 @@ fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
         ui.level.set_text_content(Some(&shown));
         let width = ((db + 60.0) / 60.0 * 100.0).clamp(0.0, 100.0);
         let _ = ui.level_bar.set_attribute("style", &format!("width: {width:.0}%"));
-        let seconds = active.samples_in as f64 / f64::from(active.rate);
-        ui.elapsed.set_text_content(Some(&format!("{}:{:04.1}", (seconds / 60.0) as u64, seconds % 60.0)));
+        show_elapsed(&ui, active);
         ui.sent.set_text_content(Some(&active.sent.to_string()));
         ui.clipped.set_text_content(Some(&active.pipeline.clipped().to_string()));
     }
+}
+
+fn show_elapsed(ui: &Ui, active: &Active) {
+    let seconds = active.samples_in as f64 / f64::from(active.rate);
+    ui.elapsed.set_text_content(Some(&format!("{}:{:04.1}", (seconds / 60.0) as u64, seconds % 60.0)));
 }
 
 fn stop(app: &Rc<RefCell<App>>) {
@@ -335,6 +339,8 @@ fn stop(app: &Rc<RefCell<App>>) {
     a.finishing = Some(Rc::clone(&active.uplink));
     drop(a);
     active.capture.stop();
+    // The final length, exactly (the meter's updates are throttled).
+    show_elapsed(&ui, &active);
     active.frames.clear();
     active.pipeline.finish(&mut active.frames);
     let mut uplink = active.uplink.borrow_mut();

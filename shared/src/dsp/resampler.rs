@@ -257,32 +257,11 @@ mod tests {
         out
     }
 
-    /// Least-squares fit of a sine at `freq_hz` (16 kHz output); returns (amplitude, residual RMS).
+    /// (amplitude, residual RMS) of a sine at `freq_hz` in 16 kHz output.
     fn fit(signal: &[f32], freq_hz: f64) -> (f64, f64) {
-        let w = 2.0 * std::f64::consts::PI * freq_hz / f64::from(OUT_RATE_HZ);
-        let (mut ss, mut cc, mut sc, mut ys, mut yc) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (i, y) in signal.iter().enumerate() {
-            let (s, c) = (w * i as f64).sin_cos();
-            let y = f64::from(*y);
-            ss += s * s;
-            cc += c * c;
-            sc += s * c;
-            ys += y * s;
-            yc += y * c;
-        }
-        let det = ss * cc - sc * sc;
-        let a = (ys * cc - yc * sc) / det;
-        let b = (yc * ss - ys * sc) / det;
-        let residual: f64 = signal
-            .iter()
-            .enumerate()
-            .map(|(i, y)| {
-                let (s, c) = (w * i as f64).sin_cos();
-                (f64::from(*y) - a * s - b * c).powi(2)
-            })
-            .sum::<f64>()
-            / signal.len() as f64;
-        ((a * a + b * b).sqrt(), residual.sqrt())
+        let x: Vec<f64> = signal.iter().map(|v| f64::from(*v)).collect();
+        let f = crate::dsp::measure::sine_fit(&x, freq_hz, f64::from(OUT_RATE_HZ));
+        (f.amplitude, f.residual_rms)
     }
 
     fn rms(x: &[f32]) -> f64 {
