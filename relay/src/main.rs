@@ -3,6 +3,8 @@
 //! ```text
 //! soundline-relay serve [--config FILE] [--listen ADDR] [--brokers H:P,...] [--topic T] ...
 //! soundline-relay tail  [--config FILE] [--from earliest|latest|MS] [--car ID] [--segment ID] [--full|--json] [--count N]
+//! soundline-relay check-config [--config FILE] ...     validate the configuration and exit
+//! soundline-relay healthcheck [--addr HOST:PORT]        exit 0 if /healthz answers (container HEALTHCHECK)
 //! ```
 //!
 //! A configuration error is one line on stderr and exit code 2.
@@ -62,6 +64,13 @@ fn cli() -> Command {
             .value_parser(clap::value_parser!(u64))
             .help("stop after N records"),
     );
+    let check = with_config_args(
+        Command::new("check-config")
+            .about("Load the configuration (file, SOUNDLINE_* variables, flags) and say if it is valid"),
+    );
+    let healthcheck = Command::new("healthcheck")
+        .about("Exit 0 if the relay on this machine answers /healthz (for container HEALTHCHECKs: no curl needed)")
+        .arg(Arg::new("addr").long("addr").value_name("HOST:PORT").default_value("127.0.0.1:8080"));
     Command::new("soundline-relay")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Soundline relay: browser recordings into Kafka, and Kafka back out to browsers")
@@ -69,6 +78,8 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(serve)
         .subcommand(tail_cmd)
+        .subcommand(check)
+        .subcommand(healthcheck)
         .disable_help_subcommand(true)
 }
 
@@ -129,6 +140,9 @@ fn main() -> ExitCode {
     let Some((command, m)) = matches.subcommand() else {
         return ExitCode::from(2);
     };
+    if command == "healthcheck" {
+        return healthcheck(m.get_one::<String>("addr").map_or("127.0.0.1:8080", String::as_str));
+    }
     let config = match load(m) {
         Ok(c) => c,
         Err(line) => {
@@ -136,6 +150,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command == "check-config" {
+        println!(
+            "configuration ok: brokers {} ({:?}), topic {}, listen {}",
+            config.kafka.brokers.join(","),
+            config.kafka.security,
+            config.kafka.topic,
+            config.listen
+        );
+        return ExitCode::SUCCESS;
+    }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -202,6 +226,33 @@ async fn tail(config: Config, m: &ArgMatches) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("soundline-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// GET /healthz with a plain TCP exchange and a 3 s budget: exit 0 on `200`, 1 otherwise.
+fn healthcheck(addr: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let target = addr.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(r) if r.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("soundline-relay: {addr}/healthz answered {}", r.lines().next().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("soundline-relay: {addr}/healthz: {e}");
             ExitCode::FAILURE
         }
     }
