@@ -222,6 +222,12 @@ pub async fn run(
             token.cancel();
         }
     };
+    // Acks are small messages that must leave at once: no Nagle delay on recorder and subscriber sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(signal)
         .await?;

@@ -93,10 +93,11 @@ pub async fn wait_ready(addr: SocketAddr) {
     panic!("relay at {addr} not ready within 30 s: {last:?}");
 }
 
-/// Polls `/readyz` (15 s at most) until its body contains `needle`; returns the last (status, body).
+/// Polls `/readyz` (45 s at most: a loaded machine can be slow to fail a SASL handshake) until its body contains
+/// `needle`; returns the last (status, body).
 pub async fn readyz_once_it_says(addr: SocketAddr, needle: &str) -> (u16, String) {
     let mut last = (0, String::new());
-    for _ in 0..150 {
+    for _ in 0..450 {
         last = http_get(addr, "/readyz").await.expect("GET /readyz");
         if last.1.contains(needle) {
             break;

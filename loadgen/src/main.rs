@@ -1,0 +1,344 @@
+//! `soundline-loadgen`: drives a running relay over the real protocol and measures what it promises.
+//!
+//! N recorders stream 16 kHz frames (in real time, or as fast as acks allow with `--max-rate`), M subscribers read
+//! `/ws/feed`. It reports frames/s and MB/s acked, ack latency (frame sent -> ack) and fan-out latency (frame sent
+//! -> seen by a subscriber) percentiles, loss (frames sent vs acked vs found in Kafka afterwards, which must be 0),
+//! and the relay's CPU time and peak RSS when given its pid. Human summary on stdout, `--json` for machines.
+//!
+//! ```text
+//! soundline-loadgen --relay 127.0.0.1:8080 --kafka 127.0.0.1:9092 --topic aicp-sound \
+//!     --recorders 200 --subscribers 20 --duration-s 30 --frame-ms 200 [--max-rate] [--relay-pid PID] [--json]
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use rskafka::client::ClientBuilder;
+use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+use soundline_shared::control::{ClientMessage, Hello, ServerMessage};
+use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
+use soundline_shared::frame;
+use soundline_shared::recording::{DeviceInfo, LocationInfo, Recording};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load generator for the Soundline relay")]
+struct Args {
+    /// The relay, host:port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    relay: String,
+    /// Kafka bootstrap (for the loss check afterwards).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// The relay's topic.
+    #[arg(long, default_value = "aicp-sound")]
+    topic: String,
+    /// Concurrent recorders.
+    #[arg(long, default_value_t = 10)]
+    recorders: usize,
+    /// Concurrent feed subscribers.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// How long each recorder streams.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Seconds over which the recorders start.
+    #[arg(long, default_value_t = 2.0)]
+    ramp_s: f64,
+    /// Frame length.
+    #[arg(long, default_value_t = 200)]
+    frame_ms: u32,
+    /// Send as fast as acks allow (a window of unacked frames per recorder) instead of in real time.
+    #[arg(long)]
+    max_rate: bool,
+    /// Unacked frames per recorder in --max-rate mode.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// The relay's pid, to report its CPU time and peak RSS (Linux /proc).
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// One JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    pcm_bytes_acked: AtomicU64,
+    fanout_seen: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// /proc/PID: (utime + stime seconds, VmHWM bytes, VmRSS bytes).
+fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    Some((cpu, kb("VmHWM:")?, kb("VmRSS:")?))
+}
+
+async fn recorder(
+    i: usize,
+    run: Arc<str>,
+    args: Args,
+    totals: Arc<Totals>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+) -> anyhow::Result<()> {
+    let url = format!("ws://{}/ws/record", args.relay);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    let recording = Recording {
+        device: DeviceInfo { car_id: format!("LOAD-{run}-{i}"), rail_type: 0 },
+        location: LocationInfo { unit_id: "loadgen".into(), sty: String::new() },
+        segment_id: format!("{run}-{i}"),
+        inspection_info: String::new(),
+    };
+    tx.send(Message::Text(ClientMessage::Hello(Hello::new(recording)).to_json().into())).await?;
+    match rx.next().await {
+        Some(Ok(Message::Text(t))) if matches!(ServerMessage::parse(&t), Ok(ServerMessage::Ready { .. })) => {}
+        other => bail!("recorder {i}: expected ready, got {other:?}"),
+    }
+    let samples_per_frame = (16 * args.frame_ms) as usize;
+    let pcm: Vec<i16> = (0..samples_per_frame).map(|n| ((n * 7919 + i * 31) % 20_000) as i16 - 10_000).collect();
+    let frames = ((args.duration_s * 1000.0) / f64::from(args.frame_ms)).ceil() as u32;
+    let sent_at: Arc<std::sync::Mutex<HashMap<u32, Instant>>> = Arc::default();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(if args.max_rate { args.window } else { usize::MAX >> 4 }));
+
+    let reader = {
+        let (sent_at, totals, latencies, in_flight) =
+            (Arc::clone(&sent_at), Arc::clone(&totals), Arc::clone(&latencies), Arc::clone(&in_flight));
+        tokio::spawn(async move {
+            let mut local = Vec::new();
+            let mut acked = 0;
+            while acked < frames {
+                let Some(Ok(msg)) = rx.next().await else { break };
+                let Message::Text(t) = msg else { continue };
+                match ServerMessage::parse(&t) {
+                    Ok(ServerMessage::Ack { seq, .. }) => {
+                        acked += 1;
+                        totals.acked.fetch_add(1, Relaxed);
+                        totals.pcm_bytes_acked.fetch_add(samples_per_frame as u64 * 2, Relaxed);
+                        if let Some(t0) = sent_at.lock().ok().and_then(|mut m| m.remove(&seq)) {
+                            local.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        in_flight.add_permits(1);
+                    }
+                    Ok(ServerMessage::Error { .. }) => {
+                        totals.errors.fetch_add(1, Relaxed);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            latencies.lock().await.extend(local);
+        })
+    };
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(frame::HEADER_LEN + samples_per_frame * 2);
+    for seq in 0..frames {
+        if args.max_rate {
+            in_flight.acquire().await?.forget();
+        } else {
+            let due = start + Duration::from_millis(u64::from(seq) * u64::from(args.frame_ms));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        buf.clear();
+        // The capture timestamp is the send time, so subscribers can measure fan-out latency from the envelope.
+        frame::encode(seq, now_ms(), &pcm, &mut buf);
+        if let Ok(mut m) = sent_at.lock() {
+            m.insert(seq, Instant::now());
+        }
+        tx.send(Message::Binary(buf.clone().into())).await?;
+        totals.sent.fetch_add(1, Relaxed);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    let _ = tx.send(Message::Close(None)).await;
+    Ok(())
+}
+
+async fn subscriber(
+    args: Args,
+    run: Arc<str>,
+    totals: Arc<Totals>,
+    fanout: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let url = format!("ws://{}/ws/feed", args.relay);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    let sub = Subscribe { topic: None, from: From::Live, car_id: None, segment_id: None };
+    ws.send(Message::Text(FeedClientMessage::Subscribe(sub).to_json().into())).await?;
+    let prefix = format!("LOAD-{run}-");
+    let mut local = Vec::new();
+    while !stop.load(Relaxed) {
+        let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await else {
+            continue;
+        };
+        if let Ok(FeedServerMessage::Record(r)) = FeedServerMessage::parse(&t)
+            && r.key.as_deref().is_some_and(|k| k.starts_with(&prefix))
+            && let Some(ts) = r.value["collectTimestamp"].as_i64()
+        {
+            local.push((now_ms() - ts) as f64);
+            totals.fanout_seen.fetch_add(1, Relaxed);
+        }
+    }
+    fanout.lock().await.extend(local);
+    Ok(())
+}
+
+/// Frames of this run found in Kafka afterwards, per recorder (distinct seqs).
+async fn found_in_kafka(args: &Args, run: &str) -> anyhow::Result<u64> {
+    let client =
+        ClientBuilder::new(vec![args.kafka.clone()]).build().await.context("connect to Kafka for the loss check")?;
+    let topics = client.list_topics().await?;
+    let partitions =
+        topics.iter().find(|t| t.name == args.topic).map(|t| t.partitions.len() as i32).context("topic not found")?;
+    let prefix = format!("LOAD-{run}-");
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for p in 0..partitions {
+        let pc = client.partition_client(args.topic.clone(), p, UnknownTopicHandling::Retry).await?;
+        let end = pc.get_offset(OffsetAt::Latest).await?;
+        let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
+        while offset < end {
+            let (records, _) = pc.fetch_records(offset, 1..16_000_000, 1_000).await?;
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                offset = r.offset + 1;
+                let key = String::from_utf8_lossy(r.record.key.as_deref().unwrap_or_default()).into_owned();
+                if key.starts_with(&prefix) {
+                    seen.entry(key).or_default().insert(r.record.headers.get("seq").cloned().unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(seen.values().map(|s| s.len() as u64).sum())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let run: Arc<str> = Arc::from(format!("{:x}", now_ms()));
+    let totals = Arc::new(Totals::default());
+    let (acks, fanout) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let before = args.relay_pid.and_then(proc_stats);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut subs = Vec::new();
+    for _ in 0..args.subscribers {
+        subs.push(tokio::spawn(subscriber(
+            args.clone(),
+            Arc::clone(&run),
+            Arc::clone(&totals),
+            Arc::clone(&fanout),
+            Arc::clone(&stop),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut recs = Vec::new();
+    for i in 0..args.recorders {
+        let delay = Duration::from_secs_f64(args.ramp_s * i as f64 / args.recorders.max(1) as f64);
+        let (run, args, totals, acks) = (Arc::clone(&run), args.clone(), Arc::clone(&totals), Arc::clone(&acks));
+        recs.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            recorder(i, run, args, totals, acks).await
+        }));
+    }
+    let mut failed = 0;
+    for r in recs {
+        if !matches!(r.await, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Relaxed);
+    for s in subs {
+        let _ = s.await;
+    }
+    let after = args.relay_pid.and_then(proc_stats);
+    let found = found_in_kafka(&args, &run).await?;
+
+    let mut acks = acks.lock().await.clone();
+    acks.sort_by(f64::total_cmp);
+    let mut fan = fanout.lock().await.clone();
+    fan.sort_by(f64::total_cmp);
+    let (sent, acked) = (totals.sent.load(Relaxed), totals.acked.load(Relaxed));
+    let mb = totals.pcm_bytes_acked.load(Relaxed) as f64 / 1e6;
+    let report = serde_json::json!({
+        "recorders": args.recorders, "subscribers": args.subscribers, "frame_ms": args.frame_ms,
+        "mode": if args.max_rate { "max-rate" } else { "real-time" },
+        "seconds": elapsed,
+        "frames_sent": sent, "frames_acked": acked, "frames_in_kafka": found,
+        "lost": sent.saturating_sub(found), "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
+        "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,
+        "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
+        "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},
+        "relay": match (before, after) {
+            (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.0 - b.0, "cpu_share": (a.0 - b.0) / elapsed, "peak_rss_mb": a.1 as f64 / 1e6, "rss_mb": a.2 as f64 / 1e6}),
+            _ => serde_json::Value::Null,
+        },
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} recorders ({}), {} subscribers, {:.1} s: {acked}/{sent} frames acked, {found} in Kafka, lost {}\n\
+             throughput {:.0} frames/s, {:.2} MB/s of PCM\n\
+             ack latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
+             fan-out latency ms: p50 {:.0}  p99 {:.0} ({} deliveries)\n\
+             relay: {}",
+            args.recorders,
+            report["mode"].as_str().unwrap_or_default(),
+            args.subscribers,
+            elapsed,
+            sent.saturating_sub(found),
+            acked as f64 / elapsed,
+            mb / elapsed,
+            percentile(&acks, 0.5),
+            percentile(&acks, 0.95),
+            percentile(&acks, 0.99),
+            acks.last().copied().unwrap_or(f64::NAN),
+            percentile(&fan, 0.5),
+            percentile(&fan, 0.99),
+            totals.fanout_seen.load(Relaxed),
+            report["relay"]
+        );
+    }
+    if sent != found || failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
