@@ -11,7 +11,7 @@
 #   node:    playwright-core for the end-to-end browser tests (tests/e2e, npm ci; it drives Debian's Chromium and
 #            downloads no browser)
 #
-# Usage: scripts/setup.sh [rust|tools|system|kafka|node|lint]...   (no argument: all of them)
+# Usage: scripts/setup.sh [rust|tools|system|kafka|node|lint|bench]...   (no argument: all of them)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -81,6 +81,13 @@ setup_lint() {
   echo "$stamp" >"$venv/.installed"
 }
 
+setup_bench() { # only `make bench` needs it: kafka-python for the old-uploader baseline
+  local venv="$SOUNDLINE_CACHE/benchtools"
+  [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import kafka' 2>/dev/null && return 0
+  say "installing kafka-python for the benchmark baseline (pip, into $venv)"
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q kafka-python==3.0.12 >&2 || die "pip install kafka-python failed"
+}
+
 setup_node() {
   need npm "the browser tests drive Chromium with playwright-core from npm: install Node.js 18+ with npm"
   local dir="$REPO_ROOT/tests/e2e"
@@ -94,7 +101,7 @@ steps=("$@")
 ((${#steps[@]})) || steps=(rust system kafka node lint tools)
 for step in "${steps[@]}"; do
   case "$step" in
-    rust | tools | system | kafka | node | lint) "setup_$step" ;;
-    *) die "setup.sh: unknown step $step (expected rust, tools, system, kafka, node or lint)" ;;
+    rust | tools | system | kafka | node | lint | bench) "setup_$step" ;;
+    *) die "setup.sh: unknown step $step (expected rust, tools, system, kafka, node, lint or bench)" ;;
   esac
 done

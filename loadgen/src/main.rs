@@ -63,6 +63,10 @@ struct Args {
     /// The relay's pid, to report its CPU time and peak RSS (Linux /proc).
     #[arg(long)]
     relay_pid: Option<u32>,
+    /// Subscribers take every record of the topic; by default each watches one recorder's car (as a technician's
+    /// page would), so fan-out is measured without multiplying the feed traffic by the number of recorders.
+    #[arg(long)]
+    subscribe_all: bool,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -187,6 +191,7 @@ async fn recorder(
 }
 
 async fn subscriber(
+    j: usize,
     args: Args,
     run: Arc<str>,
     totals: Arc<Totals>,
@@ -197,7 +202,8 @@ async fn subscriber(
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
         .with_context(|| format!("connect {url}"))?;
-    let sub = Subscribe { topic: None, from: From::Live, car_id: None, segment_id: None };
+    let car_id = (!args.subscribe_all).then(|| format!("LOAD-{run}-{}", j % args.recorders.max(1)));
+    let sub = Subscribe { topic: None, from: From::Live, car_id, segment_id: None };
     ws.send(Message::Text(FeedClientMessage::Subscribe(sub).to_json().into())).await?;
     let prefix = format!("LOAD-{run}-");
     let mut local = Vec::new();
@@ -256,8 +262,9 @@ async fn main() -> anyhow::Result<()> {
     let before = args.relay_pid.and_then(proc_stats);
     let stop = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::new();
-    for _ in 0..args.subscribers {
+    for j in 0..args.subscribers {
         subs.push(tokio::spawn(subscriber(
+            j,
             args.clone(),
             Arc::clone(&run),
             Arc::clone(&totals),
@@ -299,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
     let mb = totals.pcm_bytes_acked.load(Relaxed) as f64 / 1e6;
     let report = serde_json::json!({
         "recorders": args.recorders, "subscribers": args.subscribers, "frame_ms": args.frame_ms,
+        "subscribers_watch": if args.subscribe_all { "every record" } else { "one car each" },
         "mode": if args.max_rate { "max-rate" } else { "real-time" },
         "seconds": elapsed,
         "frames_sent": sent, "frames_acked": acked, "frames_in_kafka": found,
