@@ -1,7 +1,8 @@
 //! The feed panel: what reached Kafka, live from the relay's `/ws/feed`, with playback of each frame.
 //!
-//! Where it sits: the last hop back. The relay's fan-out sends every record of the audio topic; this shows the
-//! newest ones (device, time, duration, partition/offset, this device's own marked), plays an envelope's PCM
+//! Where it sits: the last hop back. The relay's fan-out sends the audio topic's records, by default only this
+//! device's car (a feed of every device would be thousands of records a second on a busy site; supervisors tick
+//! "all devices"); this shows the newest ones (device, time, duration, partition/offset, this device's own marked), plays an envelope's PCM
 //! through WebAudio at 16 kHz, and shows other JSON records (analysis results) as text. It reconnects on its
 //! own, resuming after the last record it showed.
 
@@ -24,6 +25,8 @@ struct Feed {
     list: Element,
     status: Element,
     own_car: Rc<RefCell<String>>,
+    /// Only this carID's records (a technician's own device); `None`: every record (a supervisor's view).
+    filter: Option<String>,
     next: BTreeMap<i32, i64>,
     player: Option<AudioContext>,
     ws: Option<WebSocket>,
@@ -31,15 +34,44 @@ struct Feed {
 }
 
 /// The running panel; keep it for as long as the page shows it (its socket handlers hold only weak references).
-pub struct FeedPanel(#[allow(dead_code)] Rc<RefCell<Feed>>);
+pub struct FeedPanel(Rc<RefCell<Feed>>);
 
-/// Starts the panel: `list` gets one row per record, `status` the connection state.
-pub fn start(url: String, list: Element, status: Element, own_car: Rc<RefCell<String>>) -> FeedPanel {
+impl FeedPanel {
+    /// Shows only `car_id`'s records (or every record): subscribes again, live.
+    pub fn set_filter(&self, car_id: Option<String>) {
+        {
+            let mut f = self.0.borrow_mut();
+            if f.filter == car_id {
+                return;
+            }
+            f.filter = car_id;
+            f.next.clear();
+            if let Some(old) = f.ws.take() {
+                old.set_onclose(None);
+                old.set_onmessage(None);
+                let _ = old.close();
+            }
+            f.status.set_text_content(Some("Feed: connecting…"));
+        }
+        connect(&self.0);
+    }
+}
+
+/// Starts the panel: `list` gets one row per record, `status` the connection state; `filter` as in
+/// [`FeedPanel::set_filter`].
+pub fn start(
+    url: String,
+    list: Element,
+    status: Element,
+    own_car: Rc<RefCell<String>>,
+    filter: Option<String>,
+) -> FeedPanel {
     let feed = Rc::new(RefCell::new(Feed {
         url,
         list,
         status,
         own_car,
+        filter,
         next: BTreeMap::new(),
         player: None,
         ws: None,
@@ -54,7 +86,8 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
     let Ok(ws) = WebSocket::new(&f.url) else { return retry(feed) };
     let from = if f.next.is_empty() { From::Live } else { From::Offsets(f.next.clone()) };
     let subscribe =
-        FeedClientMessage::Subscribe(Subscribe { topic: None, from, car_id: None, segment_id: None }).to_json();
+        FeedClientMessage::Subscribe(Subscribe { topic: None, from, car_id: f.filter.clone(), segment_id: None })
+            .to_json();
     let socket = ws.clone();
     let on_open = Closure::<dyn FnMut()>::new(move || {
         let _ = socket.send_with_str(&subscribe);
@@ -97,7 +130,8 @@ fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {
         FeedServerMessage::Subscribed { from, .. } => {
             let mut f = feed.borrow_mut();
             f.next.extend(from);
-            f.status.set_text_content(Some("Feed: live"));
+            let scope = f.filter.as_deref().map_or_else(|| "all devices".to_owned(), |car| format!("car {car}"));
+            f.status.set_text_content(Some(&format!("Feed: live ({scope})")));
         }
         FeedServerMessage::Record(record) => {
             feed.borrow_mut().next.insert(record.partition, record.offset + 1);

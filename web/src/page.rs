@@ -58,7 +58,7 @@ struct Active {
 }
 
 struct App {
-    _feed: crate::feed::FeedPanel,
+    feed: Rc<crate::feed::FeedPanel>,
     doc: Document,
     ui: Ui,
     own_car: Rc<RefCell<String>>,
@@ -135,21 +135,29 @@ pub fn init() -> Result<(), JsValue> {
     }
     let own_car = Rc::new(RefCell::new(field_value(&doc, "carId")));
     let base = relay_base()?;
-    let feed = crate::feed::start(
+    let feed_all: HtmlInputElement = by_id(&doc, "feed-all")?;
+    let car = own_car.borrow().clone();
+    let filter = (!feed_all.checked() && !car.is_empty()).then_some(car);
+    let feed = Rc::new(crate::feed::start(
         format!("{base}/ws/feed"),
         by_id(&doc, "feed")?,
         by_id(&doc, "feed-status")?,
         Rc::clone(&own_car),
-    );
+        filter,
+    ));
+    {
+        // "All devices" switches between this car's records and everyone's.
+        let (feed, own_car, all) = (Rc::clone(&feed), Rc::clone(&own_car), feed_all.clone());
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            let car = own_car.borrow().clone();
+            feed.set_filter((!all.checked() && !car.is_empty()).then_some(car));
+        });
+        feed_all.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
+        on_change.forget(); // the page's lifetime
+    }
 
-    let app = Rc::new(RefCell::new(App {
-        _feed: feed,
-        doc: doc.clone(),
-        ui: ui.clone(),
-        own_car,
-        active: None,
-        finishing: None,
-    }));
+    let app =
+        Rc::new(RefCell::new(App { feed, doc: doc.clone(), ui: ui.clone(), own_car, active: None, finishing: None }));
     // The click handler owns the app, and lives as long as the page.
     let on_click = Closure::<dyn FnMut()>::new(move || toggle(&app));
     ui.record.add_event_listener_with_callback("click", on_click.as_ref().unchecked_ref())?;
@@ -241,6 +249,10 @@ fn start(app: &Rc<RefCell<App>>) {
         }
     }
     *app.borrow().own_car.borrow_mut() = recording.device.car_id.clone();
+    let all = by_id::<HtmlInputElement>(&doc, "feed-all").map(|b| b.checked()).unwrap_or(false);
+    if !all {
+        app.borrow().feed.set_filter(Some(recording.device.car_id.clone()));
+    }
     // The AudioContext must come to life inside the click itself, before anything is awaited.
     let context = match Capture::context_in_gesture() {
         Ok(c) => c,
