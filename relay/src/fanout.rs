@@ -70,21 +70,32 @@ pub fn publish(topic: &str, partition: i32, offset: i64, record: &Record, skip_m
         FeedValue::Envelope(env) => (Some(env.recording.device.car_id.clone()), Some(env.recording.segment_id.clone())),
         _ => (None, None),
     };
-    let json = match &value {
-        FeedValue::Opaque(_) if skip_malformed => return None,
-        FeedValue::Opaque(bytes) => serde_json::Value::String(BASE64.encode(bytes)),
-        FeedValue::Envelope(_) | FeedValue::Json(_) => serde_json::from_slice(raw).unwrap_or(serde_json::Value::Null),
+    // The value goes out as it is in Kafka: spliced in, not parsed into a tree and written again (an envelope is
+    // tens of KB, and this runs once per record). It is valid JSON: `classify` just parsed it.
+    let value_json = match (&value, std::str::from_utf8(raw)) {
+        (FeedValue::Opaque(_), _) if skip_malformed => return None,
+        (FeedValue::Envelope(_) | FeedValue::Json(_), Ok(text)) => text.trim().to_owned(),
+        (FeedValue::Opaque(bytes), _) => format!("\"{}\"", BASE64.encode(bytes)),
+        // JSON is UTF-8 by definition; this arm is unreachable in practice but must not lose the record.
+        (_, Err(_)) => format!("\"{}\"", BASE64.encode(raw)),
     };
-    let message = FeedServerMessage::Record(FeedRecord {
+    let header = FeedServerMessage::Record(FeedRecord {
         topic: topic.to_owned(),
         partition,
         offset,
         timestamp_ms: record.timestamp.timestamp_millis(),
         key: record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
         kind: value.kind().to_owned(),
-        value: json,
+        value: serde_json::Value::Null,
     });
-    let text = serde_json::to_string(&message).unwrap_or_default();
+    // `{"type":"record",...,"value":null}` with the null replaced by the value.
+    let mut text = serde_json::to_string(&header).unwrap_or_default();
+    if !text.ends_with("null}") {
+        return None;
+    }
+    text.truncate(text.len() - "null}".len());
+    text.push_str(&value_json);
+    text.push('}');
     Some(Published { partition, offset, car_id, segment_id, text: Utf8Bytes::from(text) })
 }
 
@@ -238,5 +249,56 @@ async fn run_hub(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{TimeZone, Utc};
+    use soundline_shared::envelope::{Envelope, Stamp};
+    use soundline_shared::recording::Recording;
+
+    use super::*;
+
+    fn record(value: &[u8]) -> Record {
+        Record {
+            key: Some(b"CAR-\"1\"".to_vec()),
+            value: Some(value.to_vec()),
+            headers: BTreeMap::new(),
+            timestamp: Utc.timestamp_millis_opt(42).single().expect("valid"),
+        }
+    }
+
+    fn parsed(p: &Published) -> FeedRecord {
+        match FeedServerMessage::parse(&p.text) {
+            Ok(FeedServerMessage::Record(r)) => r,
+            other => panic!("not a record message: {other:?} from {}", p.text.as_str()),
+        }
+    }
+
+    #[test]
+    fn an_envelope_is_spliced_in_unchanged_with_its_filters() {
+        let mut rec = Recording::default();
+        rec.device.car_id = "CAR-1".into();
+        rec.segment_id = "seg".into();
+        let env = Envelope::from_samples(uuid::Uuid::nil(), &Stamp::default(), &rec, 7, &[1, 2, 3]);
+        let json = env.to_json();
+        let p = publish("t", 2, 9, &record(&json), false).expect("published");
+        assert_eq!((p.car_id.as_deref(), p.segment_id.as_deref()), (Some("CAR-1"), Some("seg")));
+        let r = parsed(&p);
+        assert_eq!((r.topic.as_str(), r.partition, r.offset, r.timestamp_ms), ("t", 2, 9, 42));
+        assert_eq!((r.kind.as_str(), r.key.as_deref()), ("envelope", Some("CAR-\"1\"")));
+        assert_eq!(r.value, serde_json::from_slice::<serde_json::Value>(&json).expect("json"));
+    }
+
+    #[test]
+    fn other_json_and_garbage_are_delivered_as_json_and_base64_or_skipped() {
+        let r = parsed(&publish("t", 0, 1, &record(b" {\"score\": 0.5}\n"), false).expect("published"));
+        assert_eq!((r.kind.as_str(), r.value.clone()), ("json", serde_json::json!({"score": 0.5})));
+        let r = parsed(&publish("t", 0, 2, &record(&[0xff, 0x00]), false).expect("published"));
+        assert_eq!((r.kind.as_str(), r.value.clone()), ("opaque", serde_json::json!("/wA=")));
+        assert!(publish("t", 0, 2, &record(&[0xff, 0x00]), true).is_none(), "skipped when configured");
     }
 }

@@ -225,18 +225,23 @@ async fn garbage_on_the_topic_is_delivered_as_opaque_and_the_feed_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_cut_off_or_told_while_others_and_ingestion_carry_on() {
-    const FRAMES: u32 = 800;
+    const FRAMES: u32 = 1500;
     let topic = random_topic("feed-slow");
     let relay =
-        relay_for(&topic, &[("SOUNDLINE_FEED_BUFFER_RECORDS", "128"), ("SOUNDLINE_FEED_SEND_TIMEOUT_S", "2")]).await;
+        relay_for(&topic, &[("SOUNDLINE_FEED_BUFFER_RECORDS", "512"), ("SOUNDLINE_FEED_SEND_TIMEOUT_S", "2")]).await;
     let mut slow = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
     let mut fast = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
 
-    // One-second frames (~58 KB feed messages): 800 of them overflow the slow subscriber's socket buffers and ring.
+    // One-second frames (~58 KB feed messages): 1500 of them overflow the slow subscriber's socket buffers
+    // (a few MB) and its 512-record ring, while the ring is ample for a subscriber that reads.
     let url = relay.ws("/ws/record");
     let recorder = tokio::spawn(async move {
         let mut r = Recorder::start(&url, &recording("CAR-SLOW", "seg-slow")).await;
+        // 250 frames a second: far faster than real time, and a pace a reading subscriber keeps up with even in a
+        // debug build on a busy machine (so only the one that never reads can fall behind).
+        let mut pace = tokio::time::interval(Duration::from_millis(4));
         for seq in 0..FRAMES {
+            pace.tick().await;
             r.send_frame(seq, TS + i64::from(seq) * 1000, &samples("seg-slow", seq, 16_000)).await;
         }
         let acks = r.acks(FRAMES as usize).await;

@@ -365,6 +365,8 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
     let mut work = VecDeque::from([batch]);
     let mut backoff = Duration::from_millis(100);
     while let Some(batch) = work.pop_front() {
+        // rskafka takes the records by value; a copy stays here so that a failed request can be sent again
+        // unchanged (a memcpy per record, small beside building the envelope).
         let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         match pc.produce(records, ctx.compression).await {
             Ok(offsets) if offsets.len() == batch.len() => {
