@@ -78,6 +78,7 @@ pub const SETTINGS: &[Setting] = &[
     s("memory_budget_bytes", "relay.memory_budget_bytes", "SOUNDLINE_MEMORY_BUDGET_BYTES", None, Some("268435456"), "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders"),
     s("max_frame_ms", "relay.max_frame_ms", "SOUNDLINE_MAX_FRAME_MS", None, Some("2000"), "longest accepted audio frame, in ms of 16 kHz audio"),
     s("max_connections", "relay.max_connections", "SOUNDLINE_MAX_CONNECTIONS", None, Some("10000"), "WebSocket connections served at once; more are refused with HTTP 503"),
+    s("dedup_window_frames", "relay.dedup_window_frames", "SOUNDLINE_DEDUP_WINDOW_FRAMES", None, Some("100000"), "frames remembered per process to ack a resend again instead of producing it twice (0: off)"),
     s("feed_topics", "relay.feed_topics", "SOUNDLINE_FEED_TOPICS", Some("feed-topics"), Some(""), "other topics /ws/feed may serve besides the audio topic, comma-separated (e.g. analysis results)"),
     s("feed_buffer_records", "relay.feed_buffer_records", "SOUNDLINE_FEED_BUFFER_RECORDS", None, Some("1024"), "live records a feed subscriber may fall behind before it is told it lagged"),
     s("feed_send_timeout_s", "relay.feed_send_timeout_s", "SOUNDLINE_FEED_SEND_TIMEOUT_S", None, Some("10"), "a feed subscriber that reads nothing for this long is disconnected (too_slow)"),
@@ -235,6 +236,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The live feed.
     pub feed: FeedConfig,
+    /// Frames remembered to recognise resends.
+    pub dedup_window_frames: usize,
 }
 
 /// Raw values by setting key, each with a description of its origin.
@@ -439,6 +442,9 @@ impl RawConfig {
                 "seconds between 1 and 600",
                 |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
             )?),
+            dedup_window_frames: self.parse("dedup_window_frames", "a frame count between 0 and 10000000", |v| {
+                v.parse().ok().filter(|n| *n <= 10_000_000)
+            })?,
             feed: FeedConfig {
                 topics: self.parse("feed_topics", "topic names separated by commas", |v| {
                     let list: Vec<String> =

@@ -51,6 +51,8 @@ enum Outbound {
         seq: u32,
         bytes: usize,
         delivery: oneshot::Receiver<Result<Delivery, ProduceError>>,
+        /// The segment's dedup key: once Kafka has the frame it is remembered there.
+        segment: Arc<str>,
     },
     /// Stop: deliver pending acks, then send the error (if any) and close with its code.
     Close(ErrorCode, String),
@@ -170,6 +172,8 @@ fn classify_read_error(e: &axum::Error) -> Option<Fail> {
 /// Per-connection state after the hello.
 struct Session {
     recording: Recording,
+    /// Car + segment, for recognising resends ([`crate::dedup`]).
+    dedup_key: Arc<str>,
     /// The Kafka key: carID, UTF-8.
     key: Vec<u8>,
     next_seq: Option<u32>,
@@ -185,7 +189,8 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
         max_frame_samples: cfg.max_frame_samples,
     };
     let key = recording.device.car_id.as_bytes().to_vec();
-    Ok((Session { recording, key, next_seq: None }, ready))
+    let dedup_key = crate::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
+    Ok((Session { recording, dedup_key, key, next_seq: None }, ready))
 }
 
 async fn frame(
@@ -208,6 +213,18 @@ async fn frame(
     session.next_seq = Some(frame.seq.checked_add(1).ok_or_else(|| {
         Fail(ErrorCode::SequenceOutOfOrder, "seq 4294967295 is the last of a segment; start a new segment".into())
     })?);
+
+    // A resend of a frame this process already produced: ack it again where it landed, produce nothing.
+    if let Some(landed) = state.dedup().lookup(&session.dedup_key, frame.seq) {
+        state.metrics().duplicates_total.fetch_add(1, Relaxed);
+        let (done, delivery) = oneshot::channel();
+        let _ = done.send(Ok(landed));
+        let segment = Arc::clone(&session.dedup_key);
+        return out
+            .send(Outbound::Ack { seq: frame.seq, bytes: 0, delivery, segment })
+            .await
+            .map_err(|_| Fail(ErrorCode::Internal, "the connection's writer stopped".into()));
+    }
 
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let uuid = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid_buf);
@@ -269,12 +286,12 @@ async fn frame(
     metrics.frames_in_total.fetch_add(1, Relaxed);
     metrics.bytes_in_total.fetch_add(frame.pcm_le.len() as u64, Relaxed);
     let delivery = producer.send(record, permit);
-    out.send(Outbound::Ack { seq: frame.seq, bytes: size, delivery })
+    out.send(Outbound::Ack { seq: frame.seq, bytes: size, delivery, segment: Arc::clone(&session.dedup_key) })
         .await
         .map_err(|_| Fail(ErrorCode::Internal, "the connection's writer stopped".into()))
 }
 
-type Ack = (u32, usize, Result<Delivery, ProduceError>);
+type Ack = (u32, usize, Arc<str>, Result<Delivery, ProduceError>);
 
 /// Why the writer stops: the socket failed (nothing more can be sent), or the connection must close with a code.
 enum Stop {
@@ -302,8 +319,10 @@ async fn write(
             biased;
             Some(ack) = pending.next(), if !pending.is_empty() => deliver(&mut sink, ack, &state, &held).await,
             item = rx.recv() => match item {
-                Some(Outbound::Ack { seq, bytes, delivery }) => {
-                    pending.push_back(Box::pin(async move { (seq, bytes, delivery.await.unwrap_or(Err(ProduceError::Stopped))) }));
+                Some(Outbound::Ack { seq, bytes, delivery, segment }) => {
+                    pending.push_back(Box::pin(async move {
+                        (seq, bytes, segment, delivery.await.unwrap_or(Err(ProduceError::Stopped)))
+                    }));
                     Ok(())
                 }
                 Some(Outbound::Message(m)) => {
@@ -364,13 +383,14 @@ async fn write(
 /// Sends one ack, or turns a refused record into the reason to close.
 async fn deliver(
     sink: &mut SplitSink<WebSocket, Message>,
-    (seq, bytes, result): Ack,
+    (seq, bytes, segment, result): Ack,
     state: &AppState,
     held: &AtomicU64,
 ) -> Result<(), Stop> {
     held.fetch_sub(bytes as u64, Relaxed);
     match result {
         Ok(d) => {
+            state.dedup().remember(&segment, seq, d);
             send(sink, ServerMessage::Ack { seq, partition: d.partition, offset: d.offset })
                 .await
                 .map_err(|_| Stop::SocketGone)?;

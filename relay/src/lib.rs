@@ -16,6 +16,7 @@
 //! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
 //! - [`server`]: routes, shared state, connection limit, graceful shutdown; [`server::run`] is what `main` calls.
 //! - [`ingest`]: one recorder connection: hello, frames, acks, errors and close codes.
+//! - [`dedup`]: frames already produced, so a resend is acked again rather than produced twice.
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`fanout`] and [`feed`]: Kafka back out to `/ws/feed` subscribers, one consumer per partition per process.
@@ -23,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod dedup;
 pub mod fanout;
 pub mod feed;
 pub mod ingest;

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub acks_total: AtomicU64,
     /// Records Kafka acknowledged.
     pub records_produced_total: AtomicU64,
+    /// Resent frames acked again from the dedup window instead of produced twice.
+    pub duplicates_total: AtomicU64,
     /// Produce requests sent (one per batch).
     pub batches_total: AtomicU64,
     /// Produce requests that failed and were retried.
@@ -145,6 +147,11 @@ impl Metrics {
             "soundline_records_produced_total",
             "Records Kafka acknowledged.",
             self.records_produced_total.load(Relaxed),
+        );
+        counter(
+            "soundline_duplicates_total",
+            "Resent frames acked again without producing them twice.",
+            self.duplicates_total.load(Relaxed),
         );
         counter(
             "soundline_produce_batches_total",

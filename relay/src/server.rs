@@ -50,6 +50,7 @@ struct Shared {
     config: Config,
     producer: Producer,
     fanout: Fanout,
+    dedup: crate::dedup::Dedup,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
@@ -66,6 +67,7 @@ impl AppState {
         let fanout = Fanout::new(config.clone(), Arc::clone(&metrics));
         Self {
             shared: Arc::new(Shared {
+                dedup: crate::dedup::Dedup::new(config.dedup_window_frames),
                 config,
                 producer,
                 fanout,
@@ -85,6 +87,11 @@ impl AppState {
     /// The Kafka producer.
     pub fn producer(&self) -> &Producer {
         &self.shared.producer
+    }
+
+    /// Frames already produced (resend recognition).
+    pub fn dedup(&self) -> &crate::dedup::Dedup {
+        &self.shared.dedup
     }
 
     /// The feed's fan-out.

@@ -151,3 +151,32 @@ async fn the_relay_serves_the_built_web_app_from_static_dir() {
     relay.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_resent_frame_is_acked_again_at_its_first_offset_without_landing_twice() {
+    let topic = random_topic("dedup");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_PARTITIONS", "1")])).await;
+    relay.wait_ready().await;
+    let rec = recording("CAR-DUP", "seg-dup");
+    let mut first = Recorder::start(&relay.ws("/ws/record"), &rec).await;
+    for seq in 0..5 {
+        first.send_frame(seq, BASE_TS + i64::from(seq) * 200, &samples("seg-dup", seq, 1600)).await;
+    }
+    let before = first.acks(5).await;
+    first.close().await;
+
+    // As after a lost connection whose last acks never arrived: resend 3 and 4, then go on with 5.
+    let mut again = Recorder::start(&relay.ws("/ws/record"), &rec).await;
+    for seq in 3..6 {
+        again.send_frame(seq, BASE_TS + i64::from(seq) * 200, &samples("seg-dup", seq, 1600)).await;
+    }
+    let after = again.acks(3).await;
+    again.close().await;
+    assert_eq!(after[..2], before[3..], "the resent frames are acked at the offsets they first landed at");
+    assert_eq!(after[2].0, 5);
+    let records = read_all(&*client().await, &topic, 1).await;
+    assert_eq!(records.len(), 6, "six frames, six records: nothing landed twice");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("soundline_duplicates_total 2"), "{metrics}");
+    relay.stop().await;
+}
