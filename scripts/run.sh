@@ -22,7 +22,9 @@ say "building the relay"
 cargo build --release -p soundline-relay --locked
 relay_bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/soundline-relay"
 
-SOUNDLINE_LISTEN="$RELAY_ADDR" "$relay_bin" serve &
+# The page comes from trunk serve (another origin than the relay behind its proxy): allow it.
+SOUNDLINE_ALLOWED_ORIGINS="${SOUNDLINE_ALLOWED_ORIGINS:-http://127.0.0.1:$WEB_PORT,http://localhost:$WEB_PORT}" \
+  SOUNDLINE_LISTEN="$RELAY_ADDR" "$relay_bin" serve &
 relay_pid=$!
 trap 'kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

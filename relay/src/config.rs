@@ -78,6 +78,7 @@ pub const SETTINGS: &[Setting] = &[
     s("memory_budget_bytes", "relay.memory_budget_bytes", "SOUNDLINE_MEMORY_BUDGET_BYTES", None, Some("268435456"), "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders"),
     s("max_frame_ms", "relay.max_frame_ms", "SOUNDLINE_MAX_FRAME_MS", None, Some("2000"), "longest accepted audio frame, in ms of 16 kHz audio"),
     s("max_connections", "relay.max_connections", "SOUNDLINE_MAX_CONNECTIONS", None, Some("10000"), "WebSocket connections served at once; more are refused with HTTP 503"),
+    s("allowed_origins", "relay.allowed_origins", "SOUNDLINE_ALLOWED_ORIGINS", Some("allowed-origins"), Some(""), "browser origins (scheme://host[:port]) besides the relay's own that may open its WebSockets, comma-separated; * for any"),
     s("dedup_window_frames", "relay.dedup_window_frames", "SOUNDLINE_DEDUP_WINDOW_FRAMES", None, Some("100000"), "frames remembered per process to ack a resend again instead of producing it twice (0: off)"),
     s("feed_topics", "relay.feed_topics", "SOUNDLINE_FEED_TOPICS", Some("feed-topics"), Some(""), "other topics /ws/feed may serve besides the audio topic, comma-separated (e.g. analysis results)"),
     s("feed_buffer_records", "relay.feed_buffer_records", "SOUNDLINE_FEED_BUFFER_RECORDS", None, Some("1024"), "live records a feed subscriber may fall behind before it is told it lagged"),
@@ -238,6 +239,8 @@ pub struct Config {
     pub feed: FeedConfig,
     /// Frames remembered to recognise resends.
     pub dedup_window_frames: usize,
+    /// Origins besides the relay's own allowed to open WebSockets (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Raw values by setting key, each with a description of its origin.
@@ -442,6 +445,20 @@ impl RawConfig {
                 "seconds between 1 and 600",
                 |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
             )?),
+            allowed_origins: self.parse(
+                "allowed_origins",
+                "origins like https://host[:port], separated by commas, or *",
+                |v| {
+                    let list: Vec<String> = v
+                        .split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect();
+                    list.iter()
+                        .all(|o| o == "*" || o.starts_with("http://") || o.starts_with("https://"))
+                        .then_some(list)
+                },
+            )?,
             dedup_window_frames: self.parse("dedup_window_frames", "a frame count between 0 and 10000000", |v| {
                 v.parse().ok().filter(|n| *n <= 10_000_000)
             })?,

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Connections refused because `max_connections` were open.
     pub connections_refused_total: AtomicU64,
+    /// WebSocket requests refused because their `Origin` is not allowed.
+    pub origin_refused_total: AtomicU64,
     /// Audio frames received and accepted.
     pub frames_in_total: AtomicU64,
     /// PCM bytes in accepted frames.
@@ -147,6 +149,11 @@ impl Metrics {
             "soundline_records_produced_total",
             "Records Kafka acknowledged.",
             self.records_produced_total.load(Relaxed),
+        );
+        counter(
+            "soundline_origin_refused_total",
+            "WebSocket requests refused because their Origin is not allowed.",
+            self.origin_refused_total.load(Relaxed),
         );
         counter(
             "soundline_duplicates_total",

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -139,16 +139,40 @@ async fn record(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    upgrade(ws, state, peer, Endpoint::Record)
+    refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, Endpoint::Record))
 }
 
 async fn feed(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    upgrade(ws, state, peer, Endpoint::Feed)
+    refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, Endpoint::Feed))
+}
+
+/// Browsers say which page opens a WebSocket (`Origin`); a page of another site must not record into Kafka or
+/// read the feed through a user's browser. Allowed: no `Origin` (not a browser: tools, tests), the relay's own
+/// origin (`Origin`'s host equals `Host`), and the configured `allowed_origins`. Returns the refusal, if any.
+fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("(not text)"))?;
+    let allowed = &state.config().allowed_origins;
+    let own_host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    if (!own_host.is_empty() && origin_host == own_host) || allowed.iter().any(|a| a == "*" || a == origin) {
+        return None;
+    }
+    state.metrics().origin_refused_total.fetch_add(1, Relaxed);
+    tracing::info!(origin, "refused a WebSocket from another origin");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin} may not open this WebSocket; add it to SOUNDLINE_ALLOWED_ORIGINS (or allowed_origins)\n"),
+        )
+            .into_response(),
+    )
 }
 
 /// Both WebSocket endpoints: the connection limit, message size limits, and tracking for graceful shutdown.

@@ -180,3 +180,34 @@ async fn a_resent_frame_is_acked_again_at_its_first_offset_without_landing_twice
     assert!(metrics.contains("soundline_duplicates_total 2"), "{metrics}");
     relay.stop().await;
 }
+
+/// Opens a WebSocket with an `Origin` header, as a browser page on that origin would; returns the HTTP status of
+/// a refusal, or 101 when the upgrade went through.
+async fn open_from(url: &str, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert("Origin", origin.parse().expect("header value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn websockets_from_other_origins_are_refused_unless_allowed() {
+    let relay = InProcess::start(config(&[
+        ("SOUNDLINE_TOPIC", &random_topic("origin")),
+        ("SOUNDLINE_ALLOWED_ORIGINS", "https://app.example.com"),
+    ]))
+    .await;
+    for path in ["/ws/record", "/ws/feed"] {
+        let url = relay.ws(path);
+        assert_eq!(open_from(&url, "https://evil.example").await, 403, "{path}: a page of another site");
+        assert_eq!(open_from(&url, &format!("http://{}", relay.addr)).await, 101, "{path}: the relay's own page");
+        assert_eq!(open_from(&url, "https://app.example.com").await, 101, "{path}: an allowed origin");
+    }
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("soundline_origin_refused_total 2"), "{metrics}");
+    relay.stop().await;
+}
