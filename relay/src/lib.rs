@@ -20,6 +20,7 @@
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`fanout`] and [`feed`]: Kafka back out to `/ws/feed` subscribers, one consumer per partition per process.
+//! - [`web`]: the built web app's files, with a strict Content-Security-Policy and cache headers.
 //! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]
 
@@ -32,3 +33,4 @@ pub mod kafka;
 pub mod metrics;
 pub mod server;
 pub mod tail;
+pub mod web;

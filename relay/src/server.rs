@@ -122,9 +122,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state);
     match static_dir {
         // The built web app (trunk's dist/): the page and the WebSockets share one origin and one port.
-        Some(dir) => {
-            router.fallback_service(tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true))
-        }
+        Some(dir) => crate::web::serve(router, &dir),
         None => router,
     }
 }

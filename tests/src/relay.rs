@@ -109,14 +109,20 @@ pub async fn readyz_once_it_says(addr: SocketAddr, needle: &str) -> (u16, String
 
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with_headers(addr, path).await.map(|(status, _, body)| (status, body))
+}
+
+/// GET returning the status, the response headers (lower-cased names, `name: value` per line) and the body.
+pub async fn http_get_with_headers(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let headers = head.lines().skip(1).map(|l| l.to_ascii_lowercase()).collect::<Vec<_>>().join("\n");
+    Ok((status, headers, body.to_owned()))
 }
 
 /// The `soundline-relay` binary as a child process.

@@ -136,14 +136,26 @@ async fn a_recorder_that_connects_gets_ready_with_topic_and_frame_limit() {
 async fn the_relay_serves_the_built_web_app_from_static_dir() {
     let dir = std::env::temp_dir().join(format!("soundline-static-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::write(dir.join("index.html"), "<!doctype html><title>Soundline</title>").expect("write index");
+    let page = "<!doctype html><title>Soundline</title><script type=\"module\">start();</script>";
+    std::fs::write(dir.join("index.html"), page).expect("write index");
+    std::fs::write(dir.join("app-0123456789abcdef.js"), "export {}").expect("write asset");
     let relay = InProcess::start(config(&[
         ("SOUNDLINE_TOPIC", &random_topic("static")),
         ("SOUNDLINE_STATIC_DIR", dir.to_str().expect("utf-8 path")),
     ]))
     .await;
-    let (status, body) = http_get(relay.addr, "/").await.expect("GET /");
-    assert_eq!((status, body.as_str()), (200, "<!doctype html><title>Soundline</title>"));
+    let (status, headers, body) = soundline_tests::relay::http_get_with_headers(relay.addr, "/").await.expect("GET /");
+    assert_eq!((status, body.as_str()), (200, page));
+    // sha256("start();"), base64: the inline loader script is allowed by its hash, nothing else inline.
+    assert!(
+        headers.contains("content-security-policy: default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'sha256-"),
+        "{headers}"
+    );
+    assert!(headers.contains("frame-ancestors 'none'") && headers.contains("cache-control: no-cache"), "{headers}");
+    assert!(headers.contains("x-content-type-options: nosniff"), "{headers}");
+    let (_, headers, _) =
+        soundline_tests::relay::http_get_with_headers(relay.addr, "/app-0123456789abcdef.js").await.expect("GET asset");
+    assert!(headers.contains("cache-control: public, max-age=31536000, immutable"), "{headers}");
     let (status, _) = http_get(relay.addr, "/missing.js").await.expect("GET /missing.js");
     assert_eq!(status, 404);
     let (status, _) = http_get(relay.addr, "/healthz").await.expect("healthz");

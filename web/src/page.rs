@@ -35,7 +35,7 @@ struct Ui {
     mic: HtmlSelectElement,
     processing: HtmlInputElement,
     level: Element,
-    level_bar: Element,
+    level_bar: web_sys::HtmlElement,
     elapsed: Element,
     link: Element,
     sent: Element,
@@ -332,7 +332,8 @@ fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
         let shown = if db.is_finite() { format!("{db:.1} dBFS") } else { "-∞ dBFS".into() };
         ui.level.set_text_content(Some(&shown));
         let width = ((db + 60.0) / 60.0 * 100.0).clamp(0.0, 100.0);
-        let _ = ui.level_bar.set_attribute("style", &format!("width: {width:.0}%"));
+        // Through the CSSOM: a `style` attribute would be an inline style, which the page's CSP forbids.
+        let _ = ui.level_bar.style().set_property("width", &format!("{width:.0}%"));
         show_elapsed(&ui, active);
         ui.sent.set_text_content(Some(&active.sent.to_string()));
         ui.clipped.set_text_content(Some(&active.pipeline.clipped().to_string()));
