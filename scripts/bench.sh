@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 say "building release binaries"
 cargo build --release --locked -p soundline-relay -p soundline-loadgen
-bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
+bin="$(target_dir)/release"
 
 bash scripts/kafka.sh stop >/dev/null 2>&1 || true
 rm -rf "$KAFKA_STATE_DIR"

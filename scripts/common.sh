@@ -10,6 +10,11 @@ export SOUNDLINE_CACHE REPO_ROOT
 die() { printf 'soundline: %s\n' "$*" >&2; exit 1; }
 say() { printf '==> %s\n' "$*" >&2; }
 
+# Where cargo puts its builds (honours CARGO_TARGET_DIR, as CI sets it).
+target_dir() {
+  cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
 need() { # need CMD "what it is for and how to get it"
   command -v "$1" >/dev/null 2>&1 || die "$1 is missing: $2"
 }

@@ -20,7 +20,7 @@ fi
 
 say "building the relay"
 cargo build --release -p soundline-relay --locked
-relay_bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/soundline-relay"
+relay_bin="$(target_dir)/release/soundline-relay"
 
 # The page comes from trunk serve (another origin than the relay behind its proxy): allow it.
 SOUNDLINE_ALLOWED_ORIGINS="${SOUNDLINE_ALLOWED_ORIGINS:-http://127.0.0.1:$WEB_PORT,http://localhost:$WEB_PORT}" \

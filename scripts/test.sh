@@ -49,7 +49,7 @@ run_step "clippy (wasm32)" cargo clippy -p soundline-shared -p soundline-web --l
 
 # The SIGTERM tests run the real binary; tests find it beside their own executable.
 run_step "cargo build (relay binary)" cargo build -p soundline-relay --locked
-SOUNDLINE_RELAY_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/soundline-relay"
+SOUNDLINE_RELAY_BIN="$(target_dir)/debug/soundline-relay"
 export SOUNDLINE_RELAY_BIN
 run_step "deployment files (hadolint, kubernetes-validate, compose schema, relay config)" bash scripts/check-deploy.sh
 

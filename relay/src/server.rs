@@ -26,7 +26,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -114,8 +114,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let static_dir = state.config().static_dir.clone();
     let router = Router::new()
-        .route("/ws/record", get(record))
-        .route("/ws/feed", get(feed))
+        .route("/ws/record", websocket(Endpoint::Record))
+        .route("/ws/feed", websocket(Endpoint::Feed))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -133,22 +133,16 @@ enum Endpoint {
     Feed,
 }
 
-async fn record(
-    ws: WebSocketUpgrade,
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, Endpoint::Record))
-}
-
-async fn feed(
-    ws: WebSocketUpgrade,
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, Endpoint::Feed))
+/// The route of a WebSocket endpoint: the Origin check, then the upgrade.
+fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
+    get(
+        move |ws: WebSocketUpgrade,
+              State(state): State<AppState>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              headers: HeaderMap| async move {
+            refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, endpoint))
+        },
+    )
 }
 
 /// Browsers say which page opens a WebSocket (`Origin`); a page of another site must not record into Kafka or

@@ -111,15 +111,12 @@ pub enum EnvelopeError {
     },
 }
 
-/// `originData` of the envelope, with the PCM held as raw little-endian bytes.
+/// `originData` of the envelope, with the PCM held as raw little-endian bytes. Its `hz` and `bits` are always
+/// [`SAMPLE_RATE_HZ`] and [`BITS_PER_SAMPLE`] (parsing refuses anything else), so they are not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginData {
-    /// PCM, signed 16-bit little-endian mono. Serialized as standard padded base64.
+    /// PCM, signed 16-bit little-endian mono at 16 kHz. Serialized as standard padded base64.
     pub pcm_le: Vec<u8>,
-    /// Sample rate in Hz.
-    pub hz: u32,
-    /// Bits per sample.
-    pub bits: u32,
 }
 
 impl OriginData {
@@ -135,7 +132,7 @@ impl OriginData {
 
     /// `originData.duration`: whole milliseconds, rounded to nearest.
     pub fn duration_ms(&self) -> u64 {
-        duration_ms(self.sample_count() as u64, u64::from(self.hz))
+        duration_ms(self.sample_count() as u64, u64::from(SAMPLE_RATE_HZ))
     }
 }
 
@@ -196,7 +193,7 @@ impl Envelope {
             stamp: stamp.clone(),
             collect_timestamp_ms,
             recording: recording.clone(),
-            origin: OriginData { pcm_le: pcm_le.to_vec(), hz: SAMPLE_RATE_HZ, bits: BITS_PER_SAMPLE },
+            origin: OriginData { pcm_le: pcm_le.to_vec() },
         }
     }
 
@@ -297,7 +294,7 @@ impl Envelope {
                 inspection_info: string(&root, "inspectionInfo", "inspectionInfo")?,
             },
             // hz and bits were checked equal to the supported constants above.
-            origin: OriginData { pcm_le, hz: SAMPLE_RATE_HZ, bits: BITS_PER_SAMPLE },
+            origin: OriginData { pcm_le },
         })
     }
 }

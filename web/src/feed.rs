@@ -113,15 +113,12 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
 
 fn retry(feed: &Rc<RefCell<Feed>>) {
     let weak = Rc::downgrade(feed);
-    let again = Closure::once_into_js(move || {
+    let delay_ms = 1000 + (js_sys::Math::random() * 2000.0) as u32;
+    crate::later(delay_ms, move || {
         if let Some(feed) = weak.upgrade() {
             connect(&feed);
         }
     });
-    if let Some(w) = web_sys::window() {
-        let delay = 1000 + (js_sys::Math::random() * 2000.0) as i32;
-        let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(again.unchecked_ref(), delay);
-    }
 }
 
 fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {

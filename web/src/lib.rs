@@ -20,7 +20,16 @@ pub mod page;
 pub mod pipeline;
 pub mod uplink;
 
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
+
+/// Runs `f` once after `delay_ms` (0: as soon as the current call has returned), on the page's event loop.
+pub(crate) fn later(delay_ms: u32, f: impl FnOnce() + 'static) {
+    let callback = Closure::once_into_js(f);
+    if let Some(w) = web_sys::window() {
+        let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(callback.unchecked_ref(), delay_ms as i32);
+    }
+}
 
 /// Entry point, run by the Trunk-generated loader once the module is instantiated.
 #[wasm_bindgen(start)]

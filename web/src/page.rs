@@ -406,14 +406,11 @@ fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
             ui.record.set_disabled(false);
             // Outside any borrow of the app: let the current call return first.
             let weak = weak.clone();
-            let reset = Closure::once_into_js(move || {
+            crate::later(0, move || {
                 if let Some(app) = weak.upgrade() {
                     app.borrow_mut().finishing = None;
                 }
             });
-            if let Some(w) = web_sys::window() {
-                let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(reset.unchecked_ref(), 0);
-            }
         }
     })
 }

@@ -74,11 +74,6 @@ impl Pipeline {
         })
     }
 
-    /// Samples per frame.
-    pub fn frame_samples(&self) -> usize {
-        self.frame_samples
-    }
-
     /// Samples clipped so far (beyond full scale before conversion).
     pub fn clipped(&self) -> u64 {
         self.clipped

@@ -149,16 +149,6 @@ impl Resampler {
         })
     }
 
-    /// The input rate.
-    pub fn in_rate_hz(&self) -> u32 {
-        self.in_rate as u32
-    }
-
-    /// Input samples of delay before an output sample can be computed.
-    pub fn latency_in_samples(&self) -> usize {
-        self.half
-    }
-
     /// Output samples for `input_samples` of input once flushed: `input_samples * 16000 / in_rate`, rounded up.
     pub fn output_len(&self, input_samples: u64) -> u64 {
         (input_samples * u64::from(OUT_RATE_HZ)).div_ceil(self.in_rate)

@@ -220,13 +220,10 @@ impl Uplink {
         let delay = self.backoff.next_delay_ms(js_sys::Math::random());
         (self.on_event)(Event::Reconnecting { retry_ms: delay });
         let me = self.me.clone();
-        let retry = Closure::once_into_js(move || {
+        crate::later(delay, move || {
             if let Some(u) = me.upgrade() {
                 u.borrow_mut().connect();
             }
         });
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(retry.unchecked_ref(), delay as i32);
-        }
     }
 }
