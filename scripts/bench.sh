@@ -42,7 +42,8 @@ KAFKA_HEAP=1g bash scripts/kafka.sh start
 run_id="$(date +%s)"
 start_relay() { # start_relay TOPIC
   SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$1" SOUNDLINE_PARTITIONS=6 SOUNDLINE_LISTEN="$listen" \
-    SOUNDLINE_MAX_CONNECTIONS=20000 "$bin/soundline-relay" serve >"$out/relay-$1.log" 2>&1 &
+    SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
+    SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin/soundline-relay" serve >"$out/relay-$1.log" 2>&1 &
   relay_pid=$!
   for _ in $(seq 1 100); do "$bin/soundline-relay" healthcheck --addr "$listen" 2>/dev/null && break; sleep 0.1; done
   until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do sleep 0.2; done

@@ -85,6 +85,19 @@ pub const SETTINGS: &[Setting] = &[
     s("feed_send_timeout_s", "relay.feed_send_timeout_s", "SOUNDLINE_FEED_SEND_TIMEOUT_S", None, Some("10"), "a feed subscriber that reads nothing for this long is disconnected (too_slow)"),
     s("feed_malformed", "relay.feed_malformed", "SOUNDLINE_FEED_MALFORMED", None, Some("opaque"), "records neither envelope nor JSON: opaque (delivered as base64) or skip (counted, dropped)"),
     s("shutdown_timeout_s", "relay.shutdown_timeout_s", "SOUNDLINE_SHUTDOWN_TIMEOUT_S", None, Some("20"), "on SIGTERM, how long to wait for Kafka to ack what is in flight"),
+    s("auth_tokens", "relay.auth_tokens", "SOUNDLINE_AUTH_TOKENS", None, None, "static bearer tokens, name:token[,name:token...] (file or environment only); any auth_* setting turns authentication on"),
+    s("auth_tokens_file", "relay.auth_tokens_file", "SOUNDLINE_AUTH_TOKENS_FILE", Some("auth-tokens-file"), None, "file of static bearer tokens, one name:token per line (# starts a comment)"),
+    s("auth_jwt_secret", "relay.auth_jwt_secret", "SOUNDLINE_AUTH_JWT_SECRET", None, None, "HS256 key of JWT bearer tokens (exp required, sub = the identity in logs; file or environment only)"),
+    s("auth_jwt_secret_file", "relay.auth_jwt_secret_file", "SOUNDLINE_AUTH_JWT_SECRET_FILE", Some("auth-jwt-secret-file"), None, "file whose first line is the HS256 key"),
+    s("max_connections_per_client", "relay.max_connections_per_client", "SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT", None, Some("200"), "WebSocket connections one client address may hold at once; more are refused with HTTP 429"),
+    s("client_ip_header", "relay.client_ip_header", "SOUNDLINE_CLIENT_IP_HEADER", Some("client-ip-header"), None, "header in which the ingress in front names the client (e.g. X-Forwarded-For: its last address counts); unset: the TCP peer"),
+    s("max_messages_per_s", "relay.max_messages_per_s", "SOUNDLINE_MAX_MESSAGES_PER_S", None, Some("200"), "WebSocket messages (frames, pings, text) one connection may send per second; faster senders are throttled"),
+    s("max_bytes_per_s", "relay.max_bytes_per_s", "SOUNDLINE_MAX_BYTES_PER_S", None, Some("1048576"), "bytes one connection may send per second (32x real time, room for resends); faster senders are throttled"),
+    s("hello_timeout_s", "relay.hello_timeout_s", "SOUNDLINE_HELLO_TIMEOUT_S", None, Some("10"), "time a new connection has for each step: TLS handshake, HTTP request headers, then the hello or subscribe"),
+    s("idle_timeout_s", "relay.idle_timeout_s", "SOUNDLINE_IDLE_TIMEOUT_S", None, Some("60"), "a connection that sends nothing, not even a pong, for this long is closed (idle_timeout, 4015)"),
+    s("ping_interval_s", "relay.ping_interval_s", "SOUNDLINE_PING_INTERVAL_S", None, Some("20"), "how often the relay pings each WebSocket (browsers answer by themselves)"),
+    s("tls_cert_file", "relay.tls_cert_file", "SOUNDLINE_TLS_CERT_FILE", Some("tls-cert-file"), None, "PEM certificate chain: the relay serves HTTPS/WSS itself (with tls_key_file); unset: plain HTTP, e.g. behind an ingress"),
+    s("tls_key_file", "relay.tls_key_file", "SOUNDLINE_TLS_KEY_FILE", Some("tls-key-file"), None, "PEM private key of tls_cert_file"),
 ];
 
 /// A configuration value that is wrong or missing: one line, naming where it came from.
@@ -106,6 +119,11 @@ fn err(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -212,6 +230,50 @@ pub struct FeedConfig {
     pub skip_malformed: bool,
 }
 
+/// Who may connect ([`crate::auth`]). Empty: authentication is off.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Static bearer tokens and the name each stands for.
+    pub tokens: Vec<(String, Secret)>,
+    /// HS256 key of JWT bearer tokens.
+    pub jwt_secret: Option<Secret>,
+}
+
+impl AuthConfig {
+    /// Whether connections must bring a token.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt_secret.is_some()
+    }
+}
+
+/// Limits on each client and connection ([`crate::limits`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// WebSocket connections per client address.
+    pub connections_per_client: usize,
+    /// Header naming the client's address (set by an ingress), lower case.
+    pub client_ip_header: Option<String>,
+    /// Messages per second per connection.
+    pub messages_per_s: u32,
+    /// Bytes per second per connection.
+    pub bytes_per_s: u64,
+    /// Time for each step of a new connection (TLS, HTTP headers, hello/subscribe).
+    pub hello_timeout: Duration,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Interval of the relay's pings.
+    pub ping_interval: Duration,
+}
+
+/// The relay's own TLS certificate and key, when it terminates TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// The relay's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -241,6 +303,12 @@ pub struct Config {
     pub dedup_window_frames: usize,
     /// Origins besides the relay's own allowed to open WebSockets (`*`: any).
     pub allowed_origins: Vec<String>,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Per-client and per-connection limits.
+    pub limits: Limits,
+    /// TLS termination; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Raw values by setting key, each with a description of its origin.
@@ -421,6 +489,24 @@ impl RawConfig {
                 batch_max_bytes: batch_max_bytes.min(max_message_bytes),
                 max_message_bytes,
             };
+        let auth = self.auth()?;
+        let limits = self.limits()?;
+        let tls = match (
+            self.optional("tls_cert_file", "a PEM file path", |v| Some(PathBuf::from(v)))?,
+            self.optional("tls_key_file", "a PEM file path", |v| Some(PathBuf::from(v)))?,
+        ) {
+            (Some(cert), Some(key)) => {
+                for (k, path) in [("tls_cert_file", &cert), ("tls_key_file", &key)] {
+                    if !path.is_file() {
+                        return Err(err(self.origin(k), format!("{} is not a readable file", path.display())));
+                    }
+                }
+                Some(TlsFiles { cert, key })
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(err(self.origin("tls_cert_file"), "is set without tls_key_file: set both")),
+            (None, Some(_)) => return Err(err(self.origin("tls_key_file"), "is set without tls_cert_file: set both")),
+        };
         let stamp = Stamp {
             ver: self.parse("ver", "a version string", |v| Some(v.to_owned()))?,
             sys_type: self.parse("sys_type", "an integer", |v| v.parse().ok())?,
@@ -459,6 +545,9 @@ impl RawConfig {
                         .then_some(list)
                 },
             )?,
+            auth,
+            limits,
+            tls,
             dedup_window_frames: self.parse("dedup_window_frames", "a frame count between 0 and 10000000", |v| {
                 v.parse().ok().filter(|n| *n <= 10_000_000)
             })?,
@@ -484,6 +573,101 @@ impl RawConfig {
             },
         })
     }
+}
+
+impl RawConfig {
+    fn origin(&self, key: &str) -> String {
+        self.get(key).map(|(o, _)| o.to_owned()).unwrap_or_else(|| key.to_owned())
+    }
+
+    /// A file's text, or a one-line error naming the setting that named it.
+    fn read_file(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        let Some(path) = self.optional(key, "a file path", |v| (!v.is_empty()).then(|| PathBuf::from(v)))? else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| err(self.origin(key), format!("cannot read {}: {e}", path.display())))
+    }
+
+    fn auth(&self) -> Result<AuthConfig, ConfigError> {
+        let mut tokens = Vec::new();
+        if let Some((origin, list)) = self.get("auth_tokens") {
+            for (i, entry) in list.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+                tokens.push(static_token(entry).map_err(|m| err(format!("{origin} (entry {})", i + 1), m))?);
+            }
+        }
+        if let Some(text) = self.read_file("auth_tokens_file")? {
+            let origin = self.origin("auth_tokens_file");
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or_default().trim();
+                if !line.is_empty() {
+                    tokens.push(static_token(line).map_err(|m| err(format!("{origin} line {}", n + 1), m))?);
+                }
+            }
+        }
+        let jwt_secret = match self.read_file("auth_jwt_secret_file")? {
+            Some(text) => Some(text.lines().next().unwrap_or_default().trim_end().to_owned()),
+            None => self.get("auth_jwt_secret").map(|(_, v)| v.to_owned()),
+        };
+        if let Some(key) = &jwt_secret
+            && key.len() < 32
+        {
+            let origin = if self.get("auth_jwt_secret_file").is_some() {
+                self.origin("auth_jwt_secret_file")
+            } else {
+                self.origin("auth_jwt_secret")
+            };
+            return Err(err(origin, format!("an HS256 key must be at least 32 bytes, got {}", key.len())));
+        }
+        Ok(AuthConfig { tokens, jwt_secret: jwt_secret.map(Secret) })
+    }
+
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let seconds = |key: &str, max: u64| {
+            self.parse(key, &format!("seconds between 1 and {max}"), |v| {
+                v.parse().ok().filter(|n| (1..=max).contains(n)).map(Duration::from_secs)
+            })
+        };
+        let client_ip_header = self.optional("client_ip_header", "an HTTP header name like X-Forwarded-For", |v| {
+            axum::http::HeaderName::from_bytes(v.as_bytes()).ok().map(|h| h.as_str().to_owned())
+        })?;
+        Ok(Limits {
+            connections_per_client: self.parse("max_connections_per_client", "a count between 1 and 1000000", |v| {
+                v.parse().ok().filter(|n| (1..=1_000_000).contains(n))
+            })?,
+            client_ip_header,
+            messages_per_s: self.parse("max_messages_per_s", "a rate between 1 and 1000000", |v| {
+                v.parse().ok().filter(|n| (1..=1_000_000).contains(n))
+            })?,
+            bytes_per_s: self.parse("max_bytes_per_s", "a rate of at least 65536 bytes/s", |v| {
+                v.parse().ok().filter(|n| *n >= 65_536)
+            })?,
+            hello_timeout: seconds("hello_timeout_s", 300)?,
+            idle_timeout: seconds("idle_timeout_s", 3600)?,
+            ping_interval: seconds("ping_interval_s", 3600)?,
+        })
+    }
+}
+
+/// Characters of a bearer token: RFC 7230's `tchar` less `:` (tokens travel as a WebSocket subprotocol
+/// `bearer.<token>`, which must be a `token`).
+pub fn valid_token_text(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn static_token(entry: &str) -> Result<(String, Secret), String> {
+    let Some((name, token)) = entry.rsplit_once(':') else {
+        return Err("expected name:token".into());
+    };
+    let (name, token) = (name.trim(), token.trim());
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return Err("the name before ':' must be non-empty, without spaces".into());
+    }
+    if token.len() < 16 || !valid_token_text(token) {
+        return Err(format!("the token of {name} must be at least 16 characters of A-Z a-z 0-9 and !#$%&'*+-.^_`|~"));
+    }
+    Ok((name.to_owned(), Secret(token.to_owned())))
 }
 
 fn scalar_text(origin: &str, value: &Value) -> Result<Option<String>, ConfigError> {
@@ -634,7 +818,7 @@ mod tests {
                 assert!(fresh(&mut flags, f), "flag {f} repeats");
             }
         }
-        for secret in ["username", "password", "password_file"] {
+        for secret in ["username", "password", "password_file", "auth_tokens", "auth_jwt_secret"] {
             let s = SETTINGS.iter().find(|s| s.key == secret).expect("exists");
             assert!(s.flag.is_none(), "{secret} must not be settable on the command line");
         }

@@ -34,12 +34,11 @@ use crate::kafka::KafkaError;
 use crate::metrics::FeedDrop;
 use crate::server::AppState;
 
-/// How long a new connection may take to send its subscribe.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per history fetch.
 const HISTORY_FETCH_BYTES: i32 = 1024 * 1024;
 
-struct Fail(ErrorCode, String);
+use crate::ingest::{Fail, idle_timeout, message_len};
+use crate::limits::{Keepalive, Throttle, count_ping};
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -81,7 +80,7 @@ async fn subscribe_and_deliver(
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
 ) -> Result<(), Fail> {
-    let sub = read_subscribe(stream).await?;
+    let sub = read_subscribe(stream, state).await?;
     let cfg = state.config();
     let topic = sub.topic.clone().unwrap_or_else(|| cfg.kafka.topic.clone());
     if topic != cfg.kafka.topic && !cfg.feed.topics.contains(&topic) {
@@ -96,37 +95,60 @@ async fn subscribe_and_deliver(
         KafkaError::NoSuchTopic(_) => Fail(ErrorCode::UnknownTopic, e.to_string()),
         e => Fail(ErrorCode::Internal, e.to_string()),
     })?;
-    // The client leaving ends delivery at once, whichever phase it is in.
+    // The client leaving (or going silent, or flooding) ends delivery at once, whichever phase it is in.
     let client_gone = async {
-        while let Some(Ok(m)) = stream.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
+        let limits = &cfg.limits;
+        let mut throttle = Throttle::new(limits);
+        loop {
+            match tokio::time::timeout(limits.idle_timeout, stream.next()).await {
+                Err(_) => return Err(idle_timeout(false, limits)),
+                Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => return Ok(()),
+                Ok(Some(Ok(m))) => throttle.admit(message_len(&m), state.metrics()).await,
             }
         }
     };
     tokio::select! {
         r = deliver(sink, &hub, &sub, state) => r,
-        () = client_gone => Ok(()),
+        r = client_gone => r,
     }
 }
 
-async fn read_subscribe(stream: &mut SplitStream<WebSocket>) -> Result<Subscribe, Fail> {
-    let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, stream.next())
-        .await
-        .map_err(|_| Fail(ErrorCode::BadSubscribe, "no subscribe message within 30 s".into()))?;
+async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<Subscribe, Fail> {
+    let limits = &state.config().limits;
+    // Pings and pongs do not count as the subscribe, nor buy time for it.
+    let first = tokio::time::timeout(limits.hello_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| idle_timeout(true, limits))?;
     match first {
         Some(Ok(Message::Text(text))) => match FeedClientMessage::parse(&text) {
             Ok(FeedClientMessage::Subscribe(sub)) => Ok(sub),
             Err(e) => Err(Fail(ErrorCode::BadSubscribe, e.to_string())),
         },
         Some(Ok(_)) => Err(Fail(ErrorCode::BadSubscribe, "send a subscribe (a JSON text message) first".into())),
-        Some(Err(e)) => Err(Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}"))),
+        Some(Err(e)) => Err(crate::ingest::classify_read_error(&e)
+            .unwrap_or_else(|| Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}")))),
         None => Err(Fail(ErrorCode::BadSubscribe, "the connection closed before a subscribe".into())),
     }
 }
 
 async fn send(sink: &mut Sink, text: Utf8Bytes, state: &AppState) -> Result<(), Fail> {
     match tokio::time::timeout(state.config().feed.send_timeout, sink.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Fail(ErrorCode::Internal, "the connection failed".into())),
+        Err(_) => Err(Fail(ErrorCode::TooSlow, "the subscriber read nothing for longer than the send timeout".into())),
+    }
+}
+
+async fn ping(sink: &mut Sink, state: &AppState) -> Result<(), Fail> {
+    count_ping(state.metrics());
+    match tokio::time::timeout(state.config().feed.send_timeout, sink.send(Message::Ping(Default::default()))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Fail(ErrorCode::Internal, "the connection failed".into())),
         Err(_) => Err(Fail(ErrorCode::TooSlow, "the subscriber read nothing for longer than the send timeout".into())),
@@ -178,6 +200,7 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
+    let mut keepalive = Keepalive::new(&state.config().limits);
 
     // History: this subscriber's own fetches, partition by partition, up to where the live stream starts.
     let skip_malformed = state.config().feed.skip_malformed;
@@ -192,6 +215,9 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
             .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
         let mut offset = from;
         while offset < until {
+            if keepalive.ping_due() {
+                ping(sink, state).await?;
+            }
             let records = match pc.fetch_records(offset, 1..HISTORY_FETCH_BYTES, 100).await {
                 Ok((records, _)) => records,
                 Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
@@ -226,7 +252,14 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
     // Live: each offset at most once per partition.
     let mut next: BTreeMap<i32, i64> = live.iter().enumerate().map(|(p, o)| (p as i32, *o)).collect();
     loop {
-        let published: Arc<Published> = match live_rx.recv().await {
+        let received = tokio::select! {
+            r = live_rx.recv() => r,
+            _ = keepalive.ping.tick() => {
+                ping(sink, state).await?;
+                continue;
+            }
+        };
+        let published: Arc<Published> = match received {
             Ok(p) => p,
             Err(RecvError::Lagged(missed)) => {
                 metrics.feed_dropped(FeedDrop::Lagged, missed);

@@ -35,7 +35,9 @@ use soundline_shared::recording::Recording;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::kafka::producer::{Delivery, Link, ProduceError};
+use crate::limits::Throttle;
 use crate::server::AppState;
+use tokio::time::Instant;
 
 /// Outbound work for the writer. Bounded: when 1024 items wait (acks of ~3 minutes of 200 ms frames), the reader
 /// stops reading until the writer catches up.
@@ -59,7 +61,7 @@ enum Outbound {
 }
 
 /// A problem that ends the connection: the code and the one-line message sent with it.
-struct Fail(ErrorCode, String);
+pub(crate) struct Fail(pub(crate) ErrorCode, pub(crate) String);
 
 /// Serves one upgraded recorder connection until it ends.
 pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
@@ -115,6 +117,9 @@ async fn read(
     peer: &str,
 ) -> Option<Fail> {
     let shutdown = state.shutdown().clone();
+    let limits = &state.config().limits;
+    let mut throttle = Throttle::new(limits);
+    let mut deadline = Instant::now() + limits.hello_timeout;
     let mut session: Option<Session> = None;
     loop {
         let msg = tokio::select! {
@@ -123,12 +128,14 @@ async fn read(
                 return Some(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect and resend unacked frames".into()));
             }
             msg = stream.next() => msg,
+            () = tokio::time::sleep_until(deadline) => return Some(idle_timeout(session.is_none(), limits)),
         };
         let msg = match msg {
             None => return None,
             Some(Ok(m)) => m,
             Some(Err(e)) => return classify_read_error(&e),
         };
+        throttle.admit(message_len(&msg), state.metrics()).await;
         let result = match (msg, session.as_mut()) {
             (Message::Text(text), None) => match hello(&text, state) {
                 Ok((s, ready)) => {
@@ -153,10 +160,37 @@ async fn read(
         if let Err(fail) = result {
             return Some(fail);
         }
+        // Before the hello, pongs and pings do not buy time: the hello must come within hello_timeout_s.
+        if session.is_some() {
+            deadline = Instant::now() + limits.idle_timeout;
+        }
     }
 }
 
-fn classify_read_error(e: &axum::Error) -> Option<Fail> {
+/// The bytes a message costs against `max_bytes_per_s`.
+pub(crate) fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        Message::Ping(p) | Message::Pong(p) => p.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// The failure of a connection that went silent: before its first message (`hello_timeout_s`) or after.
+pub(crate) fn idle_timeout(before_first_message: bool, limits: &crate::config::Limits) -> Fail {
+    if before_first_message {
+        let first = "the first message (hello or subscribe)";
+        Fail(ErrorCode::IdleTimeout, format!("{first} did not arrive within {} s", limits.hello_timeout.as_secs()))
+    } else {
+        Fail(
+            ErrorCode::IdleTimeout,
+            format!("nothing arrived for {} s, not even a pong; reconnect", limits.idle_timeout.as_secs()),
+        )
+    }
+}
+
+pub(crate) fn classify_read_error(e: &axum::Error) -> Option<Fail> {
     // axum hides tungstenite's error type; its messages are stable and name the cause.
     let text = e.to_string();
     if text.contains("UTF-8") || text.contains("utf-8") || text.contains("utf8") {
@@ -309,6 +343,7 @@ async fn write(
     let mut pending: FuturesOrdered<futures_util::future::BoxFuture<'static, Ack>> = FuturesOrdered::new();
     let mut link = state.producer().link();
     let mut last_up = true;
+    let mut keepalive = crate::limits::Keepalive::new(&state.config().limits);
     let stop = loop {
         let link_changed = async {
             if link.changed().await.is_err() {
@@ -342,6 +377,10 @@ async fn write(
                 // The reader ended without an error: the client left, nobody is there to ack.
                 None => Err(Stop::SocketGone),
             },
+            _ = keepalive.ping.tick() => {
+                crate::limits::count_ping(state.metrics());
+                sink.send(Message::Ping(Default::default())).await.map_err(|_| Stop::SocketGone)
+            }
             () = link_changed => {
                 let current = link.borrow_and_update().clone();
                 if current.up == last_up {

@@ -14,6 +14,8 @@
 //! ```
 //!
 //! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
+//! - [`net`]: accepting TCP (and TLS when the relay terminates it), HTTP with a header-read timeout.
+//! - [`auth`]: static bearer tokens and HS256 JWTs; [`limits`]: per-client connections, rates, idle time, pings.
 //! - [`server`]: routes, shared state, connection limit, graceful shutdown; [`server::run`] is what `main` calls.
 //! - [`ingest`]: one recorder connection: hello, frames, acks, errors and close codes.
 //! - [`dedup`]: frames already produced, so a resend is acked again rather than produced twice.
@@ -24,13 +26,16 @@
 //! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod dedup;
 pub mod fanout;
 pub mod feed;
 pub mod ingest;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod tail;
 pub mod web;

@@ -4,6 +4,7 @@
 //! soundline-relay serve [--config FILE] [--listen ADDR] [--brokers H:P,...] [--topic T] ...
 //! soundline-relay tail  [--config FILE] [--from earliest|latest|MS] [--car ID] [--segment ID] [--full|--json] [--count N]
 //! soundline-relay check-config [--config FILE] ...     validate the configuration and exit
+//! soundline-relay token --sub NAME [--ttl-s 3600]     print an HS256 JWT signed with the configured key
 //! soundline-relay healthcheck [--addr HOST:PORT]        exit 0 if /healthz answers (container HEALTHCHECK)
 //! ```
 //!
@@ -68,6 +69,24 @@ fn cli() -> Command {
         Command::new("check-config")
             .about("Load the configuration (file, SOUNDLINE_* variables, flags) and say if it is valid"),
     );
+    let token_cmd = with_config_args(
+        Command::new("token").about("Print an HS256 JWT for a recorder or subscriber, signed with the configured key"),
+    )
+    .arg(
+        Arg::new("sub")
+            .long("sub")
+            .value_name("NAME")
+            .required(true)
+            .help("the identity (JWT sub) in the relay's logs"),
+    )
+    .arg(
+        Arg::new("ttl-s")
+            .long("ttl-s")
+            .value_name("SECONDS")
+            .default_value("3600")
+            .value_parser(clap::value_parser!(u64).range(1..=31_536_000))
+            .help("how long the token is valid"),
+    );
     let healthcheck = Command::new("healthcheck")
         .about("Exit 0 if the relay on this machine answers /healthz (for container HEALTHCHECKs: no curl needed)")
         .arg(Arg::new("addr").long("addr").value_name("HOST:PORT").default_value("127.0.0.1:8080"));
@@ -78,6 +97,7 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(serve)
         .subcommand(tail_cmd)
+        .subcommand(token_cmd)
         .subcommand(check)
         .subcommand(healthcheck)
         .disable_help_subcommand(true)
@@ -135,6 +155,28 @@ async fn shutdown_signal() {
     }
 }
 
+fn auth_summary(config: &Config) -> String {
+    let auth = &config.auth;
+    match (auth.tokens.len(), auth.jwt_secret.is_some()) {
+        (0, false) => "off (anyone who reaches the relay may record)".into(),
+        (n, jwt) => format!("on: {n} static token(s){}", if jwt { " and HS256 JWTs" } else { "" }),
+    }
+}
+
+/// Prints an HS256 JWT for `--sub`, valid for `--ttl-s`, signed with the configured key.
+fn token(config: &Config, m: &ArgMatches) -> ExitCode {
+    let Some(key) = &config.auth.jwt_secret else {
+        eprintln!("soundline-relay: no JWT key: set SOUNDLINE_AUTH_JWT_SECRET or SOUNDLINE_AUTH_JWT_SECRET_FILE");
+        return ExitCode::from(2);
+    };
+    let sub = m.get_one::<String>("sub").map_or("", String::as_str);
+    let ttl = m.get_one::<u64>("ttl-s").copied().unwrap_or(3600);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl });
+    println!("{}", soundline_relay::auth::sign_jwt(key.expose().as_bytes(), &claims));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let matches = cli().get_matches();
     let Some((command, m)) = matches.subcommand() else {
@@ -150,15 +192,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(files) = &config.tls
+        && let Err(e) = soundline_relay::net::tls_acceptor(files)
+    {
+        eprintln!("soundline-relay: TLS: {e}");
+        return ExitCode::from(2);
+    }
     if command == "check-config" {
         println!(
-            "configuration ok: brokers {} ({:?}), topic {}, listen {}",
+            "configuration ok: brokers {} ({:?}), topic {}, listen {} ({}), authentication {}",
             config.kafka.brokers.join(","),
             config.kafka.security,
             config.kafka.topic,
-            config.listen
+            config.listen,
+            if config.tls.is_some() { "https" } else { "http" },
+            auth_summary(&config)
         );
         return ExitCode::SUCCESS;
+    }
+    if command == "token" {
+        return token(&config, m);
     }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -188,8 +241,9 @@ fn main() -> ExitCode {
             "soundline-relay {} serving",
             env!("CARGO_PKG_VERSION")
         );
+        tracing::info!(authentication = %auth_summary(&config), tls = config.tls.is_some(), "doors");
         // Machine-readable line for scripts and tests that start the relay on port 0.
-        println!("listening on http://{addr}");
+        println!("listening on {}://{addr}", if config.tls.is_some() { "https" } else { "http" });
         match soundline_relay::server::run(listener, config, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -65,6 +65,53 @@ impl FeedDrop {
     }
 }
 
+/// Which rate a throttled connection went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttled {
+    /// `max_messages_per_s`.
+    Messages,
+    /// `max_bytes_per_s`.
+    Bytes,
+}
+
+/// Why a connection was refused before it became a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` WebSockets were open.
+    MaxConnections,
+    /// The client's address held `max_connections_per_client`.
+    PerClient,
+    /// The TLS handshake failed or took longer than `hello_timeout_s`.
+    TlsHandshake,
+    /// No token.
+    AuthMissing,
+    /// A token that is not valid here.
+    AuthInvalid,
+    /// A JWT past its expiry.
+    AuthExpired,
+}
+
+impl Refused {
+    const ALL: [Self; 6] = [
+        Self::MaxConnections,
+        Self::PerClient,
+        Self::TlsHandshake,
+        Self::AuthMissing,
+        Self::AuthInvalid,
+        Self::AuthExpired,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::PerClient => "per_client",
+            Self::TlsHandshake => "tls_handshake",
+            Self::AuthMissing => "auth_missing",
+            Self::AuthInvalid => "auth_invalid",
+            Self::AuthExpired => "auth_expired",
+        }
+    }
+}
+
 /// Every metric the relay exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -72,8 +119,10 @@ pub struct Metrics {
     pub connections_active: AtomicI64,
     /// Recorder connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Connections refused because `max_connections` were open.
-    pub connections_refused_total: AtomicU64,
+    refused: [AtomicU64; Refused::ALL.len()],
+    throttled: [AtomicU64; 2],
+    /// Keepalive pings sent.
+    pub pings_sent_total: AtomicU64,
     /// WebSocket requests refused because their `Origin` is not allowed.
     pub origin_refused_total: AtomicU64,
     /// Audio frames received and accepted.
@@ -119,6 +168,18 @@ impl Metrics {
         ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
     }
 
+    /// Counts a connection refused before it became a WebSocket.
+    pub fn refused(&self, why: Refused) {
+        if let Some(i) = Refused::ALL.iter().position(|r| *r == why) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a pause of a connection that went over a rate.
+    pub fn throttled(&self, which: Throttled) {
+        self.throttled[usize::from(which == Throttled::Bytes)].fetch_add(1, Relaxed);
+    }
+
     /// Counts `n` feed records not delivered for `reason`.
     pub fn feed_dropped(&self, reason: FeedDrop, n: u64) {
         if let Some(i) = FeedDrop::ALL.iter().position(|r| *r == reason) {
@@ -134,9 +195,9 @@ impl Metrics {
         };
         counter("soundline_connections_total", "Recorder connections accepted.", self.connections_total.load(Relaxed));
         counter(
-            "soundline_connections_refused_total",
-            "Connections refused because max_connections were open.",
-            self.connections_refused_total.load(Relaxed),
+            "soundline_pings_sent_total",
+            "Keepalive pings sent to WebSockets.",
+            self.pings_sent_total.load(Relaxed),
         );
         counter("soundline_frames_in_total", "Audio frames received and accepted.", self.frames_in_total.load(Relaxed));
         counter("soundline_bytes_in_total", "PCM bytes in accepted frames.", self.bytes_in_total.load(Relaxed));
@@ -192,6 +253,21 @@ impl Metrics {
         );
         for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
             let _ = writeln!(out, "soundline_errors_total{{code=\"{code}\"}} {}", n.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP soundline_connections_refused_total Connections refused before the WebSocket opened, by reason.\n# TYPE soundline_connections_refused_total counter"
+        );
+        for (why, n) in Refused::ALL.iter().zip(&self.refused) {
+            let _ =
+                writeln!(out, "soundline_connections_refused_total{{reason=\"{}\"}} {}", why.label(), n.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP soundline_throttled_total Pauses of connections that sent faster than a limit, by limit.\n# TYPE soundline_throttled_total counter"
+        );
+        for (label, n) in ["messages", "bytes"].iter().zip(&self.throttled) {
+            let _ = writeln!(out, "soundline_throttled_total{{limit=\"{label}\"}} {}", n.load(Relaxed));
         }
         let _ = writeln!(
             out,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::kafka::producer::Producer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refused};
+use soundline_shared::control::{ErrorCode, ServerMessage};
+use std::time::Duration;
+use tracing::Instrument as _;
 
 /// Largest text message accepted (a hello is at most ~6 KiB of metadata).
 const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -54,6 +57,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    clients: Arc<crate::limits::Clients>,
+    auth: crate::auth::Authenticator,
     tracker: TaskTracker,
 }
 
@@ -68,12 +73,14 @@ impl AppState {
         Self {
             shared: Arc::new(Shared {
                 dedup: crate::dedup::Dedup::new(config.dedup_window_frames),
+                auth: crate::auth::Authenticator::new(&config.auth),
                 config,
                 producer,
                 fanout,
                 metrics,
                 shutdown,
                 connections,
+                clients: Arc::default(),
                 tracker: TaskTracker::new(),
             }),
         }
@@ -133,16 +140,40 @@ enum Endpoint {
     Feed,
 }
 
-/// The route of a WebSocket endpoint: the Origin check, then the upgrade.
+/// The route of a WebSocket endpoint: the Origin check, the client's connection share, then the upgrade.
 fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
     get(
         move |ws: WebSocketUpgrade,
               State(state): State<AppState>,
               ConnectInfo(peer): ConnectInfo<SocketAddr>,
               headers: HeaderMap| async move {
-            refuse_origin(&state, &headers).unwrap_or_else(|| upgrade(ws, state, peer, endpoint))
+            if let Some(refusal) = refuse_origin(&state, &headers) {
+                return refusal;
+            }
+            let limits = &state.config().limits;
+            let client = crate::limits::client_address(limits, &headers, peer);
+            let Some(client_slot) = state.shared.clients.try_acquire(client, limits.connections_per_client) else {
+                state.metrics().refused(Refused::PerClient);
+                tracing::info!(%client, "refused a WebSocket: the client holds max_connections_per_client");
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{client} already holds {} connections; close some first\n", limits.connections_per_client),
+                )
+                    .into_response();
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let identity = state.shared.auth.check(&headers, now.as_secs() as i64);
+            upgrade(ws, state, Client { peer, slot: client_slot, identity }, endpoint)
         },
     )
+}
+
+/// Who is on the other end of a new WebSocket.
+struct Client {
+    peer: SocketAddr,
+    slot: crate::limits::ClientSlot,
+    /// The token's identity (`Ok(None)`: authentication is off), or why it was refused.
+    identity: Result<Option<String>, crate::auth::AuthError>,
 }
 
 /// Browsers say which page opens a WebSocket (`Origin`); a page of another site must not record into Kafka or
@@ -167,13 +198,17 @@ fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     )
 }
 
-/// Both WebSocket endpoints: the connection limit, message size limits, and tracking for graceful shutdown.
-fn upgrade(ws: WebSocketUpgrade, state: AppState, peer: SocketAddr, endpoint: Endpoint) -> Response {
+/// Both WebSocket endpoints: the connection limit, message size limits, authentication, and tracking for
+/// graceful shutdown.
+///
+/// A refused token still gets its WebSocket, only to carry `unauthorized` (4014) and close: a browser sees
+/// nothing of an HTTP 401 but a failed connection, and would retry forever; a close code tells it to stop.
+fn upgrade(ws: WebSocketUpgrade, state: AppState, client: Client, endpoint: Endpoint) -> Response {
     if state.shutdown().is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the relay is shutting down\n").into_response();
     }
     let Ok(slot) = Arc::clone(&state.shared.connections).try_acquire_owned() else {
-        state.metrics().connections_refused_total.fetch_add(1, Relaxed);
+        state.metrics().refused(Refused::MaxConnections);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry later\n").into_response();
     };
     let max_message = match endpoint {
@@ -183,19 +218,64 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, peer: SocketAddr, endpoint: En
         Endpoint::Feed => MAX_TEXT_BYTES,
     };
     let tracker = state.shared.tracker.clone();
-    ws.max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let metrics = Arc::clone(&state.shared.metrics);
-            metrics.connections_total.fetch_add(1, Relaxed);
-            metrics.connections_active.fetch_add(1, Relaxed);
-            match endpoint {
-                Endpoint::Record => crate::ingest::serve(socket, state, peer.to_string()).await,
-                Endpoint::Feed => crate::feed::serve(socket, state, peer.to_string()).await,
+    let Client { peer, slot: client_slot, identity } = client;
+    let who = identity.as_ref().ok().and_then(Option::as_deref).unwrap_or("-").to_owned();
+    let span = tracing::info_span!("ws", %peer, %who, endpoint = endpoint.path());
+    let ws = ws.protocols([crate::auth::SUBPROTOCOL]).max_message_size(max_message).max_frame_size(max_message);
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(
+            async move {
+                let metrics = Arc::clone(&state.shared.metrics);
+                metrics.connections_total.fetch_add(1, Relaxed);
+                metrics.connections_active.fetch_add(1, Relaxed);
+                match (identity, endpoint) {
+                    (Err(refusal), _) => unauthorized(socket, &state, &refusal).await,
+                    (Ok(_), Endpoint::Record) => crate::ingest::serve(socket, state, peer.to_string()).await,
+                    (Ok(_), Endpoint::Feed) => crate::feed::serve(socket, state, peer.to_string()).await,
+                }
+                metrics.connections_active.fetch_sub(1, Relaxed);
+                drop((slot, client_slot));
             }
-            metrics.connections_active.fetch_sub(1, Relaxed);
-            drop(slot);
-        })
+            .instrument(span),
+        )
     })
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Record => "/ws/record",
+            Self::Feed => "/ws/feed",
+        }
+    }
+}
+
+/// Tells a client its token was refused (`unauthorized`, 4014) and closes.
+async fn unauthorized(mut socket: WebSocket, state: &AppState, refusal: &crate::auth::AuthError) {
+    use crate::auth::AuthError;
+    state.metrics().refused(match refusal {
+        AuthError::Missing => Refused::AuthMissing,
+        AuthError::Expired => Refused::AuthExpired,
+        AuthError::Unknown | AuthError::InvalidJwt(_) => Refused::AuthInvalid,
+    });
+    state.metrics().error(ErrorCode::Unauthorized);
+    tracing::info!(reason = %refusal, "refused a WebSocket: not authenticated");
+    let message = refusal.to_string();
+    let close = async {
+        socket
+            .send(Message::Text(ServerMessage::error(ErrorCode::Unauthorized, message.clone()).to_json().into()))
+            .await?;
+        let reason = Utf8Bytes::from(message.chars().take(100).collect::<String>());
+        socket.send(Message::Close(Some(CloseFrame { code: ErrorCode::Unauthorized.close_code(), reason }))).await?;
+        // Wait for the client's close so it reads ours before the socket goes.
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -245,15 +325,19 @@ pub async fn run(
             token.cancel();
         }
     };
-    // Acks are small messages that must leave at once: no Nagle delay on recorder and subscriber sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
+    let tls = match &state.config().tls {
+        Some(files) => Some(crate::net::tls_acceptor(files).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let handshake_timeout = state.config().limits.hello_timeout;
+    let metrics = Arc::clone(&state.shared.metrics);
+    let accepting = CancellationToken::new();
+    let stop_accepting = accepting.clone();
+    let server = crate::net::serve(listener, tls, app(state), handshake_timeout, metrics, accepting);
+    tokio::join!(server, async move {
+        signal.await;
+        stop_accepting.cancel();
     });
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(signal)
-        .await?;
     token.cancel();
     tracker.close();
     // Each connection bounds its own drain by `timeout`; the extra second covers the close handshakes.

@@ -153,6 +153,11 @@ pub enum ErrorCode {
     TooSlow,
     /// The subscribed topic does not exist (yet) on the brokers.
     UnknownTopic,
+    /// Authentication is required and the connection brought no valid token (missing, unknown, expired).
+    Unauthorized,
+    /// The connection sent nothing (not even a pong) for longer than the relay's idle timeout, or no hello or
+    /// subscribe in time.
+    IdleTimeout,
     /// The relay is shutting down; reconnect (to another replica) and resend unacked frames.
     ShuttingDown,
     /// The relay failed in a way that is not the client's fault.
@@ -161,7 +166,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::UnsupportedProtocol,
         Self::HelloRequired,
         Self::BadHello,
@@ -177,6 +182,8 @@ impl ErrorCode {
         Self::TopicNotAllowed,
         Self::TooSlow,
         Self::UnknownTopic,
+        Self::Unauthorized,
+        Self::IdleTimeout,
         Self::ShuttingDown,
         Self::Internal,
     ];
@@ -199,6 +206,8 @@ impl ErrorCode {
             Self::TopicNotAllowed => 4011,
             Self::TooSlow => 4012,
             Self::UnknownTopic => 4013,
+            Self::Unauthorized => 4014,
+            Self::IdleTimeout => 4015,
             Self::ShuttingDown => 1001,
             Self::Internal => 1011,
         }
@@ -222,6 +231,8 @@ impl ErrorCode {
             Self::TopicNotAllowed => "topic_not_allowed",
             Self::TooSlow => "too_slow",
             Self::UnknownTopic => "unknown_topic",
+            Self::Unauthorized => "unauthorized",
+            Self::IdleTimeout => "idle_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
         }
@@ -229,7 +240,7 @@ impl ErrorCode {
 
     /// Whether a recorder should reconnect and resend after this error (the fault is not in what it sent).
     pub const fn retryable(self) -> bool {
-        matches!(self, Self::ShuttingDown | Self::Internal | Self::TooSlow | Self::UnknownTopic)
+        matches!(self, Self::ShuttingDown | Self::Internal | Self::TooSlow | Self::UnknownTopic | Self::IdleTimeout)
     }
 }
 

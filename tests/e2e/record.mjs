@@ -35,6 +35,8 @@ try {
   page.on("pageerror", (e) => errors.push(String(e)));
   await page.goto(env("PAGE_URL"));
   await page.waitForFunction(() => !document.getElementById("record").disabled, null, { timeout: 20000 });
+  // The access token first: moving on to the next field fires its change event (the feed then reconnects).
+  if (process.env.TOKEN) await page.fill("#token", process.env.TOKEN);
   await page.fill("#carId", env("CAR_ID"));
   await page.fill("#unitId", "e2e-depot");
   await page.fill("#notes", "end-to-end test");

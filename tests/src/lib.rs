@@ -116,3 +116,25 @@ pub async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32
     }
     out
 }
+
+/// Opens a WebSocket to `url` with extra request headers (`Sec-WebSocket-Protocol`, `Authorization`, ...).
+///
+/// # Errors
+///
+/// The handshake failed (for a refusal: `Error::Http` with the relay's status and body).
+pub async fn ws_connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Box<tokio_tungstenite::tungstenite::Error>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().map_err(Box::new)?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
+        request.headers_mut().append(name, HeaderValue::from_str(value).expect("header value"));
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws).map_err(Box::new)
+}

@@ -48,6 +48,15 @@ impl Recorder {
         Self { ws }
     }
 
+    /// Opens a WebSocket to `url` with extra request headers (a token, a subprotocol); the handshake's error
+    /// (an HTTP refusal, say) is returned, not a panic.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Box<tokio_tungstenite::tungstenite::Error>> {
+        Ok(Self { ws: crate::ws_connect(url, headers).await? })
+    }
+
     /// Sends the hello and returns the relay's answer (`ready` when all is well).
     pub async fn hello(&mut self, recording: &Recording) -> Event {
         self.send_text(&ClientMessage::Hello(Hello::new(recording.clone())).to_json()).await;

@@ -34,6 +34,27 @@ pub fn subscription(topic: Option<&str>, from: From) -> Subscribe {
 }
 
 impl Subscriber {
+    /// Connects with extra request headers and sends `sub`; the handshake's error is returned, not a panic.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+        sub: &Subscribe,
+    ) -> Result<Self, Box<tokio_tungstenite::tungstenite::Error>> {
+        let mut ws = crate::ws_connect(url, headers).await?;
+        ws.send(Message::Text(FeedClientMessage::Subscribe(sub.clone()).to_json().into())).await.map_err(Box::new)?;
+        Ok(Self { ws, next: BTreeMap::new() })
+    }
+
+    /// A subscriber on an open WebSocket that has sent nothing yet.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws, next: BTreeMap::new() }
+    }
+
+    /// Sends any message (for tests of what a well-behaved subscriber never sends).
+    pub async fn send(&mut self, msg: Message) {
+        let _ = self.ws.send(msg).await;
+    }
+
     /// Connects to `url` and sends `sub`; does not wait for the answer.
     pub async fn connect(url: &str, sub: &Subscribe) -> Self {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));

@@ -79,14 +79,15 @@ impl Run {
         }
     }
 
-    fn relay_config(&self) -> soundline_relay::config::Config {
+    fn relay_config(&self, extra: &[(&str, &str)]) -> soundline_relay::config::Config {
         let dist = repo().join("dist");
         assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
-        config(&[
-            ("SOUNDLINE_TOPIC", &self.topic),
+        let base = [
+            ("SOUNDLINE_TOPIC", self.topic.as_str()),
             ("SOUNDLINE_PARTITIONS", "1"),
             ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path")),
-        ])
+        ];
+        config(&[&base[..], extra].concat())
     }
 
     fn node(&self, relay: &InProcess, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
@@ -199,9 +200,12 @@ async fn report_of(child: tokio::process::Child) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
     let run = Run::new("tone");
-    let relay = InProcess::start(run.relay_config()).await;
+    // With authentication on: the technician types the token into the page, which sends it as a subprotocol;
+    // the feed, refused at load without it, reconnects once it is entered.
+    let token = "e2e-technician-token-0123456789";
+    let relay = InProcess::start(run.relay_config(&[("SOUNDLINE_AUTH_TOKENS", &format!("e2e:{token}"))])).await;
     relay.wait_ready().await;
-    let report = report_of(run.node(&relay, 5_000, &[])).await;
+    let report = report_of(run.node(&relay, 5_000, &[("TOKEN", token.into())])).await;
     let frames = run.check_page_and_read_kafka(&report, false).await;
     check_audio(&frames, 5.0);
     let first = &frames[0].1;
@@ -213,7 +217,7 @@ async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_outage_mid_recording_loses_no_frame() {
     let run = Run::new("cut");
-    let relay = InProcess::start(run.relay_config()).await;
+    let relay = InProcess::start(run.relay_config(&[])).await;
     relay.wait_ready().await;
     let addr = relay.addr;
     let resume = run.dir.join("outage.resume");
@@ -228,7 +232,7 @@ async fn a_relay_outage_mid_recording_loses_no_frame() {
     // The relay goes away for 4 s while the page keeps recording, then comes back where it was.
     relay.stop().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let relay = InProcess::start_at(addr, run.relay_config()).await;
+    let relay = InProcess::start_at(addr, run.relay_config(&[])).await;
     std::fs::write(&resume, b"").expect("resume file");
 
     let mut rest = String::new();

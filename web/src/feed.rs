@@ -12,16 +12,21 @@ use std::rc::Rc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedRecord, FeedServerMessage, From, Subscribe};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{AudioContext, Document, Element, MessageEvent, WebSocket};
+use web_sys::{AudioContext, CloseEvent, Document, Element, MessageEvent, WebSocket};
 
 /// Rows kept in the panel.
 const MAX_ROWS: usize = 50;
 
 struct Feed {
     url: String,
+    /// The access token field's current value.
+    token: Rc<RefCell<String>>,
+    /// The relay refused the token: wait for a new one instead of retrying.
+    needs_token: bool,
     list: Element,
     status: Element,
     own_car: Rc<RefCell<String>>,
@@ -57,10 +62,22 @@ impl FeedPanel {
     }
 }
 
+impl FeedPanel {
+    /// The access token changed: reconnect if the relay had refused the old one.
+    pub fn token_changed(&self) {
+        if !std::mem::take(&mut self.0.borrow_mut().needs_token) {
+            return;
+        }
+        self.0.borrow().status.set_text_content(Some("Feed: connecting…"));
+        connect(&self.0);
+    }
+}
+
 /// Starts the panel: `list` gets one row per record, `status` the connection state; `filter` as in
 /// [`FeedPanel::set_filter`].
 pub fn start(
     url: String,
+    token: Rc<RefCell<String>>,
     list: Element,
     status: Element,
     own_car: Rc<RefCell<String>>,
@@ -68,6 +85,8 @@ pub fn start(
 ) -> FeedPanel {
     let feed = Rc::new(RefCell::new(Feed {
         url,
+        token,
+        needs_token: false,
         list,
         status,
         own_car,
@@ -83,7 +102,8 @@ pub fn start(
 
 fn connect(feed: &Rc<RefCell<Feed>>) {
     let mut f = feed.borrow_mut();
-    let Ok(ws) = WebSocket::new(&f.url) else { return retry(feed) };
+    let token = f.token.borrow().clone();
+    let Ok(ws) = crate::open_socket(&f.url, &token) else { return retry(feed) };
     let from = if f.next.is_empty() { From::Live } else { From::Offsets(f.next.clone()) };
     let subscribe =
         FeedClientMessage::Subscribe(Subscribe { topic: None, from, car_id: f.filter.clone(), segment_id: None })
@@ -98,8 +118,15 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
         on_text(&feed, &text);
     });
     let weak = Rc::downgrade(feed);
-    let on_close = Closure::<dyn FnMut()>::new(move || {
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
         if let Some(feed) = weak.upgrade() {
+            if e.code() == ErrorCode::Unauthorized.close_code() {
+                let mut f = feed.borrow_mut();
+                f.needs_token = true;
+                let why = if f.token.borrow().trim().is_empty() { "needs" } else { "refused" };
+                f.status.set_text_content(Some(&format!("Feed: the relay {why} an access token (enter it above)")));
+                return;
+            }
             feed.borrow().status.set_text_content(Some("Feed: reconnecting…"));
             retry(&feed);
         }

@@ -31,6 +31,18 @@ pub(crate) fn later(delay_ms: u32, f: impl FnOnce() + 'static) {
     }
 }
 
+/// Opens a WebSocket offering the `soundline.v1` subprotocol and, when the technician entered one, the access
+/// token as a second subprotocol `bearer.<token>`: the one header a page may set on a WebSocket, so the token
+/// stays out of the URL (and out of access logs). The relay selects `soundline.v1`.
+pub(crate) fn open_socket(url: &str, token: &str) -> Result<web_sys::WebSocket, JsValue> {
+    let protocols = js_sys::Array::of1(&JsValue::from_str("soundline.v1"));
+    let token = token.trim();
+    if !token.is_empty() {
+        protocols.push(&JsValue::from_str(&format!("bearer.{token}")));
+    }
+    web_sys::WebSocket::new_with_str_sequence(url, &protocols)
+}
+
 /// Entry point, run by the Trunk-generated loader once the module is instantiated.
 #[wasm_bindgen(start)]
 pub fn start() -> Result<(), JsValue> {

@@ -26,7 +26,7 @@ use crate::uplink::socket::{Event, Uplink};
 
 /// Default frame length.
 const FRAME_MS: u32 = 200;
-const FIELDS: [&str; 6] = ["carId", "railType", "unitId", "sty", "notes", "frameMs"];
+const FIELDS: [&str; 7] = ["carId", "railType", "unitId", "sty", "notes", "frameMs", "token"];
 
 /// The elements the page updates; cheap to clone (DOM handles).
 #[derive(Clone)]
@@ -134,12 +134,14 @@ pub fn init() -> Result<(), JsValue> {
         }
     }
     let own_car = Rc::new(RefCell::new(field_value(&doc, "carId")));
+    let token = Rc::new(RefCell::new(field_value(&doc, "token")));
     let base = relay_base()?;
     let feed_all: HtmlInputElement = by_id(&doc, "feed-all")?;
     let car = own_car.borrow().clone();
     let filter = (!feed_all.checked() && !car.is_empty()).then_some(car);
     let feed = Rc::new(crate::feed::start(
         format!("{base}/ws/feed"),
+        Rc::clone(&token),
         by_id(&doc, "feed")?,
         by_id(&doc, "feed-status")?,
         Rc::clone(&own_car),
@@ -153,6 +155,21 @@ pub fn init() -> Result<(), JsValue> {
             feed.set_filter((!all.checked() && !car.is_empty()).then_some(car));
         });
         feed_all.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
+        on_change.forget(); // the page's lifetime
+    }
+
+    {
+        // A new access token: remember it, and let a refused feed try again with it.
+        let (feed, token, input) = (Rc::clone(&feed), Rc::clone(&token), by_id::<HtmlInputElement>(&doc, "token")?);
+        let field = input.clone();
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            *token.borrow_mut() = field.value();
+            if let Some(store) = storage() {
+                let _ = store.set_item("soundline.token", &field.value());
+            }
+            feed.token_changed();
+        });
+        input.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
         on_change.forget(); // the page's lifetime
     }
 
@@ -296,7 +313,7 @@ fn start(app: &Rc<RefCell<App>>) {
             Err(_) => return,
         };
         let on_event = uplink_events(&app, ui.clone());
-        let uplink = Uplink::start(url, recording, on_event);
+        let uplink = Uplink::start(url, field_value(&doc, "token"), recording, on_event);
         app.borrow_mut().active = Some(Active {
             capture,
             pipeline,

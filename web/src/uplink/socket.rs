@@ -54,6 +54,8 @@ pub enum Event {
 /// One recording's connection to the relay.
 pub struct Uplink {
     url: String,
+    /// The access token, offered as subprotocol `bearer.<token>` (empty: none).
+    token: String,
     hello: String,
     buffer: ResendBuffer,
     backoff: Backoff,
@@ -76,11 +78,12 @@ fn detach(ws: &WebSocket) {
 
 impl Uplink {
     /// Connects to `url` (`ws(s)://host/ws/record`) for `recording`; `on_event` hears every change.
-    pub fn start(url: String, recording: Recording, on_event: Rc<dyn Fn(Event)>) -> Rc<RefCell<Self>> {
+    pub fn start(url: String, token: String, recording: Recording, on_event: Rc<dyn Fn(Event)>) -> Rc<RefCell<Self>> {
         let hello = ClientMessage::Hello(Hello::new(recording)).to_json();
         let uplink = Rc::new_cyclic(|me| {
             RefCell::new(Self {
                 url,
+                token,
                 hello,
                 buffer: ResendBuffer::new(DEFAULT_MAX_BYTES),
                 backoff: Backoff::default(),
@@ -147,7 +150,7 @@ impl Uplink {
         if let Some(old) = self.ws.take() {
             detach(&old);
         }
-        let ws = match WebSocket::new(&self.url) {
+        let ws = match crate::open_socket(&self.url, &self.token) {
             Ok(ws) => ws,
             Err(_) => return self.schedule_reconnect(),
         };
