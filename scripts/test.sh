@@ -6,7 +6,9 @@
 #   3. a fresh single-node Kafka with a SASL listener (scripts/kafka.sh), started while 1-2 run
 #   4. trunk build --release of the web app into dist/ (the browser tests load it)
 #   5. the web crate's tests as WebAssembly in headless Chromium (wasm-bindgen-test + chromedriver)
-#   6. cargo test: unit, property, golden, integration and end-to-end browser tests against that broker
+#   6. cargo test: unit, property, golden, integration and end-to-end browser tests against that broker, the
+#      hostile-input battery, the fault tests and the 2-minute soak
+#   (and before the broker is needed: a 10 s smoke run of each fuzz target)
 #   (and, while the broker starts: the relay binary, and the deployment files via scripts/check-deploy.sh)
 #
 # Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next two).
@@ -48,9 +50,15 @@ run_step "clippy (host)" cargo clippy --workspace --all-targets --locked -- -D w
 run_step "clippy (wasm32)" cargo clippy -p soundline-shared -p soundline-web --lib --target wasm32-unknown-unknown --locked -- -D warnings
 
 # The SIGTERM tests run the real binary; tests find it beside their own executable.
-run_step "cargo build (relay binary)" cargo build -p soundline-relay --locked
+# The fuzz targets' smoke run (10 s each; `scripts/fuzz.sh` alone runs 10 minutes each) while the broker starts.
+# Its own target dir: the fuzz build uses nightly and sanitizer flags.
+run_step "fuzz smoke (frame, control, envelope decoders; 10 s each)" env -u CARGO_TARGET_DIR bash scripts/fuzz.sh 10
+
+# The SIGTERM, soak and hostile-input tests run the real binaries; tests find them beside their own executable.
+run_step "cargo build (relay and loadgen binaries)" cargo build -p soundline-relay -p soundline-loadgen --locked
 SOUNDLINE_RELAY_BIN="$(target_dir)/debug/soundline-relay"
-export SOUNDLINE_RELAY_BIN
+SOUNDLINE_LOADGEN_BIN="$(target_dir)/debug/soundline-loadgen"
+export SOUNDLINE_RELAY_BIN SOUNDLINE_LOADGEN_BIN
 run_step "deployment files (hadolint, kubernetes-validate, compose schema, relay config)" bash scripts/check-deploy.sh
 
 if ! wait "$kafka_pid"; then

@@ -67,6 +67,14 @@ struct Args {
     /// page would), so fan-out is measured without multiplying the feed traffic by the number of recorders.
     #[arg(long)]
     subscribe_all: bool,
+    /// Idle connections (hello, then nothing but pongs) opened before the recorders start, to measure what an
+    /// idle connection costs the relay; they stay open until the end.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Seconds from the first recorder until the relay's memory counts as warmed up (default: the ramp plus a
+    /// quarter of the run, at most 30 s); RSS growth is measured after it.
+    #[arg(long)]
+    warmup_s: Option<f64>,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -107,6 +115,34 @@ fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
             .map(|k| k * 1024)
     };
     Some((cpu, kb("VmHWM:")?, kb("VmRSS:")?))
+}
+
+/// The relay's resident set, in bytes.
+fn rss(pid: Option<u32>) -> Option<u64> {
+    pid.and_then(proc_stats).map(|s| s.2)
+}
+
+/// A connection that says hello and then only answers the relay's pings, until `stop`.
+async fn idle(i: usize, run: Arc<str>, relay: String, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let url = format!("ws://{relay}/ws/record");
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connect {url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    let recording = Recording {
+        device: DeviceInfo { car_id: format!("IDLE-{run}-{i}"), rail_type: 0 },
+        location: LocationInfo { unit_id: "loadgen".into(), sty: String::new() },
+        segment_id: format!("idle-{run}-{i}"),
+        inspection_info: String::new(),
+    };
+    tx.send(Message::Text(ClientMessage::Hello(Hello::new(recording)).to_json().into())).await?;
+    while !stop.load(Relaxed) {
+        // Reading answers pings (tungstenite queues the pong); flushing sends it.
+        if let Ok(Some(Err(e))) = tokio::time::timeout(Duration::from_millis(500), rx.next()).await {
+            bail!("idle connection {i}: {e}");
+        }
+        tx.flush().await?;
+    }
+    let _ = tx.close().await;
+    Ok(())
 }
 
 async fn recorder(
@@ -259,8 +295,18 @@ async fn main() -> anyhow::Result<()> {
     let run: Arc<str> = Arc::from(format!("{:x}", now_ms()));
     let totals = Arc::new(Totals::default());
     let (acks, fanout) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-    let before = args.relay_pid.and_then(proc_stats);
     let stop = Arc::new(AtomicBool::new(false));
+    // What an idle connection costs: RSS before and after opening `--idle` of them.
+    let rss_before_idle = rss(args.relay_pid);
+    let mut idlers = Vec::new();
+    for i in 0..args.idle {
+        idlers.push(tokio::spawn(idle(i, Arc::clone(&run), args.relay.clone(), Arc::clone(&stop))));
+    }
+    if args.idle > 0 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let rss_idle = rss(args.relay_pid);
+    let before = args.relay_pid.and_then(proc_stats);
     let mut subs = Vec::new();
     for j in 0..args.subscribers {
         subs.push(tokio::spawn(subscriber(
@@ -274,6 +320,19 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
+    // The relay's RSS once a second, to tell growth from warm-up.
+    let rss_samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+    let sampler = {
+        let (samples, stop, pid) = (Arc::clone(&rss_samples), Arc::clone(&stop), args.relay_pid);
+        tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                if let Some(r) = rss(pid) {
+                    samples.lock().await.push((started.elapsed().as_secs_f64(), r));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     let mut recs = Vec::new();
     for i in 0..args.recorders {
         let delay = Duration::from_secs_f64(args.ramp_s * i as f64 / args.recorders.max(1) as f64);
@@ -295,6 +354,42 @@ async fn main() -> anyhow::Result<()> {
     for s in subs {
         let _ = s.await;
     }
+    let _ = sampler.await;
+    for i in idlers {
+        if !matches!(i.await, Ok(Ok(()))) {
+            totals.errors.fetch_add(1, Relaxed);
+        }
+    }
+    // Warm-up: the ramp plus a quarter of the run (at most 30 s); growth is measured after it.
+    let warm = args.warmup_s.unwrap_or(args.ramp_s + (args.duration_s / 4.0).min(30.0));
+    let samples = rss_samples.lock().await.clone();
+    let at_warm = samples.iter().find(|(t, _)| *t >= warm).map(|s| s.1);
+    let max_after = samples.iter().filter(|(t, _)| *t >= warm).map(|s| s.1).max();
+    // Flat or growing: the mean of the 10 s after warm-up against the mean of the last 10 s.
+    let mean = |w: &[(f64, u64)]| (!w.is_empty()).then(|| w.iter().map(|s| s.1 as f64).sum::<f64>() / w.len() as f64);
+    let after_warm: Vec<(f64, u64)> = samples.iter().copied().filter(|(t, _)| *t >= warm).collect();
+    let first_10s = mean(&after_warm[..after_warm.len().min(10)]);
+    let last_10s = mean(&after_warm[after_warm.len().saturating_sub(10)..]);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let memory = serde_json::json!({
+        "idle_connections": args.idle,
+        "kib_per_idle_connection": match (rss_before_idle, rss_idle) {
+            (Some(a), Some(b)) if args.idle > 0 => Some((b as f64 - a as f64) / 1024.0 / args.idle as f64),
+            _ => None,
+        },
+        "kib_per_streaming_recorder": match (rss_idle, at_warm) {
+            (Some(a), Some(b)) if args.recorders > 0 => Some((b as f64 - a as f64) / 1024.0 / args.recorders as f64),
+            _ => None,
+        },
+        "rss_mib_after_warmup": at_warm.map(mib),
+        "rss_mib_max_after_warmup": max_after.map(mib),
+        "rss_mib_end": samples.last().map(|s| mib(s.1)),
+        "rss_mib_every_10s": samples.iter().step_by(10).map(|s| (mib(s.1) * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        "growth_after_warmup_pct": match (first_10s, last_10s) {
+            (Some(a), Some(b)) => Some((b - a) * 100.0 / a),
+            _ => None,
+        },
+    });
     let after = args.relay_pid.and_then(proc_stats);
     let found = found_in_kafka(&args, &run).await?;
 
@@ -314,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
         "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,
         "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
         "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},
+        "memory": memory,
         "relay": match (before, after) {
             (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.0 - b.0, "cpu_share": (a.0 - b.0) / elapsed, "peak_rss_mb": a.1 as f64 / 1e6, "rss_mb": a.2 as f64 / 1e6}),
             _ => serde_json::Value::Null,
@@ -327,7 +423,8 @@ async fn main() -> anyhow::Result<()> {
              throughput {:.0} frames/s, {:.2} MB/s of PCM\n\
              ack latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
              fan-out latency ms: p50 {:.0}  p99 {:.0} ({} deliveries)\n\
-             relay: {}",
+             relay: {}\n\
+             memory: {}",
             args.recorders,
             report["mode"].as_str().unwrap_or_default(),
             args.subscribers,
@@ -342,7 +439,8 @@ async fn main() -> anyhow::Result<()> {
             percentile(&fan, 0.5),
             percentile(&fan, 0.99),
             totals.fanout_seen.load(Relaxed),
-            report["relay"]
+            report["relay"],
+            report["memory"]
         );
     }
     if sent != found || failed > 0 {

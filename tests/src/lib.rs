@@ -9,8 +9,10 @@
 #![deny(unsafe_code)]
 
 pub mod broker;
+pub mod proxy;
 pub mod recorder;
 pub mod relay;
+pub mod resilient;
 pub mod subscriber;
 
 use std::sync::Arc;

@@ -162,22 +162,33 @@ impl Child {
     }
 }
 
+/// The `soundline-loadgen` binary: `SOUNDLINE_LOADGEN_BIN`, or the one cargo built beside this test binary.
+///
+/// # Panics
+///
+/// When neither exists (`make test` builds it first).
+pub fn loadgen_bin() -> std::path::PathBuf {
+    built_binary("SOUNDLINE_LOADGEN_BIN", "soundline-loadgen")
+}
+
 /// The `soundline-relay` binary: `SOUNDLINE_RELAY_BIN`, or the one cargo built beside this test binary.
 ///
 /// # Panics
 ///
 /// When neither exists (`make test` builds it first).
 pub fn relay_bin() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("SOUNDLINE_RELAY_BIN") {
+    built_binary("SOUNDLINE_RELAY_BIN", "soundline-relay")
+}
+
+fn built_binary(variable: &str, name: &str) -> std::path::PathBuf {
+    if let Ok(path) = std::env::var(variable) {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/soundline-relay
-    let candidate = exe.parent().and_then(|deps| deps.parent()).map(|p| p.join("soundline-relay"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let candidate = exe.parent().and_then(|deps| deps.parent()).map(|p| p.join(name));
     match candidate {
         Some(p) if p.is_file() => p,
-        _ => panic!(
-            "no soundline-relay binary: run `cargo build -p soundline-relay` first, or set SOUNDLINE_RELAY_BIN (make test does)"
-        ),
+        _ => panic!("no {name} binary: run `cargo build -p {name}` first, or set {variable} (make test does)"),
     }
 }

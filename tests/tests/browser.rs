@@ -1,17 +1,20 @@
 //! End to end in a real headless Chromium: the Trunk-built page records a fake microphone (a WAV this test
 //! writes: 1 kHz + 10 kHz tones at 48 kHz) through the real relay into the real broker. What lands in Kafka is
 //! checked sample by sample: the 1 kHz tone at its level, no 6 kHz alias of the 10 kHz tone, continuous sequence
-//! numbers, the recording's length. Then the same with the relay stopped for a few seconds mid-recording.
+//! numbers, the recording's length; with authentication on. Then the same through faults: the relay killed
+//! (`kill -9`) mid-recording and restarted, and the network between browser and relay cut for 30 s.
 //!
 //! The page is driven by `tests/e2e/record.mjs` (playwright-core with Debian's Chromium); `make test` installs
 //! both and builds `dist/` first.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use soundline_shared::envelope::Envelope;
-use soundline_tests::relay::{InProcess, config};
+use soundline_tests::proxy::Proxy;
+use soundline_tests::relay::{Child, InProcess, config, wait_ready};
 use soundline_tests::{client, random_topic, read_all};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -79,21 +82,28 @@ impl Run {
         }
     }
 
-    fn relay_config(&self, extra: &[(&str, &str)]) -> soundline_relay::config::Config {
+    /// The relay's settings for this run, as `SOUNDLINE_*` pairs (for the in-process relay and the binary alike).
+    fn relay_env(&self) -> Vec<(&'static str, String)> {
         let dist = repo().join("dist");
         assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
-        let base = [
-            ("SOUNDLINE_TOPIC", self.topic.as_str()),
-            ("SOUNDLINE_PARTITIONS", "1"),
-            ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path")),
-        ];
+        vec![
+            ("SOUNDLINE_TOPIC", self.topic.clone()),
+            ("SOUNDLINE_PARTITIONS", "1".into()),
+            ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path").into()),
+        ]
+    }
+
+    fn relay_config(&self, extra: &[(&str, &str)]) -> soundline_relay::config::Config {
+        let env = self.relay_env();
+        let base: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         config(&[&base[..], extra].concat())
     }
 
-    fn node(&self, relay: &InProcess, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
+    /// Runs the page from `page` (the relay, or a proxy in front of it) in headless Chromium.
+    fn node(&self, page: SocketAddr, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::new("node");
         cmd.arg(repo().join("tests/e2e/record.mjs"))
-            .env("PAGE_URL", relay.http("/"))
+            .env("PAGE_URL", format!("http://{page}/"))
             .env("WAV", self.dir.join("tones-1k-10k-48k.wav"))
             .env("CAR_ID", &self.car)
             .env("RECORD_MS", record_ms.to_string())
@@ -115,7 +125,8 @@ impl Run {
         relay_was_down: bool,
     ) -> Vec<(u32, Envelope)> {
         assert_eq!(report["error"], "", "the page showed an error: {report}");
-        // Chromium itself logs each refused WebSocket connection; while the relay is down those are expected.
+        // Chromium itself logs each failed WebSocket connection; while the relay or the network is down those are
+        // expected.
         let errors: Vec<&str> = report["consoleErrors"]
             .as_array()
             .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
@@ -123,7 +134,9 @@ impl Run {
         let unexpected: Vec<&&str> = errors
             .iter()
             .filter(|e| {
-                !(relay_was_down && e.contains("WebSocket connection to") && e.contains("ERR_CONNECTION_REFUSED"))
+                !(relay_was_down
+                    && (e.contains("WebSocket connection to")
+                        || e.contains("closed before the connection is established")))
             })
             .collect();
         assert!(unexpected.is_empty(), "the page logged errors: {unexpected:?}");
@@ -205,7 +218,7 @@ async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
     let token = "e2e-technician-token-0123456789";
     let relay = InProcess::start(run.relay_config(&[("SOUNDLINE_AUTH_TOKENS", &format!("e2e:{token}"))])).await;
     relay.wait_ready().await;
-    let report = report_of(run.node(&relay, 5_000, &[("TOKEN", token.into())])).await;
+    let report = report_of(run.node(relay.addr, 5_000, &[("TOKEN", token.into())])).await;
     let frames = run.check_page_and_read_kafka(&report, false).await;
     check_audio(&frames, 5.0);
     let first = &frames[0].1;
@@ -214,27 +227,26 @@ async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
     relay.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_outage_mid_recording_loses_no_frame() {
-    let run = Run::new("cut");
-    let relay = InProcess::start(run.relay_config(&[])).await;
-    relay.wait_ready().await;
-    let addr = relay.addr;
-    let resume = run.dir.join("outage.resume");
+/// Starts the page recording through `page`, waits until it says it recorded `CUT_AT_MS`, runs `fault`, lets the
+/// page record on, and checks that every frame it recorded, through the fault, is in Kafka.
+async fn record_through<F, Fut>(run: &Run, page: SocketAddr, cut_at_ms: u32, record_ms: u32, min_seconds: f64, fault: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let resume = run.dir.join(format!("{}.resume", run.name));
     let _ = std::fs::remove_file(&resume);
-    let mut child =
-        run.node(&relay, 8_000, &[("CUT_AT_MS", "2500".into()), ("RESUME_FILE", resume.display().to_string())]);
+    let mut child = run.node(
+        page,
+        record_ms,
+        &[("CUT_AT_MS", cut_at_ms.to_string()), ("RESUME_FILE", resume.display().to_string())],
+    );
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let cut =
         tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the page started recording");
     assert_eq!(cut.expect("read").as_deref(), Some("{\"cut\":true}"));
-
-    // The relay goes away for 4 s while the page keeps recording, then comes back where it was.
-    relay.stop().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let relay = InProcess::start_at(addr, run.relay_config(&[])).await;
+    fault().await;
     std::fs::write(&resume, b"").expect("resume file");
-
     let mut rest = String::new();
     while let Ok(Some(line)) =
         tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("report in time")
@@ -244,12 +256,48 @@ async fn a_relay_outage_mid_recording_loses_no_frame() {
     assert!(child.wait().await.expect("node").success(), "the browser run failed (its stderr is above)");
     let report: serde_json::Value = serde_json::from_str(&rest).unwrap_or_else(|e| panic!("no report ({e}): {rest}"));
     let frames = run.check_page_and_read_kafka(&report, true).await;
-    // The page recorded through the outage: as long as its own clock says.
+    // The page recorded through the fault: as long as its own clock says.
     let elapsed = report["elapsed"].as_str().unwrap_or_default();
     let (m, s) = elapsed.split_once(':').unwrap_or_else(|| panic!("elapsed {elapsed:?}"));
     let page_seconds = m.parse::<f64>().unwrap_or_default() * 60.0 + s.parse::<f64>().unwrap_or_default();
-    assert!(page_seconds > 10.0, "the recording went on through the outage: {page_seconds} s");
+    assert!(page_seconds > min_seconds, "the recording went on through the fault: {page_seconds} s");
     check_audio(&frames, page_seconds);
-    relay.stop().await;
     let _ = std::fs::remove_file(&resume);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_killed_mid_recording_and_restarted_loses_no_frame() {
+    let run = Run::new("kill");
+    let env = run.relay_env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut relay = Child::spawn(&pairs).await;
+    wait_ready(relay.addr).await;
+    let addr = relay.addr;
+    let listen = addr.to_string();
+    let mut restarted = None;
+    // kill -9 (no drain, no goodbye) while the page records, back 4 s later where it was.
+    record_through(&run, addr, 2_500, 8_000, 10.0, || async {
+        relay.child.start_kill().expect("kill -9 the relay");
+        let _ = relay.child.wait().await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        restarted = Some(Child::spawn(&[&pairs[..], &[("SOUNDLINE_LISTEN", listen.as_str())]].concat()).await);
+    })
+    .await;
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_seconds_without_network_lose_no_frame() {
+    let run = Run::new("network");
+    let relay = InProcess::start(run.relay_config(&[])).await;
+    relay.wait_ready().await;
+    let proxy = Proxy::start(relay.addr).await;
+    // The page comes through the proxy; 3 s in, the network goes for 30 s while the page records on.
+    record_through(&run, proxy.addr, 3_000, 8_000, 35.0, || async {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        proxy.restore();
+    })
+    .await;
+    relay.stop().await;
 }

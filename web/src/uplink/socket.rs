@@ -60,6 +60,8 @@ pub struct Uplink {
     buffer: ResendBuffer,
     backoff: Backoff,
     ws: Option<WebSocket>,
+    /// Counts connection attempts, so a late timer knows whether its attempt is still the current one.
+    attempt: u32,
     live: bool,
     stopping: bool,
     refused: bool,
@@ -68,6 +70,9 @@ pub struct Uplink {
     handlers: Vec<Box<dyn std::any::Any>>,
     me: Weak<RefCell<Uplink>>,
 }
+
+/// How long a connection attempt may take to reach `ready`.
+const HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
 
 /// Unhooks a socket's handlers, so that its late events never reach closures this uplink has dropped.
 fn detach(ws: &WebSocket) {
@@ -88,6 +93,7 @@ impl Uplink {
                 buffer: ResendBuffer::new(DEFAULT_MAX_BYTES),
                 backoff: Backoff::default(),
                 ws: None,
+                attempt: 0,
                 live: false,
                 stopping: false,
                 refused: false,
@@ -178,6 +184,21 @@ impl Uplink {
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
         self.handlers = vec![Box::new(on_open), Box::new(on_message), Box::new(on_close)];
         self.ws = Some(ws);
+        // A network that swallows packets leaves a connection attempt hanging for minutes: give up on one that
+        // is not ready within the handshake timeout and try again (frames stay in the resend buffer).
+        self.attempt = self.attempt.wrapping_add(1);
+        let (me, attempt) = (self.me.clone(), self.attempt);
+        crate::later(HANDSHAKE_TIMEOUT_MS, move || {
+            let Some(u) = me.upgrade() else { return };
+            let mut u = u.borrow_mut();
+            if u.attempt == attempt && !u.live && !u.refused && u.ws.is_some() {
+                if let Some(ws) = u.ws.take() {
+                    detach(&ws);
+                    let _ = ws.close();
+                }
+                u.schedule_reconnect();
+            }
+        });
     }
 
     fn on_text(&mut self, text: &str) {
