@@ -88,6 +88,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Keep every record: tests record with fixed capture timestamps from 2025 (the Kafka record timestamp is the
+# capture time), which the default 7-day retention would delete at its next check, mid-test.
+log.retention.ms=-1
 PROPS
   if [[ "$sasl" == 1 ]]; then
     echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" >>"$cfg"

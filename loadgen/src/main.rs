@@ -365,11 +365,12 @@ async fn main() -> anyhow::Result<()> {
     let samples = rss_samples.lock().await.clone();
     let at_warm = samples.iter().find(|(t, _)| *t >= warm).map(|s| s.1);
     let max_after = samples.iter().filter(|(t, _)| *t >= warm).map(|s| s.1).max();
-    // Flat or growing: the mean of the 10 s after warm-up against the mean of the last 10 s.
+    // Flat or growing: the mean of the 30 s after warm-up against the mean of the last 30 s (overlapping when
+    // the run after warm-up is shorter than a minute).
     let mean = |w: &[(f64, u64)]| (!w.is_empty()).then(|| w.iter().map(|s| s.1 as f64).sum::<f64>() / w.len() as f64);
     let after_warm: Vec<(f64, u64)> = samples.iter().copied().filter(|(t, _)| *t >= warm).collect();
-    let first_10s = mean(&after_warm[..after_warm.len().min(10)]);
-    let last_10s = mean(&after_warm[after_warm.len().saturating_sub(10)..]);
+    let first_30s = mean(&after_warm[..after_warm.len().min(30)]);
+    let last_30s = mean(&after_warm[after_warm.len().saturating_sub(30)..]);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let memory = serde_json::json!({
         "idle_connections": args.idle,
@@ -385,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
         "rss_mib_max_after_warmup": max_after.map(mib),
         "rss_mib_end": samples.last().map(|s| mib(s.1)),
         "rss_mib_every_10s": samples.iter().step_by(10).map(|s| (mib(s.1) * 10.0).round() / 10.0).collect::<Vec<_>>(),
-        "growth_after_warmup_pct": match (first_10s, last_10s) {
+        "growth_after_warmup_pct": match (first_30s, last_30s) {
             (Some(a), Some(b)) => Some((b - a) * 100.0 / a),
             _ => None,
         },

@@ -86,16 +86,16 @@ pub const SETTINGS: &[Setting] = &[
     s("feed_malformed", "relay.feed_malformed", "SOUNDLINE_FEED_MALFORMED", None, Some("opaque"), "records neither envelope nor JSON: opaque (delivered as base64) or skip (counted, dropped)"),
     s("shutdown_timeout_s", "relay.shutdown_timeout_s", "SOUNDLINE_SHUTDOWN_TIMEOUT_S", None, Some("20"), "on SIGTERM, how long to wait for Kafka to ack what is in flight"),
     s("auth_tokens", "relay.auth_tokens", "SOUNDLINE_AUTH_TOKENS", None, None, "static bearer tokens, name:token[,name:token...] (file or environment only); any auth_* setting turns authentication on"),
-    s("auth_tokens_file", "relay.auth_tokens_file", "SOUNDLINE_AUTH_TOKENS_FILE", Some("auth-tokens-file"), None, "file of static bearer tokens, one name:token per line (# starts a comment)"),
+    s("auth_tokens_file", "relay.auth_tokens_file", "SOUNDLINE_AUTH_TOKENS_FILE", Some("auth-tokens-file"), None, "file of static bearer tokens, one name:token per line (lines starting with # are comments)"),
     s("auth_jwt_secret", "relay.auth_jwt_secret", "SOUNDLINE_AUTH_JWT_SECRET", None, None, "HS256 key of JWT bearer tokens (exp required, sub = the identity in logs; file or environment only)"),
     s("auth_jwt_secret_file", "relay.auth_jwt_secret_file", "SOUNDLINE_AUTH_JWT_SECRET_FILE", Some("auth-jwt-secret-file"), None, "file whose first line is the HS256 key"),
     s("max_connections_per_client", "relay.max_connections_per_client", "SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT", None, Some("200"), "WebSocket connections one client address may hold at once; more are refused with HTTP 429"),
-    s("client_ip_header", "relay.client_ip_header", "SOUNDLINE_CLIENT_IP_HEADER", Some("client-ip-header"), None, "header in which the ingress in front names the client (e.g. X-Forwarded-For: its last address counts); unset: the TCP peer"),
+    s("client_ip_header", "relay.client_ip_header", "SOUNDLINE_CLIENT_IP_HEADER", Some("client-ip-header"), None, "header in which the ingress in front names the client (e.g. X-Forwarded-For: its last address counts); set it only when every connection comes through that ingress; unset: the TCP peer"),
     s("max_messages_per_s", "relay.max_messages_per_s", "SOUNDLINE_MAX_MESSAGES_PER_S", None, Some("200"), "WebSocket messages (frames, pings, text) one connection may send per second; faster senders are throttled"),
     s("max_bytes_per_s", "relay.max_bytes_per_s", "SOUNDLINE_MAX_BYTES_PER_S", None, Some("1048576"), "bytes one connection may send per second (32x real time, room for resends); faster senders are throttled"),
     s("hello_timeout_s", "relay.hello_timeout_s", "SOUNDLINE_HELLO_TIMEOUT_S", None, Some("10"), "time a new connection has for each step: TLS handshake, HTTP request headers, then the hello or subscribe"),
     s("idle_timeout_s", "relay.idle_timeout_s", "SOUNDLINE_IDLE_TIMEOUT_S", None, Some("60"), "a connection that sends nothing, not even a pong, for this long is closed (idle_timeout, 4015)"),
-    s("ping_interval_s", "relay.ping_interval_s", "SOUNDLINE_PING_INTERVAL_S", None, Some("20"), "how often the relay pings each WebSocket (browsers answer by themselves)"),
+    s("ping_interval_s", "relay.ping_interval_s", "SOUNDLINE_PING_INTERVAL_S", None, Some("20"), "how often the relay pings each WebSocket (browsers answer by themselves); at most half of idle_timeout_s"),
     s("tls_cert_file", "relay.tls_cert_file", "SOUNDLINE_TLS_CERT_FILE", Some("tls-cert-file"), None, "PEM certificate chain: the relay serves HTTPS/WSS itself (with tls_key_file); unset: plain HTTP, e.g. behind an ingress"),
     s("tls_key_file", "relay.tls_key_file", "SOUNDLINE_TLS_KEY_FILE", Some("tls-key-file"), None, "PEM private key of tls_cert_file"),
 ];
@@ -600,8 +600,9 @@ impl RawConfig {
         if let Some(text) = self.read_file("auth_tokens_file")? {
             let origin = self.origin("auth_tokens_file");
             for (n, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or_default().trim();
-                if !line.is_empty() {
+                // `#` may be part of a token: only a line that starts with it is a comment.
+                let line = line.trim();
+                if !line.is_empty() && !line.starts_with('#') {
                     tokens.push(static_token(line).map_err(|m| err(format!("{origin} line {}", n + 1), m))?);
                 }
             }
@@ -632,6 +633,16 @@ impl RawConfig {
         let client_ip_header = self.optional("client_ip_header", "an HTTP header name like X-Forwarded-For", |v| {
             axum::http::HeaderName::from_bytes(v.as_bytes()).ok().map(|h| h.as_str().to_owned())
         })?;
+        let (idle_timeout, ping_interval) = (seconds("idle_timeout_s", 3600)?, seconds("ping_interval_s", 3600)?);
+        if ping_interval * 2 > idle_timeout {
+            return Err(err(
+                self.origin("ping_interval_s"),
+                format!(
+                    "must be at most half of idle_timeout_s ({} s), or clients that answer every ping are cut off as idle",
+                    idle_timeout.as_secs()
+                ),
+            ));
+        }
         Ok(Limits {
             connections_per_client: self.parse("max_connections_per_client", "a count between 1 and 1000000", |v| {
                 v.parse().ok().filter(|n| (1..=1_000_000).contains(n))
@@ -644,8 +655,8 @@ impl RawConfig {
                 v.parse().ok().filter(|n| *n >= 65_536)
             })?,
             hello_timeout: seconds("hello_timeout_s", 300)?,
-            idle_timeout: seconds("idle_timeout_s", 3600)?,
-            ping_interval: seconds("ping_interval_s", 3600)?,
+            idle_timeout,
+            ping_interval,
         })
     }
 }

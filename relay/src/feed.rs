@@ -237,6 +237,9 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
                 if r.offset >= until {
                     break;
                 }
+                if keepalive.ping_due() {
+                    ping(sink, state).await?;
+                }
                 offset = r.offset + 1;
                 let Some(published) = publish(&hub.topic, p as i32, r.offset, &r.record, skip_malformed) else {
                     continue;

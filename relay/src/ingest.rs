@@ -38,6 +38,7 @@ use crate::kafka::producer::{Delivery, Link, ProduceError};
 use crate::limits::Throttle;
 use crate::server::AppState;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// Outbound work for the writer. Bounded: when 1024 items wait (acks of ~3 minutes of 200 ms frames), the reader
 /// stops reading until the writer catches up.
@@ -46,6 +47,9 @@ const OUTBOUND_QUEUE: usize = 1024;
 /// Bytes Kafka adds around a record in a batch (record header, key, header names): a frame is refused as too
 /// large when its envelope plus this exceeds the broker's message size.
 const RECORD_OVERHEAD_BYTES: usize = 512;
+
+/// Longest a message to a recorder may take to leave.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Outbound {
     Message(ServerMessage),
@@ -68,7 +72,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let held = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write(sink, out_rx, state.clone(), Arc::clone(&held)));
+    let writer =
+        tokio::spawn(write(sink, out_rx, state.clone(), Arc::clone(&held)).instrument(tracing::Span::current()));
     let mut stream = stream;
     let outcome = read(&mut stream, &out_tx, &state, &held, &peer).await;
     let outcome_was_error = outcome.is_some();
@@ -379,7 +384,7 @@ async fn write(
             },
             _ = keepalive.ping.tick() => {
                 crate::limits::count_ping(state.metrics());
-                sink.send(Message::Ping(Default::default())).await.map_err(|_| Stop::SocketGone)
+                send_message(&mut sink, Message::Ping(Default::default())).await.map_err(|_| Stop::SocketGone)
             }
             () = link_changed => {
                 let current = link.borrow_and_update().clone();
@@ -415,7 +420,7 @@ async fn write(
     }
     let _ = send(&mut sink, ServerMessage::error(code, message.clone())).await;
     let reason = Utf8Bytes::from(truncate(&message, 120).to_owned());
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
+    let _ = send_message(&mut sink, Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
 }
 
@@ -460,7 +465,19 @@ fn status(link: &Link, held: &AtomicU64) -> ServerMessage {
 }
 
 async fn send(sink: &mut SplitSink<WebSocket, Message>, msg: ServerMessage) -> Result<(), axum::Error> {
-    sink.send(Message::Text(msg.to_json().into())).await
+    send_message(sink, Message::Text(msg.to_json().into())).await
+}
+
+/// A recorder that sends but never reads fills its socket: a send that cannot leave within [`SEND_TIMEOUT`] ends
+/// the connection (the reader then stops too) instead of holding its task and slots forever.
+async fn send_message(sink: &mut SplitSink<WebSocket, Message>, msg: Message) -> Result<(), axum::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the recorder read nothing for 30 s",
+        ))),
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary (close reasons are limited to 123 bytes).

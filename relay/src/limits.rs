@@ -21,16 +21,21 @@ use crate::config::Limits;
 use crate::metrics::{Metrics, Throttled};
 
 /// The address a connection counts against: the TCP peer, or the last address of the configured header (what
-/// the ingress in front of the relay saw) when there is one.
+/// the ingress in front of the relay saw) when there is one. IPv6 addresses count by their /64 (what one
+/// subscriber usually holds), so a client cannot take a new share per address.
 pub fn client_address(limits: &Limits, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    limits
+    let address = limits
         .client_ip_header
         .as_deref()
         .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| last.trim().parse().ok())
-        .unwrap_or_else(|| peer.ip())
+        .unwrap_or_else(|| peer.ip());
+    match address {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
 }
 
 /// Open WebSocket connections per client address.
@@ -188,6 +193,8 @@ mod tests {
         assert_eq!(client_address(&limits(1, 65_536), &h, peer), "198.51.100.4".parse::<IpAddr>().unwrap());
         h.insert("x-forwarded-for", "not an address".parse().unwrap());
         assert_eq!(client_address(&limits(1, 65_536), &h, peer), peer.ip());
+        h.insert("x-forwarded-for", "2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(client_address(&limits(1, 65_536), &h, peer), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
     }
 
     #[test]

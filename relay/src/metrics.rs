@@ -89,16 +89,22 @@ pub enum Refused {
     AuthInvalid,
     /// A JWT past its expiry.
     AuthExpired,
+    /// The client's address held `max_connections_per_client` connections not yet upgraded (TCP, TLS, HTTP).
+    PendingPerClient,
+    /// `max_connections` connections were not yet upgraded.
+    PendingMax,
 }
 
 impl Refused {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::MaxConnections,
         Self::PerClient,
         Self::TlsHandshake,
         Self::AuthMissing,
         Self::AuthInvalid,
         Self::AuthExpired,
+        Self::PendingPerClient,
+        Self::PendingMax,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -108,6 +114,8 @@ impl Refused {
             Self::AuthMissing => "auth_missing",
             Self::AuthInvalid => "auth_invalid",
             Self::AuthExpired => "auth_expired",
+            Self::PendingPerClient => "pending_per_client",
+            Self::PendingMax => "pending_max",
         }
     }
 }

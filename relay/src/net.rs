@@ -1,11 +1,16 @@
 //! Accepting connections: TCP, then TLS when the relay terminates it, then HTTP/1.1 with upgrades.
 //!
 //! The first stop of every recorder and subscriber on its way into [`crate::server`]'s router. It replaces
-//! `axum::serve` to bound what a client that never finishes costs: the TLS handshake and the request headers
-//! each have `hello_timeout_s` (a slow-loris handshake or header trickle is dropped, not kept forever), request
-//! headers are limited to 64 KiB, every
-//! socket gets `TCP_NODELAY` (acks are small and must leave at once), and shutdown stops accepting, lets plain
-//! HTTP requests in flight finish, and leaves upgraded WebSockets to the server's own drain.
+//! `axum::serve` to bound what a client that never finishes costs:
+//! - connections not yet upgraded to a WebSocket are counted per client address (`max_connections_per_client`,
+//!   unless `client_ip_header` says an ingress is in front: then every peer is the ingress) and in all
+//!   (`max_connections`); over either, a new connection is closed at once (counted in `/metrics`);
+//! - the TLS handshake and the request headers each have `hello_timeout_s` (a slow-loris handshake or header
+//!   trickle is dropped), request headers are limited to 64 KiB (431), and a connection that has not upgraded
+//!   after [`HTTP_LIFETIME`] is closed (a download nobody reads);
+//! - every socket gets `TCP_NODELAY` (acks are small and must leave at once);
+//! - shutdown stops accepting, gives plain HTTP requests in flight 5 s to finish, and leaves upgraded
+//!   WebSockets to the server's own drain.
 
 use std::convert::Infallible;
 use std::io::BufReader;
@@ -27,8 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use crate::config::TlsFiles;
+use crate::config::{Limits, TlsFiles};
+use crate::limits::Clients;
 use crate::metrics::{Metrics, Refused};
+
+/// Longest a connection may stay plain HTTP (static files, probes) before it is closed; upgraded WebSockets
+/// leave hyper at the upgrade and are not bound by it.
+pub const HTTP_LIFETIME: Duration = Duration::from_secs(120);
 
 /// A TLS certificate or key that cannot be used: one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +83,16 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
-    handshake_timeout: Duration,
+    limits: (&Limits, usize),
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let (limits, max_connections) = limits;
+    let handshake_timeout = limits.hello_timeout;
+    // Behind an ingress every peer is the ingress: count per address only when clients connect directly.
+    let per_client = limits.client_ip_header.is_none().then_some(limits.connections_per_client);
+    let pending_by_client = Arc::new(Clients::default());
+    let pending = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -91,11 +107,26 @@ pub async fn serve(
                 }
             },
         };
+        let client_slot = match per_client {
+            Some(max) => match pending_by_client.try_acquire(peer.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics.refused(Refused::PendingPerClient);
+                    continue; // dropping the socket closes it
+                }
+            },
+            None => None,
+        };
+        let Ok(slot) = Arc::clone(&pending).try_acquire_owned() else {
+            metrics.refused(Refused::PendingMax);
+            continue;
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let (router, tls, metrics, shutdown) = (router.clone(), tls.clone(), Arc::clone(&metrics), shutdown.clone());
         connections.spawn(async move {
+            let _slots = (slot, client_slot);
             match tls {
                 None => http(tcp, peer, router, handshake_timeout, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -140,6 +171,9 @@ where
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
+        }
+        () = tokio::time::sleep(HTTP_LIFETIME) => {
+            tracing::debug!(%peer, "closing an HTTP connection that outlived its lifetime without upgrading");
         }
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();

@@ -335,11 +335,12 @@ pub async fn run(
         Some(files) => Some(crate::net::tls_acceptor(files).map_err(std::io::Error::other)?),
         None => None,
     };
-    let handshake_timeout = state.config().limits.hello_timeout;
+    let limits = state.config().limits.clone();
+    let max_connections = state.config().max_connections;
     let metrics = Arc::clone(&state.shared.metrics);
     let accepting = CancellationToken::new();
     let stop_accepting = accepting.clone();
-    let server = crate::net::serve(listener, tls, app(state), handshake_timeout, metrics, accepting);
+    let server = crate::net::serve(listener, tls, app(state), (&limits, max_connections), metrics, accepting);
     tokio::join!(server, async move {
         signal.await;
         stop_accepting.cancel();

@@ -35,8 +35,10 @@ impl Proxy {
         let shared = Arc::clone(&state);
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if shared.lock().expect("proxy state").cut {
-                    shared.lock().expect("proxy state").swallowed.push(client);
+                // One guard for the check and the registration: a link accepted during `cut` is cut with the rest.
+                let mut s = shared.lock().expect("proxy state");
+                if s.cut {
+                    s.swallowed.push(client);
                     continue;
                 }
                 let link = tokio::spawn(async move {
@@ -44,7 +46,6 @@ impl Proxy {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut relay).await;
                     }
                 });
-                let mut s = shared.lock().expect("proxy state");
                 s.links.retain(|l| !l.is_finished());
                 s.links.push(link.abort_handle());
             }

@@ -135,30 +135,36 @@ pub struct Child {
 
 impl Child {
     /// Runs `soundline-relay serve` with `env` (plus the test broker and port 0) and waits for its listen line.
+    /// A relay that exits before listening (its fixed port still taken, say, right after a `kill -9`) is started
+    /// again, for up to 10 s.
     pub async fn spawn(env: &[(&str, &str)]) -> Self {
-        let mut cmd = tokio::process::Command::new(relay_bin());
-        cmd.arg("serve");
-        cmd.env("SOUNDLINE_KAFKA_BROKERS", crate::kafka_bootstrap()).env("SOUNDLINE_LISTEN", "127.0.0.1:0");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn soundline-relay");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(a) = line.strip_prefix("listening on http://") {
-                    return a.parse::<SocketAddr>().ok();
-                }
+        for _attempt in 0..20 {
+            let mut cmd = tokio::process::Command::new(relay_bin());
+            cmd.arg("serve");
+            cmd.env("SOUNDLINE_KAFKA_BROKERS", crate::kafka_bootstrap()).env("SOUNDLINE_LISTEN", "127.0.0.1:0");
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("soundline-relay printed no listen address within 30 s");
-        Self { addr, child }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+            let mut child = cmd.spawn().expect("spawn soundline-relay");
+            let stdout = child.stdout.take().expect("stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            let addr = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(a) = line.strip_prefix("listening on http://") {
+                        return a.parse::<SocketAddr>().ok();
+                    }
+                }
+                None
+            })
+            .await
+            .expect("soundline-relay printed no listen address within 30 s");
+            match addr {
+                Some(addr) => return Self { addr, child },
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        panic!("soundline-relay exited before listening, 20 times (see its stderr above)");
     }
 }
 

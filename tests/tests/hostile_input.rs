@@ -422,8 +422,10 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
             }
         }
     }
-    // The healthy recorder and subscriber hold two of the share.
-    assert_eq!((opened.len(), refused), (PER_CLIENT - 2, 22));
+    // The healthy recorder and subscriber hold two of the share. (On a slow machine the first of these may
+    // already have timed out and freed its slot before the last is opened, so the split is not exact.)
+    assert_eq!(opened.len() + refused, PER_CLIENT + 20);
+    assert!(opened.len() <= PER_CLIENT - 2 && refused >= 20, "{} opened, {refused} refused", opened.len());
     for r in opened {
         closes_with(r, ErrorCode::IdleTimeout, "did not arrive").await;
     }
@@ -493,7 +495,16 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
     assert!(seen.iter().all(|r| r.key.as_deref() == Some("CAR-OK")), "the watcher sees only its car");
     let in_kafka = read_all(&*client().await, &topic, 6).await;
     let healthy_in_kafka = in_kafka.iter().filter(|(_, _, r)| r.key.as_deref() == Some(&b"CAR-OK"[..])).count();
-    assert_eq!(healthy_in_kafka, acked as usize, "every healthy frame is in Kafka, once");
+    let by_partition = in_kafka.iter().fold(std::collections::BTreeMap::<i32, usize>::new(), |mut m, (p, _, _)| {
+        *m.entry(*p).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        healthy_in_kafka,
+        acked as usize,
+        "every healthy frame is in Kafka, once ({} records in the topic, per partition {by_partition:?})",
+        in_kafka.len()
+    );
     assert_eq!(http_get(t.addr, "/healthz").await.expect("healthz").0, 200);
     assert_eq!(http_get(t.addr, "/readyz").await.expect("readyz").0, 200);
 
@@ -504,7 +515,6 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
     eprintln!(
         "relay RSS: baseline {baseline_kib} KiB, with 2 000 idle connections {peak_kib} KiB, after each round {rss_after_round:?} KiB, at the end {end_kib} KiB"
     );
-    // glibc keeps freed memory in its arenas for reuse: RSS settles some 30 MB above the idle baseline and
-    // stays there however many rounds follow (12 rounds measured, RELIABILITY.md); a leak would not settle.
-    assert!(end_kib < baseline_kib + 48 * 1024, "RSS {end_kib} KiB, baseline {baseline_kib} KiB");
+    // Measured: +4.5 MB (RELIABILITY.md); the allocator keeps some freed memory for reuse.
+    assert!(end_kib < baseline_kib + 16 * 1024, "RSS {end_kib} KiB, baseline {baseline_kib} KiB");
 }

@@ -27,6 +27,8 @@ struct Feed {
     token: Rc<RefCell<String>>,
     /// The relay refused the token: wait for a new one instead of retrying.
     needs_token: bool,
+    /// The token the current connection offered.
+    token_used: String,
     list: Element,
     status: Element,
     own_car: Rc<RefCell<String>>,
@@ -87,6 +89,7 @@ pub fn start(
         url,
         token,
         needs_token: false,
+        token_used: String::new(),
         list,
         status,
         own_car,
@@ -102,8 +105,9 @@ pub fn start(
 
 fn connect(feed: &Rc<RefCell<Feed>>) {
     let mut f = feed.borrow_mut();
-    let token = f.token.borrow().clone();
+    let token = f.token.borrow().trim().to_owned();
     let Ok(ws) = crate::open_socket(&f.url, &token) else { return retry(feed) };
+    f.token_used = token;
     let from = if f.next.is_empty() { From::Live } else { From::Offsets(f.next.clone()) };
     let subscribe =
         FeedClientMessage::Subscribe(Subscribe { topic: None, from, car_id: f.filter.clone(), segment_id: None })
@@ -121,6 +125,11 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
     let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
         if let Some(feed) = weak.upgrade() {
             if e.code() == ErrorCode::Unauthorized.close_code() {
+                // A token typed while this connection was opening: try it now.
+                let entered = feed.borrow().token.borrow().trim().to_owned();
+                if !entered.is_empty() && entered != feed.borrow().token_used {
+                    return connect(&feed);
+                }
                 let mut f = feed.borrow_mut();
                 f.needs_token = true;
                 let why = if f.token.borrow().trim().is_empty() { "needs" } else { "refused" };
