@@ -122,18 +122,32 @@ fn rss(pid: Option<u32>) -> Option<u64> {
     pid.and_then(proc_stats).map(|s| s.2)
 }
 
-/// A connection that says hello and then only answers the relay's pings, until `stop`.
-async fn idle(i: usize, run: Arc<str>, relay: String, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/ws/record` (without Nagle's delay) and sends the hello of car `car`, segment `segment`.
+async fn open_recording(
+    relay: &str,
+    car: String,
+    segment: String,
+) -> anyhow::Result<(futures_util::stream::SplitSink<Ws, Message>, futures_util::stream::SplitStream<Ws>)> {
     let url = format!("ws://{relay}/ws/record");
-    let (ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connect {url}"))?;
-    let (mut tx, mut rx) = ws.split();
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    let (mut tx, rx) = ws.split();
     let recording = Recording {
-        device: DeviceInfo { car_id: format!("IDLE-{run}-{i}"), rail_type: 0 },
+        device: DeviceInfo { car_id: car, rail_type: 0 },
         location: LocationInfo { unit_id: "loadgen".into(), sty: String::new() },
-        segment_id: format!("idle-{run}-{i}"),
+        segment_id: segment,
         inspection_info: String::new(),
     };
     tx.send(Message::Text(ClientMessage::Hello(Hello::new(recording)).to_json().into())).await?;
+    Ok((tx, rx))
+}
+
+/// A connection that says hello and then only answers the relay's pings, until `stop`.
+async fn idle(i: usize, run: Arc<str>, relay: String, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let (mut tx, mut rx) = open_recording(&relay, format!("IDLE-{run}-{i}"), format!("idle-{run}-{i}")).await?;
     while !stop.load(Relaxed) {
         // Reading answers pings (tungstenite queues the pong); flushing sends it.
         if let Ok(Some(Err(e))) = tokio::time::timeout(Duration::from_millis(500), rx.next()).await {
@@ -152,18 +166,7 @@ async fn recorder(
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) -> anyhow::Result<()> {
-    let url = format!("ws://{}/ws/record", args.relay);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
-        .await
-        .with_context(|| format!("connect {url}"))?;
-    let (mut tx, mut rx) = ws.split();
-    let recording = Recording {
-        device: DeviceInfo { car_id: format!("LOAD-{run}-{i}"), rail_type: 0 },
-        location: LocationInfo { unit_id: "loadgen".into(), sty: String::new() },
-        segment_id: format!("{run}-{i}"),
-        inspection_info: String::new(),
-    };
-    tx.send(Message::Text(ClientMessage::Hello(Hello::new(recording)).to_json().into())).await?;
+    let (mut tx, mut rx) = open_recording(&args.relay, format!("LOAD-{run}-{i}"), format!("{run}-{i}")).await?;
     match rx.next().await {
         Some(Ok(Message::Text(t))) if matches!(ServerMessage::parse(&t), Ok(ServerMessage::Ready { .. })) => {}
         other => bail!("recorder {i}: expected ready, got {other:?}"),

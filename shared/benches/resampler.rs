@@ -13,8 +13,9 @@ mod contenders;
 use std::hint::black_box;
 use std::time::Duration;
 
-use contenders::{Contender, Kind, Quality, measure, passband_tones, speechlike, stopband_tones};
+use contenders::{Contender, Kind, Quality, measure, passband_tones, stopband_tones};
 use criterion::{Criterion, Throughput};
+use soundline_shared::dsp::measure::speechlike;
 
 const RATES: [u32; 2] = [48_000, 44_100];
 

@@ -29,6 +29,28 @@ async fn landed(bootstrap: &str, topic: &str) -> Landed {
     out
 }
 
+/// Starts `n` resilient recorders (cars `CAR-{tag}-i`) of `frames` frames through `url`; returns their outcomes
+/// by car once they are done.
+fn start_recorders(url: &str, tag: &str, n: usize, frames: u32) -> Vec<tokio::task::JoinHandle<(String, Outcome)>> {
+    (0..n)
+        .map(|i| {
+            let (url, car, segment) = (url.to_owned(), format!("CAR-{tag}-{i}"), format!("seg-{tag}-{i}"));
+            tokio::spawn(async move {
+                let o = record(url, car.clone(), segment, frames, FRAME_MS, Duration::from_secs(90)).await;
+                (car, o)
+            })
+        })
+        .collect()
+}
+
+async fn outcomes(recorders: Vec<tokio::task::JoinHandle<(String, Outcome)>>) -> Vec<(String, Outcome)> {
+    let mut out = Vec::new();
+    for r in recorders {
+        out.push(r.await.expect("recorder"));
+    }
+    out
+}
+
 /// Every frame recorded is in Kafka, each ack names a record of that frame; returns the duplicates.
 fn check(outcomes: &[(String, Outcome)], frames: u32, in_kafka: &Landed) -> usize {
     let mut duplicates = 0;
@@ -65,24 +87,12 @@ async fn kafka_killed_for_ten_seconds_mid_stream_loses_nothing_and_recording_nev
     .await;
     relay.wait_ready().await;
     let frames = 250; // 25 s of audio each
-    let recorders: Vec<_> = (0..4)
-        .map(|i| {
-            let (url, car) = (relay.ws("/ws/record"), format!("CAR-KK-{i}"));
-            let segment = format!("seg-kk-{i}");
-            tokio::spawn(async move {
-                let o = record(url, car.clone(), segment, frames, FRAME_MS, Duration::from_secs(90)).await;
-                (car, o)
-            })
-        })
-        .collect();
+    let recorders = start_recorders(&relay.ws("/ws/record"), "KK", 4, frames);
     tokio::time::sleep(Duration::from_secs(5)).await;
     broker.kill9();
     tokio::time::sleep(Duration::from_secs(10)).await;
     broker.start();
-    let mut outcomes = Vec::new();
-    for r in recorders {
-        outcomes.push(r.await.expect("recorder"));
-    }
+    let outcomes = outcomes(recorders).await;
     let in_kafka = landed(&bootstrap, &topic).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
     let statuses: BTreeSet<String> =
@@ -100,25 +110,13 @@ async fn the_relay_killed_and_restarted_mid_stream_loses_nothing() {
     let addr = relay.addr.to_string();
     soundline_tests::relay::wait_ready(relay.addr).await;
     let frames = 150;
-    let recorders: Vec<_> = (0..3)
-        .map(|i| {
-            let (url, car) = (format!("ws://{addr}/ws/record"), format!("CAR-RK-{i}"));
-            let segment = format!("seg-rk-{i}");
-            tokio::spawn(async move {
-                let o = record(url, car.clone(), segment, frames, FRAME_MS, Duration::from_secs(60)).await;
-                (car, o)
-            })
-        })
-        .collect();
+    let recorders = start_recorders(&format!("ws://{addr}/ws/record"), "RK", 3, frames);
     tokio::time::sleep(Duration::from_secs(4)).await;
     relay.child.start_kill().expect("kill -9 the relay");
     let _ = relay.child.wait().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Child::spawn(&[env[0], ("SOUNDLINE_LISTEN", &addr)]).await;
-    let mut outcomes = Vec::new();
-    for r in recorders {
-        outcomes.push(r.await.expect("recorder"));
-    }
+    let outcomes = outcomes(recorders).await;
     let in_kafka = landed(&soundline_tests::kafka_bootstrap(), &topic).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
     assert!(outcomes.iter().all(|(_, o)| o.reconnects >= 1), "every recorder reconnected");

@@ -41,25 +41,6 @@ const WARM_UP_MS: f64 = 2_000.0;
 /// The AudioWorklet's render quantum.
 const BLOCK: usize = 128;
 
-/// A second of something like speech: a 140 Hz voice with 8 harmonics, a 4 Hz syllable envelope, a little noise.
-/// (The same signal as shared/benches/resampler.rs.)
-fn speechlike(rate: u32) -> Vec<f32> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let tau = 2.0 * std::f64::consts::PI;
-    (0..rate as usize)
-        .map(|i| {
-            let t = i as f64 / f64::from(rate);
-            let voice: f64 = (1..=8).map(|k| (tau * 140.0 * f64::from(k) * t).sin() / f64::from(k)).sum();
-            let envelope = 0.55 + 0.45 * (tau * 4.0 * t).sin();
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-            (0.3 * envelope * voice + 0.01 * noise) as f32
-        })
-        .collect()
-}
-
 /// Resamples all of `input` in 128-sample blocks, flushes, and returns the milliseconds it took.
 fn time_one(rate: u32, input: &[f32], out: &mut Vec<f32>) -> f64 {
     let mut r = Resampler::new(rate).expect("supported rate");
@@ -84,7 +65,13 @@ fn resampler_real_time_factor() {
     let rates = [48_000u32, 44_100];
     let inputs: Vec<Vec<f32>> = rates
         .iter()
-        .map(|&rate| speechlike(rate).into_iter().cycle().take(rate as usize * SECONDS).collect())
+        .map(|&rate| {
+            soundline_shared::dsp::measure::speechlike(rate, rate as usize)
+                .into_iter()
+                .cycle()
+                .take(rate as usize * SECONDS)
+                .collect()
+        })
         .collect();
     let mut out = Vec::with_capacity(OUT_RATE_HZ as usize * SECONDS + 1);
     // Warm-up, untimed: the engine starts in its baseline compiler and swaps in optimised code for a function only

@@ -193,25 +193,6 @@ impl RubatoStream {
     }
 }
 
-/// About a second of something like speech: a 140 Hz voice with 8 harmonics, a 4 Hz syllable envelope, and a
-/// little white noise (deterministic).
-pub fn speechlike(rate: u32, samples: usize) -> Vec<f32> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let tau = 2.0 * std::f64::consts::PI;
-    (0..samples)
-        .map(|i| {
-            let t = i as f64 / f64::from(rate);
-            let voice: f64 = (1..=8).map(|k| (tau * 140.0 * f64::from(k) * t).sin() / f64::from(k)).sum();
-            let envelope = 0.55 + 0.45 * (tau * 4.0 * t).sin();
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-            (0.3 * envelope * voice + 0.01 * noise) as f32
-        })
-        .collect()
-}
-
 // ---- quality, measured as shared/src/dsp/resampler.rs's tests do ----
 
 fn tone(freq_hz: f64, rate_hz: u32, seconds: f64, amplitude: f64) -> Vec<f32> {
