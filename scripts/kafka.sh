@@ -91,6 +91,9 @@ group.initial.rebalance.delay.ms=0
 # Keep every record: tests record with fixed capture timestamps from 2025 (the Kafka record timestamp is the
 # capture time), which the default 7-day retention would delete at its next check, mid-test.
 log.retention.ms=-1
+# ...but bound the disk: at most ~1 GiB per partition, in 256 MiB segments (a 30-minute soak writes ~35 GB).
+log.retention.bytes=1073741824
+log.segment.bytes=268435456
 PROPS
   if [[ "$sasl" == 1 ]]; then
     echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" >>"$cfg"
