@@ -74,6 +74,7 @@ pub const SETTINGS: &[Setting] = &[
     s("compression", "relay.compression", "SOUNDLINE_COMPRESSION", Some("compression"), Some("none"), "record batch compression: none, gzip, lz4, snappy or zstd"),
     s("linger_ms", "relay.linger_ms", "SOUNDLINE_LINGER_MS", Some("linger-ms"), Some("5"), "how long a partition's batch waits for more records before it is sent"),
     s("batch_max_bytes", "relay.batch_max_bytes", "SOUNDLINE_BATCH_MAX_BYTES", None, Some("1000000"), "largest record batch sent in one produce request"),
+    s("kafka_max_bytes_per_s", "relay.kafka_max_bytes_per_s", "SOUNDLINE_KAFKA_MAX_BYTES_PER_S", None, Some("0"), "record bytes the relay produces per second at most (0: no cap); set it below the broker's producer_byte_rate quota, divided by the relay replicas sharing it"),
     s("max_message_bytes", "relay.max_message_bytes", "SOUNDLINE_MAX_MESSAGE_BYTES", None, Some("1048588"), "the broker's/topic's max message size; larger envelopes are refused, never truncated"),
     s("memory_budget_bytes", "relay.memory_budget_bytes", "SOUNDLINE_MEMORY_BUDGET_BYTES", None, Some("268435456"), "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders"),
     s("max_frame_ms", "relay.max_frame_ms", "SOUNDLINE_MAX_FRAME_MS", None, Some("2000"), "longest accepted audio frame, in ms of 16 kHz audio"),
@@ -215,6 +216,9 @@ pub struct KafkaConfig {
     pub batch_max_bytes: usize,
     /// The broker's max message size, bytes.
     pub max_message_bytes: usize,
+    /// Record bytes produced per second at most (`None`: no cap). Kept below a broker quota, it spares the relay
+    /// Kafka's throttling, which rskafka answers by sending the throttled request again (duplicates).
+    pub max_bytes_per_s: Option<u64>,
 }
 
 /// The live feed (`/ws/feed`).
@@ -488,6 +492,11 @@ impl RawConfig {
                 // A batch is one Kafka message as far as message.max.bytes goes: never build one the broker refuses.
                 batch_max_bytes: batch_max_bytes.min(max_message_bytes),
                 max_message_bytes,
+                max_bytes_per_s: self.parse(
+                    "kafka_max_bytes_per_s",
+                    "0 (no cap) or a byte rate of at least 16384",
+                    |v| v.parse().ok().filter(|n| *n == 0 || *n >= 16_384).map(|n: u64| (n > 0).then_some(n)),
+                )?,
             };
         let auth = self.auth()?;
         let limits = self.limits()?;
@@ -781,6 +790,19 @@ mod tests {
         assert!(e.to_string().contains("key relay.lingr_ms: is not a relay setting"), "{e}");
         let e = from(Some("{not json"), &[]).unwrap_err();
         assert!(e.to_string().starts_with("config file relay.json: not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn the_kafka_rate_cap_is_off_by_default_and_checked() {
+        let k = [("SOUNDLINE_KAFKA_BROKERS", "k:1")];
+        assert_eq!(from(None, &k).expect("valid").kafka.max_bytes_per_s, None);
+        let c = from(None, &[k[0], ("SOUNDLINE_KAFKA_MAX_BYTES_PER_S", "49152")]).expect("valid");
+        assert_eq!(c.kafka.max_bytes_per_s, Some(49_152));
+        let e = from(None, &[k[0], ("SOUNDLINE_KAFKA_MAX_BYTES_PER_S", "100")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SOUNDLINE_KAFKA_MAX_BYTES_PER_S: expected 0 (no cap) or a byte rate of at least 16384, got \"100\""
+        );
     }
 
     #[test]

@@ -81,36 +81,56 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Two token buckets, messages and bytes, each holding at most one second's worth.
+/// A token bucket that holds at most one second's worth and may go into debt: charging more than it holds
+/// returns how long to wait until the debt is paid, so that the rate holds on average.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    per_s: f64,
+    level: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket of `per_s` per second.
+    pub fn new(per_s: f64, now: Instant) -> Self {
+        Self { per_s, level: per_s, last: now }
+    }
+
+    /// Takes `amount` at `now`; returns how long to wait before going on (zero: at once).
+    pub fn charge(&mut self, amount: f64, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.level = (self.level + elapsed * self.per_s).min(self.per_s) - amount;
+        Duration::from_secs_f64((-self.level / self.per_s).max(0.0))
+    }
+}
+
+/// Two token buckets, messages and bytes.
 #[derive(Debug)]
 pub struct Throttle {
-    messages_per_s: f64,
-    bytes_per_s: f64,
-    messages: f64,
-    bytes: f64,
-    last: Instant,
+    messages: Bucket,
+    bytes: Bucket,
 }
 
 impl Throttle {
     /// Full buckets at the configured rates.
     pub fn new(limits: &Limits) -> Self {
-        let (messages_per_s, bytes_per_s) = (f64::from(limits.messages_per_s), limits.bytes_per_s as f64);
-        Self { messages_per_s, bytes_per_s, messages: messages_per_s, bytes: bytes_per_s, last: Instant::now() }
+        let now = Instant::now();
+        Self {
+            messages: Bucket::new(f64::from(limits.messages_per_s), now),
+            bytes: Bucket::new(limits.bytes_per_s as f64, now),
+        }
     }
 
     /// How long to pause before reading on, after a message of `len` bytes arrived at `now`.
     pub fn charge(&mut self, len: usize, now: Instant) -> Option<(Duration, Throttled)> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.messages = (self.messages + elapsed * self.messages_per_s).min(self.messages_per_s) - 1.0;
-        self.bytes = (self.bytes + elapsed * self.bytes_per_s).min(self.bytes_per_s) - len as f64;
-        let wait_messages = -self.messages / self.messages_per_s;
-        let wait_bytes = -self.bytes / self.bytes_per_s;
-        if wait_messages <= 0.0 && wait_bytes <= 0.0 {
+        let wait_messages = self.messages.charge(1.0, now);
+        let wait_bytes = self.bytes.charge(len as f64, now);
+        if wait_messages.is_zero() && wait_bytes.is_zero() {
             return None;
         }
         let which = if wait_messages >= wait_bytes { Throttled::Messages } else { Throttled::Bytes };
-        Some((Duration::from_secs_f64(wait_messages.max(wait_bytes)), which))
+        Some((wait_messages.max(wait_bytes), which))
     }
 
     /// Charges a message and pauses (counted) when the connection is over a rate.

@@ -125,13 +125,18 @@ fn load(m: &ArgMatches) -> Result<Config, String> {
 }
 
 fn init_logging(config: &Config) {
+    use tracing_subscriber::prelude::*;
     // rskafka logs every connection at info; its warnings are what an operator needs.
     let default = if config.debug { "info,rskafka=warn,soundline_relay=debug" } else { "info,rskafka=warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOUNDLINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if config.log_json { builder.json().init() } else { builder.init() }
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let lines = if config.log_json { lines.json().boxed() } else { lines.boxed() };
+    // Kafka's produce throttling reaches the relay only as an rskafka info event, whatever the log filter says.
+    let throttles = soundline_relay::kafka::ThrottleWatch
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("rskafka::backoff", tracing::Level::INFO));
+    tracing_subscriber::registry().with(lines.with_filter(filter)).with(throttles).init();
 }
 
 async fn shutdown_signal() {

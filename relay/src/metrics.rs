@@ -147,6 +147,8 @@ pub struct Metrics {
     pub batches_total: AtomicU64,
     /// Produce requests that failed and were retried.
     pub produce_retries_total: AtomicU64,
+    /// Produce requests held back to stay under `kafka_max_bytes_per_s`.
+    pub produce_paced_total: AtomicU64,
     /// Envelope bytes held in memory, not yet acked by Kafka.
     pub held_bytes: AtomicI64,
     /// Times a recorder had to wait because the memory budget was full.
@@ -238,6 +240,16 @@ impl Metrics {
             "soundline_produce_retries_total",
             "Produce requests that failed and were retried.",
             self.produce_retries_total.load(Relaxed),
+        );
+        counter(
+            "soundline_produce_paced_total",
+            "Produce requests held back to stay under kafka_max_bytes_per_s.",
+            self.produce_paced_total.load(Relaxed),
+        );
+        counter(
+            "soundline_kafka_throttled_total",
+            "Produce responses in which Kafka asked the relay to slow down (a client quota): rskafka sends such a request again, which stores its records twice; keep kafka_max_bytes_per_s below the quota.",
+            crate::kafka::throttled_total(),
         );
         counter(
             "soundline_backpressure_total",

@@ -44,6 +44,25 @@ impl PrivateBroker {
         assert!(self.script("start"), "the private broker on port {} did not start", self.port);
     }
 
+    /// Caps every client's produce rate at `bytes_per_s` (a default client quota, as an operator would set one),
+    /// with Kafka's own `kafka-configs` tool.
+    ///
+    /// # Panics
+    ///
+    /// When the tool fails, or `SOUNDLINE_KAFKA_CLASSPATH` is not set.
+    pub fn set_producer_quota(&self, bytes_per_s: u64) {
+        let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+            .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath");
+        let status = Command::new("java")
+            .args(["-cp", &classpath, "org.apache.kafka.tools.ConfigCommand", "--bootstrap-server"])
+            .arg(self.bootstrap())
+            .args(["--alter", "--entity-type", "clients", "--entity-default", "--add-config"])
+            .arg(format!("producer_byte_rate={bytes_per_s}"))
+            .status()
+            .expect("run kafka-configs");
+        assert!(status.success(), "kafka-configs failed: {status}");
+    }
+
     /// `kill -9`: no clean shutdown, as when a broker's machine dies.
     ///
     /// # Panics

@@ -1,11 +1,12 @@
 //! Faults that break real processes while recorders stream in real time: Kafka killed with `kill -9` for ten
-//! seconds, and the relay killed with `kill -9` and restarted. The recorders behave like the page
+//! seconds, the relay killed with `kill -9` and restarted, and Kafka slower than the audio (a broker quota). The recorders behave like the page
 //! ([`soundline_tests::resilient`]): they never stop recording, keep every frame until it is acked, reconnect and
 //! resend. Afterwards every recorded frame is in Kafka, every ack points at its frame, and nothing acked is lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use soundline_shared::control::LinkState;
 use soundline_shared::envelope::Envelope;
 use soundline_tests::broker::PrivateBroker;
 use soundline_tests::relay::{Child, InProcess, config};
@@ -125,4 +126,57 @@ async fn the_relay_killed_and_restarted_mid_stream_loses_nothing() {
     eprintln!("relay kill -9: {duplicates} duplicate records");
     assert!(duplicates <= 3 * 20, "{duplicates} duplicates");
     drop(restarted);
+}
+
+/// `name value` of a Prometheus text line.
+fn metric(metrics: &str, name: &str) -> Option<i64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Kafka slower than the audio: a broker quota (`producer_byte_rate`, as an operator of a shared cluster sets one)
+/// at a third of what four recorders send, and the relay's `kafka_max_bytes_per_s` set below it, as documented.
+/// The relay's memory budget fills, recorders are told `backpressure` and keep the rest in their resend
+/// buffers; held bytes never exceed the budget, Kafka never throttles the relay, and afterwards every frame is
+/// in Kafka exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_slower_than_the_audio_pushes_back_within_the_budget_and_drops_nothing() {
+    let broker = PrivateBroker::new("fault-slow", 1);
+    broker.start();
+    let bootstrap = broker.bootstrap();
+    broker.set_producer_quota(64 * 1024);
+    let topic = random_topic("kafka-slow");
+    let budget: i64 = 1 << 20;
+    let relay = Child::spawn(&[
+        ("SOUNDLINE_KAFKA_BROKERS", &bootstrap),
+        ("SOUNDLINE_TOPIC", &topic),
+        ("SOUNDLINE_MEMORY_BUDGET_BYTES", &budget.to_string()),
+        ("SOUNDLINE_KAFKA_MAX_BYTES_PER_S", &(48 * 1024).to_string()),
+    ])
+    .await;
+    let addr = relay.addr;
+    soundline_tests::relay::wait_ready(addr).await;
+    // Four recorders send ~200 KB/s of envelopes for 10 s: ~2 MB, four times what Kafka takes per second.
+    let frames = 100;
+    let recorders = start_recorders(&format!("ws://{addr}/ws/record"), "SK", 4, frames);
+    let mut peak_held = 0;
+    while !recorders.iter().all(|r| r.is_finished()) {
+        let (_, body) = soundline_tests::relay::http_get(addr, "/metrics").await.expect("GET /metrics");
+        peak_held = peak_held.max(metric(&body, "soundline_held_bytes").expect("soundline_held_bytes"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outcomes = outcomes(recorders).await;
+    let (_, body) = soundline_tests::relay::http_get(addr, "/metrics").await.expect("GET /metrics");
+    let in_kafka = landed(&bootstrap, &topic).await;
+    let duplicates = check(&outcomes, frames, &in_kafka);
+    let paced = metric(&body, "soundline_produce_paced_total").expect("paced");
+    let backpressured = metric(&body, "soundline_backpressure_total").expect("backpressure");
+    eprintln!("slow kafka: peak held {peak_held} of {budget}, {paced} paced requests, {backpressured} waits");
+    assert_eq!(duplicates, 0, "every frame in Kafka once");
+    assert_eq!(metric(&body, "soundline_kafka_throttled_total"), Some(0), "the pace kept the relay under the quota");
+    assert!(peak_held <= budget, "held {peak_held} bytes, budget {budget}");
+    assert!(peak_held > budget / 2, "the budget filled ({peak_held} bytes held at most)");
+    assert!(paced > 0 && backpressured > 0, "paced {paced}, backpressure {backpressured}");
+    for (car, o) in &outcomes {
+        assert!(o.statuses.contains(&LinkState::Backpressure), "{car} was told about backpressure: {:?}", o.statuses);
+    }
 }

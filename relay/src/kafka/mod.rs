@@ -9,6 +9,7 @@ pub mod partitioner;
 pub mod producer;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
@@ -55,6 +56,56 @@ pub enum KafkaError {
     /// The TLS settings are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+}
+
+/// Produce responses in which Kafka asked for a slowdown, process-wide; counted by [`ThrottleWatch`].
+static THROTTLED: AtomicU64 = AtomicU64::new(0);
+
+/// Produce responses so far in which Kafka asked this process to slow down (a client quota).
+pub fn throttled_total() -> u64 {
+    THROTTLED.load(Relaxed)
+}
+
+/// A tracing layer that counts Kafka's produce throttling, which rskafka handles without telling its caller.
+///
+/// When a produce response carries a throttle time (the client is over a `producer_byte_rate` quota), rskafka
+/// 0.6 logs "broker asked us to throttle", waits, and sends the same request again, although Kafka has already
+/// stored its records: each throttle writes the batch twice, and a relay far over its quota livelocks on
+/// resends. Its log event is the only trace, so this layer watches for it (install it with a filter on the
+/// `rskafka::backoff` target, see the binary's `init_logging`); [`producer`] warns and `/metrics` shows the count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThrottleWatch;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ThrottleWatch {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            throttle: bool,
+            produce: bool,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "request_name" {
+                    self.produce = value == "produce";
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.throttle = format!("{value:?}") == "broker asked us to throttle",
+                    "request_name" => self.produce = format!("{value:?}").trim_matches('"') == "produce",
+                    _ => {}
+                }
+            }
+        }
+        if event.metadata().target() != "rskafka::backoff" {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.throttle && fields.produce {
+            THROTTLED.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 /// How long one connection attempt may retry inside rskafka before the relay reports and backs off itself.
@@ -169,4 +220,28 @@ pub async fn ensure_topic(client: &Client, cfg: &KafkaConfig) -> Result<i32, Kaf
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(KafkaError::TopicMissing(cfg.topic.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn the_watch_counts_rskafkas_produce_throttling_and_nothing_else() {
+        let subscriber = tracing_subscriber::registry().with(ThrottleWatch);
+        let before = throttled_total();
+        tracing::subscriber::with_default(subscriber, || {
+            let throttle = Duration::from_millis(150);
+            let request_name = "produce";
+            tracing::info!(target: "rskafka::backoff", ?throttle, request_name, "broker asked us to throttle");
+            let request_name = "fetch_records";
+            tracing::info!(target: "rskafka::backoff", ?throttle, request_name, "broker asked us to throttle");
+            let request_name = "produce";
+            tracing::info!(target: "rskafka::backoff", request_name, "request encountered non-fatal error - backing off");
+            tracing::info!(target: "soundline_relay", request_name, "broker asked us to throttle");
+        });
+        assert_eq!(throttled_total() - before, 1);
+    }
 }

@@ -22,6 +22,10 @@
 //!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s) and sends the same batch again, forever.
 //!   Records are never dropped. The only record-level failure is a record larger than the broker accepts
 //!   (`MessageTooLarge`): a batch that provokes it is split until the single offending record is refused alone.
+//! - **Pace**: with `kafka_max_bytes_per_s` set, the workers share one token bucket and wait before a batch
+//!   that would exceed it (batches are then at most one second's worth), so that a broker quota never throttles
+//!   the relay: rskafka answers Kafka's throttling by sending the request again, storing its records twice
+//!   ([`super::ThrottleWatch`] counts it; the worker warns). Waiting fills the budget: backpressure, not loss.
 //! - **Memory**: every record holds a permit of its size from a semaphore of `memory_budget_bytes` until Kafka
 //!   acked it. When the budget is spent, `reserve` waits, and the recorder's socket is not read meanwhile.
 
@@ -38,8 +42,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::partitioner::partition_for_key;
-use super::{KafkaError, connect, ensure_topic};
+use super::{KafkaError, connect, ensure_topic, throttled_total};
 use crate::config::{Compression, KafkaConfig};
+use crate::limits::Bucket;
 use crate::metrics::Metrics;
 
 /// Where Kafka stored a record.
@@ -106,6 +111,10 @@ struct Ctx {
     /// Per partition: the error it is failing with, if any. Link is up when the supervisor is connected and no
     /// partition fails. A std Mutex: held only to update a small map, never across an await.
     failing: std::sync::Mutex<BTreeMap<i32, String>>,
+    /// `kafka_max_bytes_per_s`, shared by every partition's worker.
+    pace: Option<std::sync::Mutex<Bucket>>,
+    /// When the relay last warned that Kafka throttles it.
+    throttle_warned: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Ctx {
@@ -161,11 +170,15 @@ impl Producer {
             Compression::Zstd => RsCompression::Zstd,
         };
         let ctx = Arc::new(Ctx {
-            cfg,
             compression,
             metrics: Arc::clone(&metrics),
             link: link_tx,
+            pace: cfg
+                .max_bytes_per_s
+                .map(|n| std::sync::Mutex::new(Bucket::new(n as f64, tokio::time::Instant::now()))),
             failing: std::sync::Mutex::new(BTreeMap::new()),
+            throttle_warned: std::sync::Mutex::new(None),
+            cfg,
         });
         tokio::spawn(supervise(ctx, intake_rx, shutdown));
         let budget_bytes = usize::try_from(memory_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
@@ -325,7 +338,11 @@ async fn partition_client(client: &Client, ctx: &Ctx, partition: i32) -> Partiti
 /// One partition's worker: batches its queue and produces one batch at a time.
 async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::UnboundedReceiver<Pending>, ctx: Arc<Ctx>) {
     let pc = partition_client(&client, &ctx, partition).await;
-    let max_bytes = ctx.cfg.batch_max_bytes;
+    // Under a pace, a batch is at most one second's worth, so that no single request bursts past a quota.
+    let max_bytes = ctx
+        .cfg
+        .max_bytes_per_s
+        .map_or(ctx.cfg.batch_max_bytes, |n| ctx.cfg.batch_max_bytes.min(usize::try_from(n).unwrap_or(usize::MAX)));
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -368,7 +385,13 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
         // rskafka takes the records by value; a copy stays here so that a failed request can be sent again
         // unchanged (a memcpy per record, small beside building the envelope).
         let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
-        match pc.produce(records, ctx.compression).await {
+        pace(ctx, batch.iter().map(|p| p.bytes).sum()).await;
+        let throttled_before = throttled_total();
+        let result = pc.produce(records, ctx.compression).await;
+        if throttled_total() != throttled_before {
+            warn_throttled(ctx);
+        }
+        match result {
             Ok(offsets) if offsets.len() == batch.len() => {
                 ctx.set_partition(partition, None);
                 backoff = Duration::from_millis(100);
@@ -417,4 +440,32 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
             }
         }
     }
+}
+
+/// Waits until `bytes` more fit under `kafka_max_bytes_per_s` (at once when no cap is set).
+async fn pace(ctx: &Ctx, bytes: usize) {
+    let Some(bucket) = &ctx.pace else { return };
+    let wait = match bucket.lock() {
+        Ok(mut b) => b.charge(bytes as f64, tokio::time::Instant::now()),
+        Err(_) => Duration::ZERO,
+    };
+    if !wait.is_zero() {
+        ctx.metrics.produce_paced_total.fetch_add(1, Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Tells the operator, at most once a minute, that Kafka throttles the relay.
+fn warn_throttled(ctx: &Ctx) {
+    let Ok(mut last) = ctx.throttle_warned.lock() else { return };
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::warn!(
+        throttled = throttled_total(),
+        cap = ?ctx.cfg.max_bytes_per_s,
+        "Kafka throttles this relay (a producer_byte_rate quota): rskafka sends throttled requests again, which stores \
+         records twice; set SOUNDLINE_KAFKA_MAX_BYTES_PER_S below the quota (divided by the relays sharing it)"
+    );
 }
