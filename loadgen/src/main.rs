@@ -2,7 +2,8 @@
 //!
 //! N recorders stream 16 kHz frames (in real time, or as fast as acks allow with `--max-rate`), M subscribers read
 //! `/ws/feed`. It reports frames/s and MB/s acked, ack latency (frame sent -> ack) and fan-out latency (frame sent
-//! -> seen by a subscriber) percentiles, loss (frames sent vs acked vs found in Kafka afterwards, which must be 0),
+//! -> seen by a subscriber) percentiles, loss (frames sent vs acked vs found in Kafka afterwards, which must be 0;
+//! a frame acked at an offset Kafka's retention has deleted since counts as expired, not lost),
 //! and the relay's CPU time and peak RSS when given its pid. Human summary on stdout, `--json` for machines.
 //!
 //! ```text
@@ -159,12 +160,21 @@ async fn idle(i: usize, run: Arc<str>, relay: String, stop: Arc<AtomicBool>) -> 
     Ok(())
 }
 
+/// Where the relay said one recorder's frames landed: its partition (one per car) and each seq's offset (-1:
+/// not acked).
+struct Landed {
+    recorder: usize,
+    partition: i32,
+    offsets: Vec<i64>,
+}
+
 async fn recorder(
     i: usize,
     run: Arc<str>,
     args: Args,
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Vec<f64>>>,
+    landed: Arc<Mutex<Vec<Landed>>>,
 ) -> anyhow::Result<()> {
     let (mut tx, mut rx) = open_recording(&args.relay, format!("LOAD-{run}-{i}"), format!("{run}-{i}")).await?;
     match rx.next().await {
@@ -180,15 +190,21 @@ async fn recorder(
     let reader = {
         let (sent_at, totals, latencies, in_flight) =
             (Arc::clone(&sent_at), Arc::clone(&totals), Arc::clone(&latencies), Arc::clone(&in_flight));
+        let landed = Arc::clone(&landed);
         tokio::spawn(async move {
             let mut local = Vec::new();
             let mut acked = 0;
+            let mut at = Landed { recorder: i, partition: -1, offsets: vec![-1; frames as usize] };
             while acked < frames {
                 let Some(Ok(msg)) = rx.next().await else { break };
                 let Message::Text(t) = msg else { continue };
                 match ServerMessage::parse(&t) {
-                    Ok(ServerMessage::Ack { seq, .. }) => {
+                    Ok(ServerMessage::Ack { seq, partition, offset }) => {
                         acked += 1;
+                        at.partition = partition;
+                        if let Some(o) = at.offsets.get_mut(seq as usize) {
+                            *o = offset;
+                        }
                         totals.acked.fetch_add(1, Relaxed);
                         totals.pcm_bytes_acked.fetch_add(samples_per_frame as u64 * 2, Relaxed);
                         if let Some(t0) = sent_at.lock().ok().and_then(|mut m| m.remove(&seq)) {
@@ -204,6 +220,7 @@ async fn recorder(
                 }
             }
             latencies.lock().await.extend(local);
+            landed.lock().await.push(at);
         })
     };
     let start = Instant::now();
@@ -262,19 +279,25 @@ async fn subscriber(
     Ok(())
 }
 
-/// Frames of this run found in Kafka afterwards, per recorder (distinct seqs).
-async fn found_in_kafka(args: &Args, run: &str) -> anyhow::Result<u64> {
+/// The loss check: (frames of this run found in Kafka, frames acked at offsets Kafka has since deleted).
+///
+/// A long soak writes more than a test broker keeps (`scripts/kafka.sh` caps each partition at ~1 GiB), so the
+/// oldest records are gone by the end. A frame missing from Kafka whose ack named an offset below its partition's
+/// log start was stored and then deleted by retention; any other missing frame is lost.
+async fn check_kafka(args: &Args, run: &str, landed: &[Landed]) -> anyhow::Result<(u64, u64)> {
     let client =
         ClientBuilder::new(vec![args.kafka.clone()]).build().await.context("connect to Kafka for the loss check")?;
     let topics = client.list_topics().await?;
     let partitions =
         topics.iter().find(|t| t.name == args.topic).map(|t| t.partitions.len() as i32).context("topic not found")?;
     let prefix = format!("LOAD-{run}-");
-    let mut seen: BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let mut seen: BTreeMap<usize, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    let mut log_start = Vec::new();
     for p in 0..partitions {
         let pc = client.partition_client(args.topic.clone(), p, UnknownTopicHandling::Retry).await?;
         let end = pc.get_offset(OffsetAt::Latest).await?;
         let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
+        log_start.push(offset);
         while offset < end {
             let (records, _) = pc.fetch_records(offset, 1..16_000_000, 1_000).await?;
             if records.is_empty() {
@@ -282,14 +305,24 @@ async fn found_in_kafka(args: &Args, run: &str) -> anyhow::Result<u64> {
             }
             for r in records {
                 offset = r.offset + 1;
-                let key = String::from_utf8_lossy(r.record.key.as_deref().unwrap_or_default()).into_owned();
-                if key.starts_with(&prefix) {
-                    seen.entry(key).or_default().insert(r.record.headers.get("seq").cloned().unwrap_or_default());
+                let key = std::str::from_utf8(r.record.key.as_deref().unwrap_or_default()).unwrap_or_default();
+                let seq = r.record.headers.get("seq").and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
+                if let (Some(i), Some(seq)) = (key.strip_prefix(&prefix).and_then(|i| i.parse().ok()), seq) {
+                    seen.entry(i).or_default().insert(seq);
                 }
             }
         }
     }
-    Ok(seen.values().map(|s| s.len() as u64).sum())
+    let found = seen.values().map(|s| s.len() as u64).sum();
+    let mut expired = 0;
+    for l in landed {
+        let Some(&start) = usize::try_from(l.partition).ok().and_then(|p| log_start.get(p)) else { continue };
+        let kept = seen.get(&l.recorder);
+        expired += (0..l.offsets.len())
+            .filter(|&seq| (0..start).contains(&l.offsets[seq]) && !kept.is_some_and(|k| k.contains(&(seq as u32))))
+            .count() as u64;
+    }
+    Ok((found, expired))
 }
 
 #[tokio::main]
@@ -298,6 +331,7 @@ async fn main() -> anyhow::Result<()> {
     let run: Arc<str> = Arc::from(format!("{:x}", now_ms()));
     let totals = Arc::new(Totals::default());
     let (acks, fanout) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let landed = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     // What an idle connection costs: RSS before and after opening `--idle` of them.
     let rss_before_idle = rss(args.relay_pid);
@@ -340,9 +374,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.recorders {
         let delay = Duration::from_secs_f64(args.ramp_s * i as f64 / args.recorders.max(1) as f64);
         let (run, args, totals, acks) = (Arc::clone(&run), args.clone(), Arc::clone(&totals), Arc::clone(&acks));
+        let landed = Arc::clone(&landed);
         recs.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            recorder(i, run, args, totals, acks).await
+            recorder(i, run, args, totals, acks, landed).await
         }));
     }
     let mut failed = 0;
@@ -395,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
         },
     });
     let after = args.relay_pid.and_then(proc_stats);
-    let found = found_in_kafka(&args, &run).await?;
+    let (found, expired) = check_kafka(&args, &run, &landed.lock().await).await?;
 
     let mut acks = acks.lock().await.clone();
     acks.sort_by(f64::total_cmp);
@@ -409,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
         "mode": if args.max_rate { "max-rate" } else { "real-time" },
         "seconds": elapsed,
         "frames_sent": sent, "frames_acked": acked, "frames_in_kafka": found,
-        "lost": sent.saturating_sub(found), "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
+        "frames_expired_by_retention": expired, "lost": sent.saturating_sub(found + expired), "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
         "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,
         "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
         "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},
@@ -423,7 +458,8 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{} recorders ({}), {} subscribers, {:.1} s: {acked}/{sent} frames acked, {found} in Kafka, lost {}\n\
+            "{} recorders ({}), {} subscribers, {:.1} s: {acked}/{sent} frames acked, {found} in Kafka \
+             ({expired} more acked and since deleted by retention), lost {}\n\
              throughput {:.0} frames/s, {:.2} MB/s of PCM\n\
              ack latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
              fan-out latency ms: p50 {:.0}  p99 {:.0} ({} deliveries)\n\
@@ -433,7 +469,7 @@ async fn main() -> anyhow::Result<()> {
             report["mode"].as_str().unwrap_or_default(),
             args.subscribers,
             elapsed,
-            sent.saturating_sub(found),
+            sent.saturating_sub(found + expired),
             acked as f64 / elapsed,
             mb / elapsed,
             percentile(&acks, 0.5),

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use chrono::{TimeZone, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
-use soundline_shared::control::{ErrorCode, ServerMessage};
+use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -37,7 +37,7 @@ use crate::server::AppState;
 /// Bytes per history fetch.
 const HISTORY_FETCH_BYTES: i32 = 1024 * 1024;
 
-use crate::ingest::{Fail, idle_timeout, message_len};
+use crate::ingest::{Fail, goodbye, idle_timeout, linger, message_len};
 use crate::limits::{Keepalive, Throttle, count_ping};
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -56,21 +56,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
         tracing::info!(peer, %code, message, "closing feed connection");
         // A subscriber too slow to read gets no more writes: they would block again.
         if code != ErrorCode::TooSlow {
-            let send = async {
-                let _ = sink.send(Message::Text(ServerMessage::error(code, message.clone()).to_json().into())).await;
-                let reason = Utf8Bytes::from(message.chars().take(100).collect::<String>());
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
-            // Closing handshake: wait briefly for the client's close so it reads ours before the socket goes.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            goodbye(&mut sink, code, &message, Duration::from_secs(2)).await;
+            linger(&mut stream).await;
         }
     }
 }

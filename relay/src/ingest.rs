@@ -93,10 +93,24 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     }
 }
 
+/// The last words on any WebSocket of the relay: the `error` message, then the close frame with the error's
+/// code and the message as its reason, each allowed `timeout` to leave. Follow with [`linger`] on the stream.
+pub async fn goodbye<S>(sink: &mut S, code: ErrorCode, message: &str, timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let error = Message::Text(ServerMessage::error(code, message.to_owned()).to_json().into());
+    if let Ok(Ok(())) = tokio::time::timeout(timeout, sink.send(error)).await {
+        let reason = Utf8Bytes::from(truncate(message, 120).to_owned());
+        let close = Message::Close(Some(CloseFrame { code: code.close_code(), reason }));
+        let _ = tokio::time::timeout(timeout, sink.send(close)).await;
+    }
+}
+
 /// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
 /// close, for 2 s at most. Closing at once while input is unread (say, the rest of an oversized message) makes
 /// the kernel reset the connection, and the client would lose the error and the close code.
-async fn linger(stream: &mut SplitStream<WebSocket>) {
+pub async fn linger(stream: &mut SplitStream<WebSocket>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let _ = tokio::time::timeout_at(deadline, async {
         let mut errors = 0;
@@ -418,9 +432,7 @@ async fn write(
         Ok(None) => {}
         Err(_) => tracing::warn!(pending = pending.len(), "closing a recorder connection with acks still pending"),
     }
-    let _ = send(&mut sink, ServerMessage::error(code, message.clone())).await;
-    let reason = Utf8Bytes::from(truncate(&message, 120).to_owned());
-    let _ = send_message(&mut sink, Message::Close(Some(CloseFrame { code: code.close_code(), reason }))).await;
+    goodbye(&mut sink, code, &message, SEND_TIMEOUT).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
 }
 

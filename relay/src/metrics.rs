@@ -267,40 +267,39 @@ impl Metrics {
         );
         gauge("soundline_kafka_up", "1 when Kafka is reachable and the topic exists.", self.kafka_up.load(Relaxed));
         gauge("soundline_feed_subscribers", "Feed subscribers connected now.", self.feed_subscribers.load(Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP soundline_errors_total Errors sent to clients, by code.\n# TYPE soundline_errors_total counter"
+        labelled(
+            &mut out,
+            "soundline_errors_total",
+            "Errors sent to clients, by code.",
+            "code",
+            ErrorCode::ALL.iter().map(|c| c.to_string()).zip(&self.errors),
         );
-        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
-            let _ = writeln!(out, "soundline_errors_total{{code=\"{code}\"}} {}", n.load(Relaxed));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP soundline_connections_refused_total Connections refused before the WebSocket opened, by reason.\n# TYPE soundline_connections_refused_total counter"
+        labelled(
+            &mut out,
+            "soundline_connections_refused_total",
+            "Connections refused before the WebSocket opened, by reason.",
+            "reason",
+            Refused::ALL.iter().map(|r| r.label().to_owned()).zip(&self.refused),
         );
-        for (why, n) in Refused::ALL.iter().zip(&self.refused) {
-            let _ =
-                writeln!(out, "soundline_connections_refused_total{{reason=\"{}\"}} {}", why.label(), n.load(Relaxed));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP soundline_throttled_total Pauses of connections that sent faster than a limit, by limit.\n# TYPE soundline_throttled_total counter"
+        labelled(
+            &mut out,
+            "soundline_throttled_total",
+            "Pauses of connections that sent faster than a limit, by limit.",
+            "limit",
+            ["messages", "bytes"].map(String::from).into_iter().zip(&self.throttled),
         );
-        for (label, n) in ["messages", "bytes"].iter().zip(&self.throttled) {
-            let _ = writeln!(out, "soundline_throttled_total{{limit=\"{label}\"}} {}", n.load(Relaxed));
-        }
         let _ = writeln!(
             out,
             "# HELP soundline_feed_delivered_total Records sent to feed subscribers.\n# TYPE soundline_feed_delivered_total counter\nsoundline_feed_delivered_total {}",
             self.feed_delivered_total.load(Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP soundline_feed_dropped_total Feed records not delivered, by reason.\n# TYPE soundline_feed_dropped_total counter"
+        labelled(
+            &mut out,
+            "soundline_feed_dropped_total",
+            "Feed records not delivered, by reason.",
+            "reason",
+            FeedDrop::ALL.iter().map(|r| r.label().to_owned()).zip(&self.feed_dropped),
         );
-        for (reason, n) in FeedDrop::ALL.iter().zip(&self.feed_dropped) {
-            let _ = writeln!(out, "soundline_feed_dropped_total{{reason=\"{}\"}} {}", reason.label(), n.load(Relaxed));
-        }
         let _ = writeln!(
             out,
             "# HELP soundline_consumer_lag Records between the feed consumer and the partition's end.\n# TYPE soundline_consumer_lag gauge"
@@ -314,6 +313,20 @@ impl Metrics {
             &mut out,
         );
         out
+    }
+}
+
+/// One counter with one label: its HELP and TYPE lines, then a line per label value.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (String, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", n.load(Relaxed));
     }
 }
 

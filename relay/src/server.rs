@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,7 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::kafka::producer::Producer;
 use crate::metrics::{Metrics, Refused};
-use soundline_shared::control::{ErrorCode, ServerMessage};
+use soundline_shared::control::ErrorCode;
 use std::time::Duration;
 use tracing::Instrument as _;
 
@@ -257,7 +258,7 @@ impl Endpoint {
 }
 
 /// Tells a client its token was refused (`unauthorized`, 4014) and closes.
-async fn unauthorized(mut socket: WebSocket, state: &AppState, refusal: &crate::auth::AuthError) {
+async fn unauthorized(socket: WebSocket, state: &AppState, refusal: &crate::auth::AuthError) {
     use crate::auth::AuthError;
     state.metrics().refused(match refusal {
         AuthError::Missing => Refused::AuthMissing,
@@ -266,22 +267,9 @@ async fn unauthorized(mut socket: WebSocket, state: &AppState, refusal: &crate::
     });
     state.metrics().error(ErrorCode::Unauthorized);
     tracing::info!(reason = %refusal, "refused a WebSocket: not authenticated");
-    let message = refusal.to_string();
-    let close = async {
-        socket
-            .send(Message::Text(ServerMessage::error(ErrorCode::Unauthorized, message.clone()).to_json().into()))
-            .await?;
-        let reason = Utf8Bytes::from(message.chars().take(100).collect::<String>());
-        socket.send(Message::Close(Some(CloseFrame { code: ErrorCode::Unauthorized.close_code(), reason }))).await?;
-        // Wait for the client's close so it reads ours before the socket goes.
-        while let Some(Ok(m)) = socket.recv().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-        Ok::<_, axum::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+    let (mut sink, mut stream) = socket.split();
+    crate::ingest::goodbye(&mut sink, ErrorCode::Unauthorized, &refusal.to_string(), Duration::from_secs(2)).await;
+    crate::ingest::linger(&mut stream).await;
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

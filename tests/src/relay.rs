@@ -107,6 +107,26 @@ pub async fn readyz_once_it_says(addr: SocketAddr, needle: &str) -> (u16, String
     last
 }
 
+/// A slow-loris client: starts a request to `addr` and then sends one more header line every `every`, never
+/// ending the headers. Returns how long the relay let it trickle before cutting it off, or `None` when it was
+/// still open after `give_up`.
+pub async fn slow_loris(addr: SocketAddr, every: Duration, give_up: Duration) -> Option<Duration> {
+    use tokio::io::AsyncWriteExt;
+    let mut loris = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    loris.write_all(b"GET /ws/record HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let started = tokio::time::Instant::now();
+    let cut = tokio::time::timeout(give_up, async {
+        for i in 0.. {
+            if loris.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await;
+    cut.ok().map(|()| started.elapsed())
+}
+
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_get_with_headers(addr, path).await.map(|(status, _, body)| (status, body))

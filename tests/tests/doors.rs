@@ -11,7 +11,7 @@ use soundline_shared::feed::From;
 use soundline_shared::frame;
 use soundline_tests::random_topic;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get, relay_bin};
+use soundline_tests::relay::{InProcess, config, http_get, relay_bin, slow_loris};
 use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -266,20 +266,9 @@ async fn silent_connections_are_closed_and_answering_ones_kept() {
 async fn slow_or_silent_http_clients_are_cut_off() {
     let relay = InProcess::start(config(&[("SOUNDLINE_HELLO_TIMEOUT_S", "1")])).await;
     // Slow loris: headers one line every 300 ms, never finished.
-    let mut loris = tokio::net::TcpStream::connect(relay.addr).await.expect("connect");
-    loris.write_all(b"GET /ws/record HTTP/1.1\r\nHost: x\r\n").await.expect("write");
-    let started = Instant::now();
-    let cut = tokio::time::timeout(Duration::from_secs(10), async {
-        for i in 0.. {
-            if loris.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes()).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    })
-    .await;
-    assert!(cut.is_ok(), "the relay kept a trickling request open for 10 s");
-    assert!(started.elapsed() < Duration::from_secs(4), "cut after {:?}", started.elapsed());
+    let cut = slow_loris(relay.addr, Duration::from_millis(300), Duration::from_secs(10)).await;
+    let cut = cut.expect("the relay kept a trickling request open for 10 s");
+    assert!(cut < Duration::from_secs(4), "cut after {cut:?}");
     // A connection that says nothing at all.
     let mut silent = tokio::net::TcpStream::connect(relay.addr).await.expect("connect");
     let mut buf = [0u8; 64];

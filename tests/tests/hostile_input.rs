@@ -13,7 +13,7 @@ use soundline_shared::control::{ClientMessage, ErrorCode, Hello};
 use soundline_shared::feed::{From, Subscribe};
 use soundline_shared::frame;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{Child, http_get, wait_ready};
+use soundline_tests::relay::{Child, http_get, slow_loris, wait_ready};
 use soundline_tests::subscriber::{FeedEvent, Subscriber};
 use soundline_tests::{client, random_topic, read_all};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -431,18 +431,8 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
     }
 
     kind("slow-loris request headers");
-    let mut loris = tokio::net::TcpStream::connect(t.addr).await.expect("connect");
-    loris.write_all(b"GET /ws/record HTTP/1.1\r\nHost: x\r\n").await.expect("write");
-    let cut = tokio::time::timeout(Duration::from_secs(10), async {
-        for i in 0.. {
-            if loris.write_all(format!("X-{i}: 1\r\n").as_bytes()).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    assert!(cut.is_ok(), "a trickling request was kept for 10 s");
+    let cut = slow_loris(t.addr, Duration::from_millis(200), Duration::from_secs(10)).await;
+    assert!(cut.is_some(), "a trickling request was kept for 10 s");
 
     kind("bytes that are not HTTP");
     let answer = raw_tcp(t.addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
