@@ -88,8 +88,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# Keep every record: tests record with fixed capture timestamps from 2025 (the Kafka record timestamp is the
-# capture time), which the default 7-day retention would delete at its next check, mid-test.
+# Keep every record: some tests produce straight to Kafka with fixed record timestamps from 2025, which the
+# default 7-day retention would delete at its next check, mid-test. (The relay stamps records with its own clock.)
 log.retention.ms=-1
 # ...but bound the disk: at most ~1 GiB per partition, in 256 MiB segments (a 30-minute soak writes ~35 GB).
 log.retention.bytes=1073741824

@@ -308,7 +308,11 @@ async fn frame(
             ("segmentId".to_owned(), session.recording.segment_id.as_bytes().to_vec()),
             ("seq".to_owned(), frame.seq.to_string().into_bytes()),
         ]),
-        timestamp: Utc.timestamp_millis_opt(frame.capture_ts_ms).single().unwrap_or_default(),
+        // The relay's receive time, as the old uploader's kafka-python producer set it; the device's clock stays
+        // in `collectTimestamp`. A device clock is untrusted: Kafka 4 refuses records stamped more than an hour
+        // ahead (`log.message.timestamp.after.max.ms`), and the batch holding one would be retried forever,
+        // stalling the partition; records older than `retention.ms` would be deleted as soon as they are acked.
+        timestamp: Utc.timestamp_millis_opt(received_ms()).single().unwrap_or_default(),
     };
 
     let producer = state.producer();
@@ -465,6 +469,12 @@ async fn deliver(
             "the relay stopped before Kafka acknowledged every frame; resend unacked frames".into(),
         )),
     }
+}
+
+/// Now, in ms since the epoch.
+fn received_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn status(link: &Link, held: &AtomicU64) -> ServerMessage {

@@ -21,6 +21,12 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 
+/// Wall-clock time, ms since the epoch.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Address of the test broker's PLAINTEXT listener.
 ///
 /// # Panics

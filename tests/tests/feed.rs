@@ -138,6 +138,49 @@ async fn a_subscriber_resuming_with_its_offsets_gets_exactly_the_records_after_t
     relay.stop().await;
 }
 
+/// `from: {"timestampMs": T}` starts each partition at the first record the relay received at or after T, whatever
+/// the device clocks said (their capture time is `collectTimestamp`, here years in the past).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_from_a_time_gets_exactly_the_frames_received_after_it() {
+    let topic = random_topic("feed-time");
+    let relay = relay_for(&topic, &[]).await;
+    let mut recorders = Vec::new();
+    for car in ["CAR-T1", "CAR-T2", "CAR-T3"] {
+        let rec = recording(car, &format!("seg-{car}"));
+        recorders.push((Recorder::start(&relay.ws("/ws/record"), &rec).await, rec));
+    }
+    let mut send = async |seqs: std::ops::Range<u32>| {
+        for (r, rec) in &mut recorders {
+            for seq in seqs.clone() {
+                r.send_frame(seq, TS + i64::from(seq) * 200, &samples(&rec.segment_id, seq, 1600)).await;
+            }
+            r.acks(seqs.len()).await;
+        }
+    };
+    send(0..4).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let from = soundline_tests::now_ms();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send(4..7).await;
+    let mut sub = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::TimestampMs(from))).await;
+    let got = sub.records(9).await;
+    sub.expect_quiet(Duration::from_millis(500)).await;
+    let mut by_car: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in &got {
+        assert!(r.timestamp_ms >= from, "record stamped {} delivered from {from}", r.timestamp_ms);
+        by_car
+            .entry(r.key.clone().unwrap_or_default())
+            .or_default()
+            .push(r.value["collectTimestamp"].as_i64().unwrap_or(0));
+    }
+    let expected: Vec<i64> = (4..7).map(|seq| TS + seq * 200).collect();
+    for car in ["CAR-T1", "CAR-T2", "CAR-T3"] {
+        assert_eq!(by_car.get(car), Some(&expected), "{car}: exactly the frames sent after {from}, in order");
+    }
+    sub.close().await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn filters_deliver_exactly_the_matching_records() {
     let topic = random_topic("feed-filter");

@@ -8,7 +8,7 @@ use soundline_shared::control::{ErrorCode, ServerMessage};
 use soundline_shared::envelope::Envelope;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
 use soundline_tests::relay::{InProcess, config, http_get, readyz_once_it_says};
-use soundline_tests::{client, random_topic, read_all};
+use soundline_tests::{client, now_ms, random_topic, read_all};
 
 const BASE_TS: i64 = 1_764_000_000_000;
 
@@ -22,6 +22,7 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
     let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_PARTITIONS", "4")])).await;
     relay.wait_ready().await;
 
+    let started = now_ms();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..CARS {
         for s in 0..SEGMENTS {
@@ -39,6 +40,7 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
         }
     }
     let results = tasks.join_all().await;
+    let finished = now_ms();
 
     let records = read_all(&*client().await, &topic, PARTITIONS).await;
     assert_eq!(records.len(), CARS * SEGMENTS * FRAMES as usize, "every frame lands exactly once");
@@ -65,7 +67,8 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
             assert_eq!(record.headers.get("seq").map(Vec::as_slice), Some(seq.to_string().as_bytes()));
             assert_eq!(record.headers.get("segmentId").map(Vec::as_slice), Some(rec.segment_id.as_bytes()));
             let ts = BASE_TS + i64::from(seq) * 200;
-            assert_eq!(record.timestamp.timestamp_millis(), ts);
+            let received = record.timestamp.timestamp_millis();
+            assert!((started..=finished).contains(&received), "record timestamp {received}: the relay's receive time");
             let env =
                 Envelope::parse(record.value.as_deref().unwrap_or_default()).expect("a valid AICP_SOUND envelope");
             assert_eq!(&env.recording, rec, "metadata as sent in the hello");
@@ -86,6 +89,50 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
     assert_eq!(status, 200);
     assert!(metrics.contains(&format!("soundline_acks_total {}", records.len())), "{metrics}");
     assert!(metrics.contains(&format!("soundline_frames_in_total {}", records.len())), "{metrics}");
+    relay.stop().await;
+}
+
+/// A device clock is untrusted input. Kafka 4 refuses records timestamped more than an hour ahead of the broker
+/// (`log.message.timestamp.after.max.ms`) and deletes at once those older than `retention.ms`; if the record's
+/// timestamp were the device's, one phone with a wrong clock would stall its partition (the relay retries a
+/// produce until it succeeds) for every car hashed there, or lose acked audio. The record timestamp is the
+/// relay's receive time, as the old uploader's kafka-python producer did; `collectTimestamp` keeps the device's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_clock_far_off_keeps_its_capture_time_and_stalls_nobody() {
+    let topic = random_topic("clock");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_PARTITIONS", "1")])).await;
+    relay.wait_ready().await;
+    let before = now_ms();
+    // Year 2100, 1970, and an honest clock, on one partition.
+    let clocks = [("CAR-AHEAD", 4_102_444_800_000_i64), ("CAR-BEHIND", 1_000), ("CAR-RIGHT", before)];
+    let mut recorders = Vec::new();
+    for (car, ts) in clocks {
+        let rec = recording(car, &format!("seg-{car}"));
+        let mut r = Recorder::start(&relay.ws("/ws/record"), &rec).await;
+        for seq in 0..5 {
+            r.send_frame(seq, ts + i64::from(seq) * 200, &samples(&rec.segment_id, seq, 3200)).await;
+        }
+        recorders.push((car, ts, r));
+    }
+    for (car, _, r) in &mut recorders {
+        let acks = tokio::time::timeout(std::time::Duration::from_secs(20), r.acks(5))
+            .await
+            .unwrap_or_else(|_| panic!("{car}: no acks within 20 s"));
+        assert_eq!(acks.iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4], "{car}");
+    }
+    let after = now_ms();
+    let records = read_all(&*client().await, &topic, 1).await;
+    assert_eq!(records.len(), 15);
+    for (car, ts, _) in &recorders {
+        let mine: Vec<_> = records.iter().filter(|(_, _, r)| r.key.as_deref() == Some(car.as_bytes())).collect();
+        assert_eq!(mine.len(), 5, "{car}");
+        for (seq, (_, _, r)) in mine.iter().enumerate() {
+            let at = r.timestamp.timestamp_millis();
+            assert!((before..=after).contains(&at), "{car}: record timestamp {at} is not the relay's receive time");
+            let env = Envelope::parse(r.value.as_deref().unwrap_or_default()).expect("an envelope");
+            assert_eq!(env.collect_timestamp_ms, ts + seq as i64 * 200, "{car}: the device's capture time, as sent");
+        }
+    }
     relay.stop().await;
 }
 
