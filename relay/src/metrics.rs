@@ -93,10 +93,18 @@ pub enum Refused {
     PendingPerClient,
     /// `max_connections` connections were not yet upgraded.
     PendingMax,
+    /// The request headers did not arrive within `hello_timeout_s` (a slow-loris trickle, or silence).
+    HeaderTimeout,
+    /// Request headers beyond 64 KiB (HTTP 431).
+    HeadersTooLarge,
+    /// Bytes that are not HTTP/1.1 (HTTP 400).
+    BadHttp,
+    /// A connection still plain HTTP after its lifetime (`net::HTTP_LIFETIME`).
+    HttpLifetime,
 }
 
 impl Refused {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 12] = [
         Self::MaxConnections,
         Self::PerClient,
         Self::TlsHandshake,
@@ -105,6 +113,10 @@ impl Refused {
         Self::AuthExpired,
         Self::PendingPerClient,
         Self::PendingMax,
+        Self::HeaderTimeout,
+        Self::HeadersTooLarge,
+        Self::BadHttp,
+        Self::HttpLifetime,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -116,6 +128,10 @@ impl Refused {
             Self::AuthExpired => "auth_expired",
             Self::PendingPerClient => "pending_per_client",
             Self::PendingMax => "pending_max",
+            Self::HeaderTimeout => "header_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::BadHttp => "bad_http",
+            Self::HttpLifetime => "http_lifetime",
         }
     }
 }

@@ -127,6 +127,21 @@ pub async fn slow_loris(addr: SocketAddr, every: Duration, give_up: Duration) ->
     cut.ok().map(|()| started.elapsed())
 }
 
+/// Sends `bytes` on a raw TCP connection and returns what came back before the relay closed it (10 s at most).
+pub async fn raw_tcp(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = tcp.write_all(bytes).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the relay kept the connection open for 10 s after {:?}",
+        String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_get_with_headers(addr, path).await.map(|(status, _, body)| (status, body))

@@ -11,7 +11,7 @@ use soundline_shared::feed::From;
 use soundline_shared::frame;
 use soundline_tests::random_topic;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get, relay_bin, slow_loris};
+use soundline_tests::relay::{InProcess, config, http_get, raw_tcp, relay_bin, slow_loris};
 use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -274,6 +274,16 @@ async fn slow_or_silent_http_clients_are_cut_off() {
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(_) | Err(_))), "a silent connection is closed within 5 s");
+    // What hyper refuses by itself is answered and counted too.
+    let answer = raw_tcp(relay.addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(200_000));
+    let answer = raw_tcp(relay.addr, big.as_bytes()).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let refused = |reason: &str| format!("soundline_connections_refused_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(&relay, &refused("header_timeout")).await, 2, "the trickle and the silent one");
+    assert_eq!(metric(&relay, &refused("bad_http")).await, 1);
+    assert_eq!(metric(&relay, &refused("headers_too_large")).await, 1);
     assert_eq!(http_get(relay.addr, "/healthz").await.expect("healthz").0, 200);
     relay.stop().await;
 }

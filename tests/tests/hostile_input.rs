@@ -13,10 +13,10 @@ use soundline_shared::control::{ClientMessage, ErrorCode, Hello};
 use soundline_shared::feed::{From, Subscribe};
 use soundline_shared::frame;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{Child, http_get, slow_loris, wait_ready};
+use soundline_tests::relay::{Child, http_get, raw_tcp, slow_loris, wait_ready};
 use soundline_tests::subscriber::{FeedEvent, Subscriber};
 use soundline_tests::{client, random_topic, read_all};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -110,20 +110,6 @@ async fn feed_closes_with(mut s: Subscriber, want: ErrorCode) {
         }
     }
     assert_eq!(s.next_event().await, FeedEvent::Closed(Some(want.close_code())));
-}
-
-/// Sends `bytes` on a raw TCP connection and returns what came back before the relay closed it (10 s at most).
-async fn raw_tcp(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = tcp.write_all(bytes).await;
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
-    assert!(
-        read.is_ok(),
-        "the relay kept the connection open for 10 s after {:?}",
-        String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
-    );
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A recorder that streams real-time frames until told to stop, checking each ack; returns the frames acked.
