@@ -91,7 +91,7 @@ group.initial.rebalance.delay.ms=0
 # Keep every record: some tests produce straight to Kafka with fixed record timestamps from 2025, which the
 # default 7-day retention would delete at its next check, mid-test. (The relay stamps records with its own clock.)
 log.retention.ms=-1
-# ...but bound the disk: at most ~1 GiB per partition, in 256 MiB segments (a 30-minute soak writes ~35 GB).
+# ...but bound the disk: at most ~1 GiB per partition, in 256 MiB segments (a 30-minute soak writes ~38 GB).
 log.retention.bytes=1073741824
 log.segment.bytes=268435456
 PROPS

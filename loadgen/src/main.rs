@@ -297,9 +297,19 @@ async fn check_kafka(args: &Args, run: &str, landed: &[Landed]) -> anyhow::Resul
         let pc = client.partition_client(args.topic.clone(), p, UnknownTopicHandling::Retry).await?;
         let end = pc.get_offset(OffsetAt::Latest).await?;
         let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
-        log_start.push(offset);
         while offset < end {
-            let (records, _) = pc.fetch_records(offset, 1..16_000_000, 1_000).await?;
+            let (records, _) = match pc.fetch_records(offset, 1..16_000_000, 1_000).await {
+                Ok(fetched) => fetched,
+                // Retention deleted the segment while we read: go on from the new log start.
+                Err(rskafka::client::error::Error::ServerError {
+                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => {
+                    offset = pc.get_offset(OffsetAt::Earliest).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if records.is_empty() {
                 break;
             }
@@ -312,6 +322,9 @@ async fn check_kafka(args: &Args, run: &str, landed: &[Landed]) -> anyhow::Resul
                 }
             }
         }
+        // Read after the scan: the log start only moves forward, so this covers whatever retention deleted
+        // while we read.
+        log_start.push(pc.get_offset(OffsetAt::Earliest).await?);
     }
     let found = seen.values().map(|s| s.len() as u64).sum();
     let mut expired = 0;

@@ -94,17 +94,19 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
 }
 
 /// The last words on any WebSocket of the relay: the `error` message, then the close frame with the error's
-/// code and the message as its reason, each allowed `timeout` to leave. Follow with [`linger`] on the stream.
+/// code and the message as its reason, both within `timeout`. Follow with [`linger`] on the stream.
 pub async fn goodbye<S>(sink: &mut S, code: ErrorCode, message: &str, timeout: Duration)
 where
     S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
 {
     let error = Message::Text(ServerMessage::error(code, message.to_owned()).to_json().into());
-    if let Ok(Ok(())) = tokio::time::timeout(timeout, sink.send(error)).await {
-        let reason = Utf8Bytes::from(truncate(message, 120).to_owned());
-        let close = Message::Close(Some(CloseFrame { code: code.close_code(), reason }));
-        let _ = tokio::time::timeout(timeout, sink.send(close)).await;
-    }
+    let reason = Utf8Bytes::from(truncate(message, 120).to_owned());
+    let close = Message::Close(Some(CloseFrame { code: code.close_code(), reason }));
+    let _ = tokio::time::timeout(timeout, async {
+        sink.send(error).await?;
+        sink.send(close).await
+    })
+    .await;
 }
 
 /// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
@@ -116,11 +118,12 @@ pub async fn linger(stream: &mut SplitStream<WebSocket>) {
         let mut errors = 0;
         loop {
             match stream.next().await {
-                Some(Ok(Message::Close(_))) => return,
+                // The client closed, or is gone: nothing more to wait for.
+                Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => {}
                 // The reader gave up on this stream (it may re-report the same error): just hold the socket.
                 Some(Err(_)) if errors < 64 => errors += 1,
-                Some(Err(_)) | None => std::future::pending::<()>().await,
+                Some(Err(_)) => std::future::pending::<()>().await,
             }
         }
     })

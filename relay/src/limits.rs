@@ -218,6 +218,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_lets_a_second_through_then_makes_each_charge_wait_its_share() {
+        let start = Instant::now();
+        let mut b = Bucket::new(1000.0, start);
+        assert_eq!(b.charge(1000.0, start), Duration::ZERO, "one second's worth at once");
+        // Two callers sharing it, each charging half a second's worth: the debt queues them one after the other.
+        assert_eq!(b.charge(500.0, start), Duration::from_millis(500));
+        assert_eq!(b.charge(500.0, start), Duration::from_millis(1000));
+        // Time pays the debt back; it never saves more than a second.
+        assert_eq!(b.charge(0.0, start + Duration::from_millis(1000)), Duration::ZERO);
+        assert_eq!(b.charge(1500.0, start + Duration::from_secs(60)), Duration::from_millis(500));
+    }
+
+    #[test]
     fn a_second_of_burst_then_the_rate() {
         let mut t = Throttle::new(&limits(10, 1_000_000));
         let start = Instant::now();

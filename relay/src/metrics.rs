@@ -93,9 +93,9 @@ pub enum Refused {
     PendingPerClient,
     /// `max_connections` connections were not yet upgraded.
     PendingMax,
-    /// The request headers did not arrive within `hello_timeout_s` (a slow-loris trickle, or silence).
+    /// The first request's headers did not arrive within `hello_timeout_s` (a slow-loris trickle, or silence).
     HeaderTimeout,
-    /// Request headers beyond 64 KiB (HTTP 431).
+    /// Request headers beyond hyper's 64 KiB read buffer (HTTP 431), or an over-long URI (414).
     HeadersTooLarge,
     /// Bytes that are not HTTP/1.1 (HTTP 400).
     BadHttp,

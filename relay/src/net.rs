@@ -160,7 +160,11 @@ async fn http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A keep-alive connection that served requests and then idles also ends in a header timeout: not a refusal.
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served_by_service = Arc::clone(&served);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        served_by_service.store(true, std::sync::atomic::Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move { Ok::<_, Infallible>(router.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
@@ -179,7 +183,9 @@ async fn http<I>(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
                 if e.is_timeout() {
-                    metrics.refused(Refused::HeaderTimeout);
+                    if !served.load(std::sync::atomic::Ordering::Relaxed) {
+                        metrics.refused(Refused::HeaderTimeout);
+                    }
                 } else if e.is_parse_too_large() {
                     metrics.refused(Refused::HeadersTooLarge);
                 } else if e.is_parse() {

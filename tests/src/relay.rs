@@ -142,6 +142,26 @@ pub async fn raw_tcp(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The value of the relay's `/metrics` line for `name` (a metric name, with its labels if it has any).
+pub async fn metric(addr: SocketAddr, name: &str) -> Option<i64> {
+    let (_, text) = http_get(addr, "/metrics").await.ok()?;
+    let name = name.trim_end();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls [`metric`] for up to 2 s until it reads `expected`; returns the last value read.
+pub async fn metric_settles(addr: SocketAddr, name: &str, expected: i64) -> Option<i64> {
+    let mut last = None;
+    for _ in 0..40 {
+        last = metric(addr, name).await;
+        if last == Some(expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_get_with_headers(addr, path).await.map(|(status, _, body)| (status, body))

@@ -9,7 +9,8 @@ use std::time::Duration;
 use soundline_shared::control::LinkState;
 use soundline_shared::envelope::Envelope;
 use soundline_tests::broker::PrivateBroker;
-use soundline_tests::relay::{Child, InProcess, config};
+use soundline_tests::recorder::{Recorder, recording, samples};
+use soundline_tests::relay::{Child, InProcess, config, metric};
 use soundline_tests::resilient::{Outcome, record};
 use soundline_tests::{random_topic, read_all};
 
@@ -128,16 +129,12 @@ async fn the_relay_killed_and_restarted_mid_stream_loses_nothing() {
     drop(restarted);
 }
 
-/// `name value` of a Prometheus text line.
-fn metric(metrics: &str, name: &str) -> Option<i64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Kafka slower than the audio: a broker quota (`producer_byte_rate`, as an operator of a shared cluster sets one)
-/// at a third of what four recorders send, and the relay's `kafka_max_bytes_per_s` set below it, as documented.
-/// The relay's memory budget fills, recorders are told `backpressure` and keep the rest in their resend
-/// buffers; held bytes never exceed the budget, Kafka never throttles the relay, and afterwards every frame is
-/// in Kafka exactly once.
+/// of 64 KiB/s against four recorders sending ~206 KB/s, and the relay's `kafka_max_bytes_per_s` set below it
+/// (48 KiB/s), as documented. The relay's memory budget fills, recorders are told `backpressure` and keep the
+/// rest in their resend buffers; held bytes never exceed the budget, Kafka never throttles the relay, and
+/// afterwards every frame is in Kafka exactly once. Then a relay without the cap, flooded, is throttled and says
+/// so in `/metrics`: the counter the first half reads as 0 does count real throttling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_slower_than_the_audio_pushes_back_within_the_budget_and_drops_nothing() {
     let broker = PrivateBroker::new("fault-slow", 1);
@@ -155,28 +152,49 @@ async fn kafka_slower_than_the_audio_pushes_back_within_the_budget_and_drops_not
     .await;
     let addr = relay.addr;
     soundline_tests::relay::wait_ready(addr).await;
-    // Four recorders send ~200 KB/s of envelopes for 10 s: ~2 MB, four times what Kafka takes per second.
+    // Four recorders send ~206 KB/s of envelopes for 10 s: ~2 MB, which the pace lets through in ~42 s.
     let frames = 100;
     let recorders = start_recorders(&format!("ws://{addr}/ws/record"), "SK", 4, frames);
     let mut peak_held = 0;
     while !recorders.iter().all(|r| r.is_finished()) {
-        let (_, body) = soundline_tests::relay::http_get(addr, "/metrics").await.expect("GET /metrics");
-        peak_held = peak_held.max(metric(&body, "soundline_held_bytes").expect("soundline_held_bytes"));
+        peak_held = peak_held.max(metric(addr, "soundline_held_bytes").await.expect("soundline_held_bytes"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let outcomes = outcomes(recorders).await;
-    let (_, body) = soundline_tests::relay::http_get(addr, "/metrics").await.expect("GET /metrics");
     let in_kafka = landed(&bootstrap, &topic).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
-    let paced = metric(&body, "soundline_produce_paced_total").expect("paced");
-    let backpressured = metric(&body, "soundline_backpressure_total").expect("backpressure");
+    let paced = metric(addr, "soundline_produce_paced_total").await.expect("paced");
+    let backpressured = metric(addr, "soundline_backpressure_total").await.expect("backpressure");
     eprintln!("slow kafka: peak held {peak_held} of {budget}, {paced} paced requests, {backpressured} waits");
     assert_eq!(duplicates, 0, "every frame in Kafka once");
-    assert_eq!(metric(&body, "soundline_kafka_throttled_total"), Some(0), "the pace kept the relay under the quota");
+    assert_eq!(
+        metric(addr, "soundline_kafka_throttled_total").await,
+        Some(0),
+        "the pace kept the relay under the quota"
+    );
     assert!(peak_held <= budget, "held {peak_held} bytes, budget {budget}");
     assert!(peak_held > budget / 2, "the budget filled ({peak_held} bytes held at most)");
     assert!(paced > 0 && backpressured > 0, "paced {paced}, backpressure {backpressured}");
     for (car, o) in &outcomes {
         assert!(o.statuses.contains(&LinkState::Backpressure), "{car} was told about backpressure: {:?}", o.statuses);
     }
+    drop(relay);
+
+    // Without the cap: ~1.5 MB at once, far over the quota's window; Kafka throttles and the relay counts it.
+    let uncapped = Child::spawn(&[("SOUNDLINE_KAFKA_BROKERS", &bootstrap), ("SOUNDLINE_TOPIC", &topic)]).await;
+    soundline_tests::relay::wait_ready(uncapped.addr).await;
+    let rec = recording("CAR-SK-FLOOD", "seg-SK-flood");
+    let mut flood = Recorder::start(&format!("ws://{}/ws/record", uncapped.addr), &rec).await;
+    for seq in 0..300 {
+        flood.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 100, &samples(&rec.segment_id, seq, 1600)).await;
+    }
+    let mut throttled = 0;
+    for _ in 0..150 {
+        throttled = metric(uncapped.addr, "soundline_kafka_throttled_total").await.unwrap_or(0);
+        if throttled > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(throttled > 0, "a relay over the quota was throttled and counted it (within 30 s)");
 }

@@ -71,9 +71,8 @@ impl Target {
             .expect("VmRSS")
     }
 
-    async fn metric(&self, name: &str) -> u64 {
-        let (_, text) = http_get(self.addr, "/metrics").await.expect("metrics");
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    async fn metric(&self, name: &str) -> i64 {
+        soundline_tests::relay::metric(self.addr, name).await.unwrap_or(0)
     }
 }
 
