@@ -468,6 +468,10 @@ impl RawConfig {
         let max_frame_ms: u32 = self.parse("max_frame_ms", "milliseconds between 10 and 10000", |v| {
             v.parse().ok().filter(|n| (10..=10_000).contains(n))
         })?;
+        let max_bytes_per_s =
+            self.parse("kafka_max_bytes_per_s", "0 (no cap) or a byte rate of at least 16384", |v| {
+                v.parse().ok().filter(|n| *n == 0 || *n >= 16_384).map(|n: u64| (n > 0).then_some(n))
+            })?;
         let kafka =
             KafkaConfig {
                 brokers,
@@ -490,13 +494,12 @@ impl RawConfig {
                     v.parse().ok().filter(|n| *n <= 10_000)
                 })?),
                 // A batch is one Kafka message as far as message.max.bytes goes: never build one the broker refuses.
-                batch_max_bytes: batch_max_bytes.min(max_message_bytes),
+                // Under a pace, a batch is at most one second's worth, so that no single request bursts past a quota.
+                batch_max_bytes: batch_max_bytes
+                    .min(max_message_bytes)
+                    .min(max_bytes_per_s.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))),
                 max_message_bytes,
-                max_bytes_per_s: self.parse(
-                    "kafka_max_bytes_per_s",
-                    "0 (no cap) or a byte rate of at least 16384",
-                    |v| v.parse().ok().filter(|n| *n == 0 || *n >= 16_384).map(|n: u64| (n > 0).then_some(n)),
-                )?,
+                max_bytes_per_s,
             };
         let auth = self.auth()?;
         let limits = self.limits()?;

@@ -126,16 +126,17 @@ async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -
 }
 
 async fn send(sink: &mut Sink, text: Utf8Bytes, state: &AppState) -> Result<(), Fail> {
-    match tokio::time::timeout(state.config().feed.send_timeout, sink.send(Message::Text(text))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Fail(ErrorCode::Internal, "the connection failed".into())),
-        Err(_) => Err(Fail(ErrorCode::TooSlow, "the subscriber read nothing for longer than the send timeout".into())),
-    }
+    send_within(sink, Message::Text(text), state).await
 }
 
 async fn ping(sink: &mut Sink, state: &AppState) -> Result<(), Fail> {
     count_ping(state.metrics());
-    match tokio::time::timeout(state.config().feed.send_timeout, sink.send(Message::Ping(Default::default()))).await {
+    send_within(sink, Message::Ping(Default::default()), state).await
+}
+
+/// One message, within `feed_send_timeout_s`: a subscriber that reads nothing that long is `too_slow`.
+async fn send_within(sink: &mut Sink, msg: Message, state: &AppState) -> Result<(), Fail> {
+    match tokio::time::timeout(state.config().feed.send_timeout, sink.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Fail(ErrorCode::Internal, "the connection failed".into())),
         Err(_) => Err(Fail(ErrorCode::TooSlow, "the subscriber read nothing for longer than the send timeout".into())),

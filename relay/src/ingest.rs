@@ -315,7 +315,7 @@ async fn frame(
         // in `collectTimestamp`. A device clock is untrusted: Kafka 4 refuses records stamped more than an hour
         // ahead (`log.message.timestamp.after.max.ms`), and the batch holding one would be retried forever,
         // stalling the partition; records older than `retention.ms` would be deleted as soon as they are acked.
-        timestamp: Utc.timestamp_millis_opt(received_ms()).single().unwrap_or_default(),
+        timestamp: Utc.timestamp_millis_opt(crate::since_epoch().as_millis() as i64).single().unwrap_or_default(),
     };
 
     let producer = state.producer();
@@ -472,12 +472,6 @@ async fn deliver(
             "the relay stopped before Kafka acknowledged every frame; resend unacked frames".into(),
         )),
     }
-}
-
-/// Now, in ms since the epoch.
-fn received_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn status(link: &Link, held: &AtomicU64) -> ServerMessage {

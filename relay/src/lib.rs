@@ -39,3 +39,8 @@ pub mod net;
 pub mod server;
 pub mod tail;
 pub mod web;
+
+/// Wall-clock time since the Unix epoch (zero if the clock is before it): token expiry, record timestamps.
+pub fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}

@@ -176,7 +176,7 @@ fn token(config: &Config, m: &ArgMatches) -> ExitCode {
     };
     let sub = m.get_one::<String>("sub").map_or("", String::as_str);
     let ttl = m.get_one::<u64>("ttl-s").copied().unwrap_or(3600);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = soundline_relay::since_epoch().as_secs();
     let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl });
     println!("{}", soundline_relay::auth::sign_jwt(key.expose().as_bytes(), &claims));
     ExitCode::SUCCESS

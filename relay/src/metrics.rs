@@ -288,21 +288,21 @@ impl Metrics {
             "soundline_errors_total",
             "Errors sent to clients, by code.",
             "code",
-            ErrorCode::ALL.iter().map(|c| c.to_string()).zip(&self.errors),
+            ErrorCode::ALL.iter().zip(&self.errors),
         );
         labelled(
             &mut out,
             "soundline_connections_refused_total",
             "Connections refused before the WebSocket opened, by reason.",
             "reason",
-            Refused::ALL.iter().map(|r| r.label().to_owned()).zip(&self.refused),
+            Refused::ALL.iter().map(|r| r.label()).zip(&self.refused),
         );
         labelled(
             &mut out,
             "soundline_throttled_total",
             "Pauses of connections that sent faster than a limit, by limit.",
             "limit",
-            ["messages", "bytes"].map(String::from).into_iter().zip(&self.throttled),
+            ["messages", "bytes"].into_iter().zip(&self.throttled),
         );
         let _ = writeln!(
             out,
@@ -314,7 +314,7 @@ impl Metrics {
             "soundline_feed_dropped_total",
             "Feed records not delivered, by reason.",
             "reason",
-            FeedDrop::ALL.iter().map(|r| r.label().to_owned()).zip(&self.feed_dropped),
+            FeedDrop::ALL.iter().map(|r| r.label()).zip(&self.feed_dropped),
         );
         let _ = writeln!(
             out,
@@ -333,12 +333,12 @@ impl Metrics {
 }
 
 /// One counter with one label: its HELP and TYPE lines, then a line per label value.
-fn labelled<'a>(
+fn labelled<'a, V: std::fmt::Display>(
     out: &mut String,
     name: &str,
     help: &str,
     label: &str,
-    values: impl Iterator<Item = (String, &'a AtomicU64)>,
+    values: impl Iterator<Item = (V, &'a AtomicU64)>,
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for (value, n) in values {

@@ -162,8 +162,7 @@ fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
                 )
                     .into_response();
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let identity = state.shared.auth.check(&headers, now.as_secs() as i64);
+            let identity = state.shared.auth.check(&headers, crate::since_epoch().as_secs() as i64);
             upgrade(ws, state, Client { peer, slot: client_slot, identity }, endpoint)
         },
     )

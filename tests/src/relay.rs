@@ -52,11 +52,6 @@ impl InProcess {
         format!("ws://{}{path}", self.addr)
     }
 
-    /// `http://` URL of `path`.
-    pub fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     /// Waits until `/readyz` answers 200 (Kafka connected, topic present).
     pub async fn wait_ready(&self) {
         wait_ready(self.addr).await;
@@ -151,15 +146,24 @@ pub async fn metric(addr: SocketAddr, name: &str) -> Option<i64> {
 
 /// Polls [`metric`] for up to 2 s until it reads `expected`; returns the last value read.
 pub async fn metric_settles(addr: SocketAddr, name: &str, expected: i64) -> Option<i64> {
-    let mut last = None;
-    for _ in 0..40 {
-        last = metric(addr, name).await;
-        if last == Some(expected) {
-            break;
+    metric_until(addr, name, Duration::from_secs(2), |v| v == Some(expected)).await
+}
+
+/// Polls [`metric`] every 50 ms for up to `within` until `done` holds for it; returns the last value read.
+pub async fn metric_until(
+    addr: SocketAddr,
+    name: &str,
+    within: Duration,
+    done: impl Fn(Option<i64>) -> bool,
+) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = metric(addr, name).await;
+        if done(last) || tokio::time::Instant::now() >= deadline {
+            return last;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    last
 }
 
 /// A minimal HTTP/1.1 GET (the tests need status and body only; no client library needed).

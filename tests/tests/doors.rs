@@ -11,7 +11,9 @@ use soundline_shared::feed::From;
 use soundline_shared::frame;
 use soundline_tests::random_topic;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get, metric_settles, raw_tcp, relay_bin, slow_loris};
+use soundline_tests::relay::{
+    InProcess, config, http_get, metric_settles, metric_until, raw_tcp, relay_bin, slow_loris,
+};
 use soundline_tests::subscriber::{FeedEvent, Subscriber, subscription};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -171,12 +173,7 @@ async fn each_client_address_gets_its_share_of_connections() {
     records_a_frame(&url, &[("X-Forwarded-For", "10.0.0.2")], "CAR-OTHER").await;
     held.pop().expect("one").close().await;
     // The slot is free once the relay has ended that connection (two of the share are open again).
-    for _ in 0..200 {
-        if metric(&relay, "soundline_connections_active ").await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    metric_until(relay.addr, "soundline_connections_active", Duration::from_secs(10), |v| v == Some(2)).await;
     records_a_frame(&url, &first, "CAR-AGAIN").await;
     assert_eq!(metric(&relay, "soundline_connections_refused_total{reason=\"per_client\"}").await, 1);
     relay.stop().await;

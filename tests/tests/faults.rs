@@ -10,7 +10,7 @@ use soundline_shared::control::LinkState;
 use soundline_shared::envelope::Envelope;
 use soundline_tests::broker::PrivateBroker;
 use soundline_tests::recorder::{Recorder, recording, samples};
-use soundline_tests::relay::{Child, InProcess, config, metric};
+use soundline_tests::relay::{Child, InProcess, config, metric, metric_until};
 use soundline_tests::resilient::{Outcome, record};
 use soundline_tests::{random_topic, read_all};
 
@@ -188,13 +188,7 @@ async fn kafka_slower_than_the_audio_pushes_back_within_the_budget_and_drops_not
     for seq in 0..300 {
         flood.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 100, &samples(&rec.segment_id, seq, 1600)).await;
     }
-    let mut throttled = 0;
-    for _ in 0..150 {
-        throttled = metric(uncapped.addr, "soundline_kafka_throttled_total").await.unwrap_or(0);
-        if throttled > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(throttled > 0, "a relay over the quota was throttled and counted it (within 30 s)");
+    let counted = |v: Option<i64>| v.is_some_and(|n| n > 0);
+    let throttled = metric_until(uncapped.addr, "soundline_kafka_throttled_total", Duration::from_secs(30), counted);
+    assert!(counted(throttled.await), "a relay over the quota was throttled and counted it (within 30 s)");
 }

@@ -90,10 +90,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ThrottleWatch {
                 }
             }
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                match field.name() {
-                    "message" => self.throttle = format!("{value:?}") == "broker asked us to throttle",
-                    "request_name" => self.produce = format!("{value:?}").trim_matches('"') == "produce",
-                    _ => {}
+                if field.name() == "message" {
+                    self.throttle = format!("{value:?}") == "broker asked us to throttle";
                 }
             }
         }

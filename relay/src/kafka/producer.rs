@@ -338,11 +338,7 @@ async fn partition_client(client: &Client, ctx: &Ctx, partition: i32) -> Partiti
 /// One partition's worker: batches its queue and produces one batch at a time.
 async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::UnboundedReceiver<Pending>, ctx: Arc<Ctx>) {
     let pc = partition_client(&client, &ctx, partition).await;
-    // Under a pace, a batch is at most one second's worth, so that no single request bursts past a quota.
-    let max_bytes = ctx
-        .cfg
-        .max_bytes_per_s
-        .map_or(ctx.cfg.batch_max_bytes, |n| ctx.cfg.batch_max_bytes.min(usize::try_from(n).unwrap_or(usize::MAX)));
+    let max_bytes = ctx.cfg.batch_max_bytes;
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -384,8 +380,8 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
     while let Some(batch) = work.pop_front() {
         // rskafka takes the records by value; a copy stays here so that a failed request can be sent again
         // unchanged (a memcpy per record, small beside building the envelope).
-        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         pace(ctx, batch.iter().map(|p| p.bytes).sum()).await;
+        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         let throttled_before = throttled_total();
         let result = pc.produce(records, ctx.compression).await;
         if throttled_total() != throttled_before {
