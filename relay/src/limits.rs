@@ -32,6 +32,11 @@ pub fn client_address(limits: &Limits, headers: &HeaderMap, peer: SocketAddr) ->
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| last.trim().parse().ok())
         .unwrap_or_else(|| peer.ip());
+    per_subscriber(address)
+}
+
+/// The address a client counts as: IPv4 as is, IPv6 by its /64.
+pub fn per_subscriber(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,

@@ -108,7 +108,7 @@ pub async fn serve(
             },
         };
         let client_slot = match per_client {
-            Some(max) => match pending_by_client.try_acquire(peer.ip(), max) {
+            Some(max) => match pending_by_client.try_acquire(crate::limits::per_subscriber(peer.ip()), max) {
                 Some(slot) => Some(slot),
                 None => {
                     metrics.refused(Refused::PendingPerClient);
