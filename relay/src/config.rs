@@ -96,6 +96,7 @@ pub const SETTINGS: &[Setting] = &[
     s("max_bytes_per_s", "relay.max_bytes_per_s", "SOUNDLINE_MAX_BYTES_PER_S", None, Some("1048576"), "bytes one connection may send per second (32x real time, room for resends); faster senders are throttled"),
     s("hello_timeout_s", "relay.hello_timeout_s", "SOUNDLINE_HELLO_TIMEOUT_S", None, Some("10"), "time a new connection has for each step: TLS handshake, HTTP request headers, then the hello or subscribe"),
     s("idle_timeout_s", "relay.idle_timeout_s", "SOUNDLINE_IDLE_TIMEOUT_S", None, Some("60"), "a connection that sends nothing, not even a pong, for this long is closed (idle_timeout, 4015)"),
+    s("max_header_bytes", "relay.max_header_bytes", "SOUNDLINE_MAX_HEADER_BYTES", None, Some("16384"), "request line and headers of one HTTP request, in bytes; larger requests get 431 (a browser sends a few KiB, a JWT is about 1 KiB)"),
     s("ping_interval_s", "relay.ping_interval_s", "SOUNDLINE_PING_INTERVAL_S", None, Some("20"), "how often the relay pings each WebSocket (browsers answer by themselves); at most half of idle_timeout_s"),
     s("tls_cert_file", "relay.tls_cert_file", "SOUNDLINE_TLS_CERT_FILE", Some("tls-cert-file"), None, "PEM certificate chain: the relay serves HTTPS/WSS itself (with tls_key_file); unset: plain HTTP, e.g. behind an ingress"),
     s("tls_key_file", "relay.tls_key_file", "SOUNDLINE_TLS_KEY_FILE", Some("tls-key-file"), None, "PEM private key of tls_cert_file"),
@@ -267,6 +268,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Interval of the relay's pings.
     pub ping_interval: Duration,
+    /// Bytes of one request's line and headers.
+    pub max_header_bytes: usize,
 }
 
 /// The relay's own TLS certificate and key, when it terminates TLS.
@@ -669,6 +672,9 @@ impl RawConfig {
             hello_timeout: seconds("hello_timeout_s", 300)?,
             idle_timeout,
             ping_interval,
+            max_header_bytes: self.parse("max_header_bytes", "a size between 4096 and 1048576 bytes", |v| {
+                v.parse().ok().filter(|n| (4096..=1_048_576).contains(n))
+            })?,
         })
     }
 }

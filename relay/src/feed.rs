@@ -31,13 +31,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::fanout::{Hub, Published, publish};
 use crate::kafka::KafkaError;
+use crate::kafka::consumer::fetch;
 use crate::metrics::FeedDrop;
 use crate::server::AppState;
 
 /// Bytes per history fetch.
 const HISTORY_FETCH_BYTES: i32 = 1024 * 1024;
 
-use crate::ingest::{Fail, goodbye, idle_timeout, linger, message_len};
+use crate::ingest::{Fail, answer_close, goodbye, idle_timeout, linger, message_len};
 use crate::limits::{Keepalive, Throttle, count_ping};
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -51,13 +52,17 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
         () = state.shutdown().cancelled() => Err(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; subscribe again".into())),
     };
     state.metrics().feed_subscribers.fetch_sub(1, Relaxed);
-    if let Err(Fail(code, message)) = outcome {
-        state.metrics().error(code);
-        tracing::info!(peer, %code, message, "closing feed connection");
-        // A subscriber too slow to read gets no more writes: they would block again.
-        if code != ErrorCode::TooSlow {
-            goodbye(&mut sink, code, &message, Duration::from_secs(2)).await;
-            linger(&mut stream).await;
+    match outcome {
+        // The subscriber closed (or left): echo its close frame.
+        Ok(()) => answer_close(&mut sink).await,
+        Err(Fail(code, message)) => {
+            state.metrics().error(code);
+            tracing::info!(peer, %code, message, "closing feed connection");
+            // A subscriber too slow to read gets no more writes: they would block again.
+            if code != ErrorCode::TooSlow {
+                goodbye(&mut sink, code, &message, Duration::from_secs(2)).await;
+                linger(&mut stream).await;
+            }
         }
     }
 }
@@ -67,7 +72,7 @@ async fn subscribe_and_deliver(
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
 ) -> Result<(), Fail> {
-    let sub = read_subscribe(stream, state).await?;
+    let Some(sub) = read_subscribe(stream, state).await? else { return Ok(()) };
     let cfg = state.config();
     let topic = sub.topic.clone().unwrap_or_else(|| cfg.kafka.topic.clone());
     if topic != cfg.kafka.topic && !cfg.feed.topics.contains(&topic) {
@@ -100,7 +105,8 @@ async fn subscribe_and_deliver(
     }
 }
 
-async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<Subscribe, Fail> {
+/// The subscribe, or `None` when the client closed (or left) before sending one.
+async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<Option<Subscribe>, Fail> {
     let limits = &state.config().limits;
     // Pings and pongs do not count as the subscribe, nor buy time for it.
     let first = tokio::time::timeout(limits.hello_timeout, async {
@@ -115,13 +121,13 @@ async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -
     .map_err(|_| idle_timeout(true, limits))?;
     match first {
         Some(Ok(Message::Text(text))) => match FeedClientMessage::parse(&text) {
-            Ok(FeedClientMessage::Subscribe(sub)) => Ok(sub),
+            Ok(FeedClientMessage::Subscribe(sub)) => Ok(Some(sub)),
             Err(e) => Err(Fail(ErrorCode::BadSubscribe, e.to_string())),
         },
+        Some(Ok(Message::Close(_))) | None => Ok(None),
         Some(Ok(_)) => Err(Fail(ErrorCode::BadSubscribe, "send a subscribe (a JSON text message) first".into())),
         Some(Err(e)) => Err(crate::ingest::classify_read_error(&e)
             .unwrap_or_else(|| Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}")))),
-        None => Err(Fail(ErrorCode::BadSubscribe, "the connection closed before a subscribe".into())),
     }
 }
 
@@ -206,8 +212,8 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
             if keepalive.ping_due() {
                 ping(sink, state).await?;
             }
-            let records = match pc.fetch_records(offset, 1..HISTORY_FETCH_BYTES, 100).await {
-                Ok((records, _)) => records,
+            let fetched = match fetch(&pc, offset, HISTORY_FETCH_BYTES, 100).await {
+                Ok(fetched) => fetched,
                 Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                     // Retention removed the start: go on from the oldest record kept.
                     offset = pc
@@ -218,8 +224,14 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
                 }
                 Err(e) => return Err(Fail(ErrorCode::Internal, format!("reading history: {e}"))),
             };
-            if records.is_empty() {
+            if fetched.caught_up {
                 break;
+            }
+            let records = fetched.records;
+            if records.is_empty() {
+                // Past a transaction marker.
+                offset = fetched.next;
+                continue;
             }
             for r in records {
                 if r.offset >= until {

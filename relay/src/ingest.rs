@@ -109,6 +109,17 @@ where
     .await;
 }
 
+/// After the client's close frame: send the echo RFC 6455 §5.5.1 asks for (its code and reason back), 2 s at
+/// most. tungstenite queues the echo when it reads the client's close but sends it only on the next write or
+/// flush, and a reader that stops at the close never makes one: without this the client sees the TCP connection
+/// drop (1006, `wasClean: false` in a browser). A client that left without a close frame makes this fail at once.
+pub async fn answer_close<S>(sink: &mut S)
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}
+
 /// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
 /// close, for 2 s at most. Closing at once while input is unread (say, the rest of an oversized message) makes
 /// the kernel reset the connection, and the client would lose the error and the close code.
@@ -353,9 +364,11 @@ async fn frame(
 
 type Ack = (u32, usize, Arc<str>, Result<Delivery, ProduceError>);
 
-/// Why the writer stops: the socket failed (nothing more can be sent), or the connection must close with a code.
+/// Why the writer stops: the socket failed (nothing more can be sent), the client closed (or left), or the
+/// connection must close with a code.
 enum Stop {
     SocketGone,
+    ClientLeft,
     Close(ErrorCode, String),
 }
 
@@ -400,8 +413,8 @@ async fn write(
                     sent.map_err(|_| Stop::SocketGone)
                 }
                 Some(Outbound::Close(code, message)) => Err(Stop::Close(code, message)),
-                // The reader ended without an error: the client left, nobody is there to ack.
-                None => Err(Stop::SocketGone),
+                // The reader ended without an error: the client closed (or left); nobody is there to ack.
+                None => Err(Stop::ClientLeft),
             },
             _ = keepalive.ping.tick() => {
                 crate::limits::count_ping(state.metrics());
@@ -421,13 +434,17 @@ async fn write(
             break stop;
         }
     };
-    let Stop::Close(mut code, mut message) = stop else { return };
+    let (mut code, mut message) = match stop {
+        Stop::Close(code, message) => (code, message),
+        Stop::ClientLeft => return answer_close(&mut sink).await,
+        Stop::SocketGone => return,
+    };
     // Deliver the acks of frames already handed to Kafka, within the shutdown timeout.
     let drained = tokio::time::timeout(state.config().shutdown_timeout, async {
         while let Some(ack) = pending.next().await {
             match deliver(&mut sink, ack, &state, &held).await {
                 Ok(()) => {}
-                Err(Stop::SocketGone) => return None,
+                Err(Stop::SocketGone | Stop::ClientLeft) => return None,
                 Err(Stop::Close(c, m)) => return Some((c, m)),
             }
         }

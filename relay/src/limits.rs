@@ -193,6 +193,7 @@ mod tests {
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
+            max_header_bytes: 16 * 1024,
         }
     }
 

@@ -213,8 +213,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition; `consumer_lag` is (topic, partition, records behind) per feed partition.
-    pub fn render(&self, consumer_lag: &[(std::sync::Arc<str>, i32, i64)]) -> String {
+    /// The Prometheus text exposition; `consumer_lag` is (topic, partition, records behind) per feed partition,
+    /// `feed_fetches` the fetch requests of the feed's live consumers.
+    pub fn render(&self, consumer_lag: &[(std::sync::Arc<str>, i32, i64)], feed_fetches: u64) -> String {
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -266,6 +267,11 @@ impl Metrics {
             "soundline_kafka_throttled_total",
             "Produce responses in which Kafka asked the relay to slow down (a client quota): rskafka sends such a request again, which stores its records twice; keep kafka_max_bytes_per_s below the quota.",
             crate::kafka::throttled_total(),
+        );
+        counter(
+            "soundline_feed_fetches_total",
+            "Fetch rounds of the feed's live partition consumers (one fetch request each; two or three to get past a transaction marker).",
+            feed_fetches,
         );
         counter(
             "soundline_backpressure_total",
@@ -355,7 +361,7 @@ mod tests {
         let m = Metrics::default();
         m.produce_latency.observe(Duration::from_micros(500));
         m.produce_latency.observe(Duration::from_millis(30));
-        let text = m.render(&[]);
+        let text = m.render(&[], 0);
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_count 2"), "{text}");
@@ -365,7 +371,7 @@ mod tests {
     fn errors_are_labelled_by_code() {
         let m = Metrics::default();
         m.error(ErrorCode::BadFrame);
-        assert!(m.render(&[]).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
+        assert!(m.render(&[], 0).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
         assert_eq!(m.errors(ErrorCode::BadFrame), 1);
     }
 }

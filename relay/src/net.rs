@@ -6,8 +6,9 @@
 //!   unless `client_ip_header` says an ingress is in front: then every peer is the ingress) and in all
 //!   (`max_connections`); over either, a new connection is closed at once (counted in `/metrics`);
 //! - the TLS handshake and the request headers each have `hello_timeout_s` (a slow-loris handshake or header
-//!   trickle is dropped), request headers are limited by a 64 KiB read buffer (431; measured: 100 KB pass, 120 KB do not), and a connection that has not upgraded
-//!   after [`HTTP_LIFETIME`] is closed (a download nobody reads);
+//!   trickle is dropped); a request whose line and headers exceed `max_header_bytes` (16 KiB by default, as
+//!   Node.js caps them) gets 431; and a connection that has not upgraded after [`HTTP_LIFETIME`] is closed (a
+//!   download nobody reads);
 //! - every socket gets `TCP_NODELAY` (acks are small and must leave at once);
 //! - shutdown stops accepting, gives plain HTTP requests in flight 5 s to finish, and leaves upgraded
 //!   WebSockets to the server's own drain.
@@ -23,6 +24,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -89,6 +92,7 @@ pub async fn serve(
 ) {
     let (limits, max_connections) = limits;
     let handshake_timeout = limits.hello_timeout;
+    let max_header_bytes = limits.max_header_bytes;
     // Behind an ingress every peer is the ingress: count per address only when clients connect directly.
     let per_client = limits.client_ip_header.is_none().then_some(limits.connections_per_client);
     let pending_by_client = Arc::new(Clients::default());
@@ -128,9 +132,21 @@ pub async fn serve(
         connections.spawn(async move {
             let _slots = (slot, client_slot);
             match tls {
-                None => http(tcp, peer, router, handshake_timeout, &metrics, shutdown).await,
+                None => {
+                    http(tcp, peer, router, (handshake_timeout, max_header_bytes), Arc::clone(&metrics), shutdown).await
+                }
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => http(stream, peer, router, handshake_timeout, &metrics, shutdown).await,
+                    Ok(Ok(stream)) => {
+                        http(
+                            stream,
+                            peer,
+                            router,
+                            (handshake_timeout, max_header_bytes),
+                            Arc::clone(&metrics),
+                            shutdown,
+                        )
+                        .await;
+                    }
                     Ok(Err(e)) => {
                         metrics.refused(Refused::TlsHandshake);
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -148,14 +164,23 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
 }
 
-/// One HTTP/1.1 connection; its request headers must arrive within `header_timeout`. What hyper refuses on its
-/// own (late or oversized headers, bytes that are not HTTP) and connections closed for their age are counted.
+/// The bytes of a request's line and headers as they came on the wire (`GET /path HTTP/1.1`, each
+/// `name: value`, the CRLFs).
+pub fn head_bytes<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + 1 + request.uri().to_string().len() + " HTTP/1.1\r\n".len();
+    let fields: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    line + fields + 2
+}
+
+/// One HTTP/1.1 connection; its request headers must arrive within `header_timeout` and hold at most
+/// `max_header_bytes`. What hyper refuses on its own (late or oversized headers, bytes that are not HTTP), requests
+/// with too many header bytes and connections closed for their age are counted.
 async fn http<I>(
     io: I,
     peer: SocketAddr,
     router: Router,
-    header_timeout: Duration,
-    metrics: &Metrics,
+    (header_timeout, max_header_bytes): (Duration, usize),
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -163,18 +188,32 @@ async fn http<I>(
     // A keep-alive connection that served requests and then idles also ends in a header timeout: not a refusal.
     let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let served_by_service = Arc::clone(&served);
+    let metrics_for_service = Arc::clone(&metrics);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         served_by_service.store(true, std::sync::atomic::Ordering::Relaxed);
+        let head = head_bytes(&request);
+        let too_large = (head > max_header_bytes).then(|| {
+            metrics_for_service.refused(Refused::HeadersTooLarge);
+            tracing::debug!(%peer, head, "refused a request: headers too large");
+            let body =
+                format!("the request line and headers are {head} bytes; at most {max_header_bytes} are accepted\n");
+            (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, body).into_response()
+        });
         request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            Ok::<_, Infallible>(match too_large {
+                Some(refusal) => refusal,
+                None => router.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {}),
+            })
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        // hyper's read buffer: headers much beyond it get 431 (measured: 100 KB pass, 120 KB do not; a browser's
-        // are a few KiB).
-        .max_buf_size(64 * 1024)
+        // hyper's read buffer, a backstop for heads that never end: room for `max_header_bytes` and a read more.
+        // The exact limit is the check above (hyper's own stops somewhere past its buffer, not at it).
+        .max_buf_size((max_header_bytes + 8 * 1024).max(8192))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -201,5 +240,22 @@ async fn http<I>(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_bytes_counts_the_request_as_it_came_on_the_wire() {
+        let wire = "GET /ws/record?x=1 HTTP/1.1\r\nhost: relay:8080\r\nx-fill: abc\r\n\r\n";
+        let request = Request::builder()
+            .uri("/ws/record?x=1")
+            .header("host", "relay:8080")
+            .header("x-fill", "abc")
+            .body(())
+            .expect("request");
+        assert_eq!(head_bytes(&request), wire.len());
     }
 }

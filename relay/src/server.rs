@@ -287,7 +287,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics().render(&state.fanout().health().lag()),
+        state.metrics().render(&state.fanout().health().lag(), state.fanout().health().fetches()),
     )
         .into_response()
 }
@@ -340,4 +340,38 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thousands separated by a space, as docs/protocol.md writes numbers.
+    fn spaced(n: usize) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, d) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(' ');
+            }
+            out.push(d);
+        }
+        out
+    }
+
+    #[test]
+    fn the_protocol_doc_states_the_message_and_header_limits_the_relay_enforces() {
+        let doc = include_str!("../../docs/protocol.md");
+        let message =
+            format!("A WebSocket message to the relay is at most {} bytes on both endpoints", spaced(MAX_TEXT_BYTES));
+        assert!(doc.contains(&message), "docs/protocol.md lacks {message:?}");
+        let default = crate::config::SETTINGS
+            .iter()
+            .find(|s| s.key == "max_header_bytes")
+            .and_then(|s| s.default)
+            .and_then(|d| d.parse::<usize>().ok())
+            .expect("max_header_bytes has a default");
+        let row = format!("| `max_header_bytes` | {}:", spaced(default));
+        assert!(doc.contains(&row), "docs/protocol.md lacks {row:?}");
+    }
 }

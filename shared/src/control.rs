@@ -365,19 +365,19 @@ mod tests {
 
     fn recording() -> Recording {
         Recording {
-            device: DeviceInfo { car_id: "CAR-042".into(), rail_type: 1 },
+            device: DeviceInfo { car_id: "CAR-042".into(), rail_type: 2 },
             location: LocationInfo { unit_id: "U7".into(), sty: "track 3".into() },
             segment_id: "seg-2024-11-25-001".into(),
-            inspection_info: "left bogie".into(),
+            inspection_info: "left bogie, wheel 3".into(),
         }
     }
 
     #[test]
-    fn hello_json_matches_the_protocol_doc() {
+    fn hello_json_carries_the_envelope_names_in_order() {
         let json = ClientMessage::Hello(Hello::new(recording())).to_json();
         assert_eq!(
             json,
-            r#"{"type":"hello","protocol":1,"deviceInfo":{"carID":"CAR-042","railType":1},"locationInfo":{"unitId":"U7","sty":"track 3"},"segmentId":"seg-2024-11-25-001","inspectionInfo":"left bogie","format":{"hz":16000,"bits":16,"channels":1}}"#
+            r#"{"type":"hello","protocol":1,"deviceInfo":{"carID":"CAR-042","railType":2},"locationInfo":{"unitId":"U7","sty":"track 3"},"segmentId":"seg-2024-11-25-001","inspectionInfo":"left bogie, wheel 3","format":{"hz":16000,"bits":16,"channels":1}}"#
         );
         assert_eq!(ClientMessage::parse(&json), Ok(ClientMessage::Hello(Hello::new(recording()))));
     }
@@ -411,6 +411,73 @@ mod tests {
         ] {
             let err = ClientMessage::parse(text).unwrap_err();
             assert_eq!(err.hello_code(), ErrorCode::BadHello, "{text:?} gave {err}");
+        }
+    }
+
+    /// The doc's hello with the field at `path` removed (or set to `null`).
+    fn hello_without(path: &[&str], null: bool) -> String {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&ClientMessage::Hello(Hello::new(recording())).to_json()).expect("json");
+        let (last, parents) = path.split_last().expect("a path");
+        let mut obj = &mut v;
+        for p in parents {
+            obj = &mut obj[*p];
+        }
+        let map = obj.as_object_mut().expect("an object");
+        if null {
+            map.insert((*last).to_owned(), serde_json::Value::Null);
+        } else {
+            map.remove(*last);
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn a_hello_needs_only_car_and_segment_the_rest_takes_the_envelope_defaults() {
+        type Defaulted = fn(&mut Recording);
+        let cases: [(&[&str], Defaulted); 5] = [
+            (&["deviceInfo", "railType"], |r| r.device.rail_type = 0),
+            (&["locationInfo"], |r| r.location = LocationInfo::default()),
+            (&["locationInfo", "unitId"], |r| r.location.unit_id.clear()),
+            (&["locationInfo", "sty"], |r| r.location.sty.clear()),
+            (&["inspectionInfo"], |r| r.inspection_info.clear()),
+        ];
+        for (path, expect) in cases {
+            let mut expected = recording();
+            expect(&mut expected);
+            for null in [false, true] {
+                let text = hello_without(path, null);
+                match ClientMessage::parse(&text) {
+                    Ok(ClientMessage::Hello(h)) => assert_eq!(h.recording, expected, "{text}"),
+                    Err(e) => panic!("{path:?} left out (null: {null}) was refused: {e}"),
+                }
+            }
+        }
+        for (path, field) in [
+            (&["deviceInfo", "carID"][..], "carID"),
+            (&["segmentId"][..], "segmentId"),
+            (&["protocol"][..], "protocol"),
+        ] {
+            let err = ClientMessage::parse(&hello_without(path, false)).unwrap_err();
+            assert_eq!(err.hello_code(), ErrorCode::BadHello, "{path:?}");
+            assert!(err.to_string().contains(&format!("missing field `{field}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_format_with_extra_keys_is_the_format_and_rail_type_is_any_i64() {
+        let base = ClientMessage::Hello(Hello::new(recording())).to_json();
+        let extra = base.replace(r#""channels":1}"#, r#""channels":1,"codec":"pcm"}"#);
+        assert!(matches!(ClientMessage::parse(&extra), Ok(ClientMessage::Hello(_))), "{extra}");
+        for (rail, ok) in [
+            ("-9223372036854775808", true),
+            ("9223372036854775807", true),
+            ("9223372036854775808", false),
+            ("1.5", false),
+            (r#""1""#, false),
+        ] {
+            let text = base.replace(r#""railType":2"#, &format!(r#""railType":{rail}"#));
+            assert_eq!(ClientMessage::parse(&text).is_ok(), ok, "railType {rail}");
         }
     }
 

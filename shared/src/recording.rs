@@ -3,8 +3,12 @@
 //! The technician types it into the page, the page sends it once in the hello ([`crate::control`]), and the relay
 //! copies it into every envelope ([`crate::envelope`]) of that recording. The JSON names are the envelope's own
 //! (`deviceInfo.carID`, `locationInfo.unitId`, ...) so that one struct serves both and nothing is renamed in between.
+//!
+//! Only `deviceInfo.carID` and `segmentId` are required in a hello: the other fields may be left out (or `null`),
+//! as the old uploader sent them empty, and take the values the envelope then carries: `railType` 0, empty
+//! strings for `unitId`, `sty` and `inspectionInfo`.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Longest accepted identifier (carID, unitId, sty, segmentId), in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 256;
@@ -18,7 +22,7 @@ pub struct DeviceInfo {
     #[serde(rename = "carID")]
     pub car_id: String,
     /// Rail type code, as the existing tool sends it (an integer, 0 by default).
-    #[serde(rename = "railType")]
+    #[serde(rename = "railType", default, deserialize_with = "absent_or_null")]
     pub rail_type: i64,
 }
 
@@ -26,9 +30,10 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocationInfo {
     /// Inspection unit (depot, workshop) identifier.
-    #[serde(rename = "unitId")]
+    #[serde(rename = "unitId", default, deserialize_with = "absent_or_null")]
     pub unit_id: String,
     /// Station / track position label.
+    #[serde(default, deserialize_with = "absent_or_null")]
     pub sty: String,
 }
 
@@ -39,14 +44,32 @@ pub struct Recording {
     #[serde(rename = "deviceInfo")]
     pub device: DeviceInfo,
     /// Where.
-    #[serde(rename = "locationInfo")]
+    #[serde(rename = "locationInfo", default, deserialize_with = "absent_or_null")]
     pub location: LocationInfo,
     /// The segment this recording belongs to; sequence numbers count per segment.
     #[serde(rename = "segmentId")]
     pub segment_id: String,
     /// The technician's notes.
-    #[serde(rename = "inspectionInfo")]
+    #[serde(rename = "inspectionInfo", default, deserialize_with = "absent_or_null")]
     pub inspection_info: String,
+}
+
+/// An optional field: `null` counts as absent (with `#[serde(default)]`): the type's default.
+fn absent_or_null<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Whether `c` may not stand in an identifier (carID, segmentId, unitId, sty): a control character (Unicode
+/// category Cc: U+0000–U+001F, U+007F–U+009F, tab included) or a line or paragraph separator (U+2028, U+2029),
+/// anything that would break a log line or a downstream tool's record.
+pub fn refused_in_identifier(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Whether `c` may not stand in the notes (inspectionInfo): a control character other than tab, line feed and
+/// carriage return (so notes may hold lines, typed on any system, and tabs).
+pub fn refused_in_notes(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
 }
 
 /// A metadata field that breaks a limit.
@@ -81,7 +104,7 @@ pub enum RecordingError {
 impl Recording {
     /// Checks the limits a relay enforces on metadata from a client: identifiers are non-empty where they key
     /// something (carID, segmentId), at most [`MAX_ID_BYTES`], without control characters; notes at most
-    /// [`MAX_NOTES_BYTES`] (newlines allowed there).
+    /// [`MAX_NOTES_BYTES`] (lines and tabs allowed there); see [`refused_in_identifier`] and [`refused_in_notes`].
     ///
     /// # Errors
     ///
@@ -95,7 +118,7 @@ impl Recording {
         if notes.len() > MAX_NOTES_BYTES {
             return Err(RecordingError::TooLong { field: "inspectionInfo", len: notes.len(), max: MAX_NOTES_BYTES });
         }
-        if notes.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+        if notes.chars().any(refused_in_notes) {
             return Err(RecordingError::ControlCharacter { field: "inspectionInfo" });
         }
         Ok(())
@@ -111,7 +134,7 @@ fn check_id(field: &'static str, value: &str, required: Option<&'static str>) ->
     if value.len() > MAX_ID_BYTES {
         return Err(RecordingError::TooLong { field, len: value.len(), max: MAX_ID_BYTES });
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(refused_in_identifier) {
         return Err(RecordingError::ControlCharacter { field });
     }
     Ok(())
@@ -150,6 +173,31 @@ mod tests {
             r.validate(),
             Err(RecordingError::TooLong { field: "inspectionInfo", len: 1 << 20, max: MAX_NOTES_BYTES })
         );
+    }
+
+    #[test]
+    fn what_counts_as_a_control_character_where() {
+        for (c, in_id, in_notes) in [
+            ('\t', true, false),
+            ('\n', true, false),
+            ('\r', true, false),
+            ('\0', true, true),
+            ('\u{7f}', true, true),
+            ('\u{85}', true, true),
+            ('\u{2028}', true, false),
+            ('\u{2029}', true, false),
+            (' ', false, false),
+            ('车', false, false),
+        ] {
+            assert_eq!(refused_in_identifier(c), in_id, "{c:?} in an identifier");
+            assert_eq!(refused_in_notes(c), in_notes, "{c:?} in the notes");
+        }
+        let mut r = sample();
+        r.device.car_id = "CAR\u{2028}1".into();
+        assert_eq!(r.validate(), Err(RecordingError::ControlCharacter { field: "deviceInfo.carID" }));
+        r = sample();
+        r.inspection_info = "line 1\r\nline 2\tend\u{2028}".into();
+        assert_eq!(r.validate(), Ok(()));
     }
 
     #[test]

@@ -301,3 +301,62 @@ async fn thirty_seconds_without_network_lose_no_frame() {
     .await;
     relay.stop().await;
 }
+
+/// `make run` as a developer runs it: `scripts/run.sh` itself (its `trunk watch` build, its relay serving the
+/// page and the WebSockets on one origin), against the test broker instead of starting the development one. The
+/// page records in Chromium through exactly that; every frame must be in Kafka, the feed panel must list the
+/// recording, and the console must stay free of errors (a refused WebSocket would log one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() {
+    let run = Run::new("make-run");
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("local addr")
+    };
+    let mut script = tokio::process::Command::new("bash");
+    script
+        .arg(repo().join("scripts/run.sh"))
+        .env("SOUNDLINE_KAFKA_BROKERS", soundline_tests::kafka_bootstrap())
+        .env("SOUNDLINE_TOPIC", &run.topic)
+        .env("SOUNDLINE_PARTITIONS", "1")
+        .env("SOUNDLINE_LISTEN", listen.to_string())
+        .env("SOUNDLINE_RUN_DIST", run.dir.join("make-run-dist"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group, so that the relay, trunk and trunk's cargo all stop with it.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = script.spawn().expect("bash scripts/run.sh");
+    let group = child.id().expect("pid");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url_line = format!("==> open http://{listen}/");
+    // A cold build of the relay and the web app takes minutes on two cores.
+    let opened = tokio::time::timeout(Duration::from_secs(900), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("make run: {line}");
+            if line.starts_with(&url_line) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("scripts/run.sh printed the URL within 15 min");
+    assert!(opened, "scripts/run.sh ended before printing {url_line:?} (its output is above)");
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("make run: {line}");
+        }
+    });
+
+    let report = report_of(run.node(listen, 4_000, &[])).await;
+    let frames = run.check_page_and_read_kafka(&report, false).await;
+    check_audio(&frames, 4.0);
+
+    // Ctrl+C, as a developer stops it: the script stops the relay and the watcher.
+    let _ = std::process::Command::new("kill").args(["-INT", &format!("-{group}")]).status();
+    let ended = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    assert!(ended.is_ok(), "scripts/run.sh did not stop within 30 s of Ctrl+C");
+    let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{group}")]).status();
+    drain.abort();
+}

@@ -319,3 +319,75 @@ async fn a_subscriber_that_never_reads_is_cut_off_or_told_while_others_and_inges
     assert!(told || cut_off, "the slow subscriber was told it lagged or cut off with too_slow:\n{metrics}");
     relay.stop().await;
 }
+
+/// Runs Kafka's own ProducerPerformance with a transactional id: `records` records of 100 bytes at 200 per
+/// second in transactions of 50 ms, so commit markers take offsets between them.
+fn produce_transactionally(topic: &str, records: u32) {
+    let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+        .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath (scripts/kafka.sh classpath)");
+    let out = std::process::Command::new("java")
+        .args(["-cp", &classpath, "org.apache.kafka.tools.ProducerPerformance"])
+        .args(["--topic", topic, "--num-records", &records.to_string(), "--record-size", "100", "--throughput", "200"])
+        .args([
+            "--transactional-id",
+            &format!("tx-{}", uuid::Uuid::new_v4().simple()),
+            "--transaction-duration-ms",
+            "50",
+        ])
+        .args(["--producer-props", &format!("bootstrap.servers={}", soundline_tests::kafka_bootstrap())])
+        .output()
+        .expect("run Kafka's ProducerPerformance (java)");
+    assert!(out.status.success(), "ProducerPerformance failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The offsets of `topic`'s records (one partition), as librdkafka reads them (kcat, `read_committed`): an
+/// independent client, since rskafka itself cannot read past a marker.
+fn offsets_in_kafka(topic: &str) -> Vec<i64> {
+    let out = std::process::Command::new("kcat")
+        .args(["-C", "-b", &soundline_tests::kafka_bootstrap(), "-t", topic, "-p", "0", "-o", "beginning", "-e", "-q"])
+        .args(["-f", "%o\\n", "-X", "isolation.level=read_committed"])
+        .output()
+        .expect("run kcat (make test installs it)");
+    assert!(out.status.success(), "kcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().expect("an offset")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_transaction_markers_is_read_across_its_offset_gaps_without_busy_fetching() {
+    let topic = random_topic("feed-gaps");
+    create_topic(&*client().await, &topic, 1).await;
+    produce_transactionally(&topic, 40);
+    let first_batch = offsets_in_kafka(&topic);
+    assert_eq!(first_batch.len(), 40);
+    let gap = first_batch.windows(2).position(|w| w[1] > w[0] + 1).expect("a commit marker between records");
+    let relay = relay_for(&topic, &[]).await;
+
+    // History across the gaps: every record once, in order, then nothing more.
+    let mut live = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Earliest)).await;
+    let got: Vec<i64> = live.records(40).await.iter().map(|r| r.offset).collect();
+    assert_eq!(got, first_batch);
+    live.expect_quiet(Duration::from_millis(500)).await;
+
+    // A resume with the last offset received + 1, right before a gap: exactly the records after it.
+    let resume = BTreeMap::from([(0, first_batch[gap] + 1)]);
+    let mut resumed = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Offsets(resume))).await;
+    let rest: Vec<i64> = resumed.records(40 - gap - 1).await.iter().map(|r| r.offset).collect();
+    assert_eq!(rest, first_batch[gap + 1..]);
+    resumed.expect_quiet(Duration::from_millis(500)).await;
+    resumed.close().await;
+
+    // Live across the gaps: the hub's reader ends on a commit marker, which must not make it fetch in a loop.
+    produce_transactionally(&topic, 20);
+    let all = offsets_in_kafka(&topic);
+    let got: Vec<i64> = live.records(20).await.iter().map(|r| r.offset).collect();
+    assert_eq!(got, all[40..]);
+    let fetches = || async { soundline_tests::relay::metric(relay.addr, "soundline_feed_fetches_total").await };
+    let before = fetches().await.expect("fetch counter");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = fetches().await.expect("fetch counter") - before;
+    // One partition, fetches that wait up to 500 ms for records: about 6 in 3 s.
+    assert!(during <= 20, "{during} fetches in 3 s on an idle partition ending in a commit marker");
+    live.expect_quiet(Duration::from_millis(200)).await;
+    live.close().await;
+    relay.stop().await;
+}

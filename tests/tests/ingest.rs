@@ -270,3 +270,34 @@ async fn websockets_from_other_origins_are_refused_unless_allowed() {
     assert!(metrics.contains("soundline_origin_refused_total 2"), "{metrics}");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_hello_with_only_car_and_segment_lands_envelopes_with_the_legacy_defaults() {
+    let topic = random_topic("ingest-minimal-hello");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic), ("SOUNDLINE_PARTITIONS", "1")])).await;
+    relay.wait_ready().await;
+    // What the old uploader's users might send: no railType, no locationInfo, no inspectionInfo.
+    let mut r = Recorder::connect(&relay.ws("/ws/record")).await;
+    r.send_text(
+        r#"{"type":"hello","protocol":1,"deviceInfo":{"carID":"CAR-MIN"},"segmentId":"seg-min","format":{"hz":16000,"bits":16,"channels":1}}"#,
+    )
+    .await;
+    assert!(matches!(r.next().await, Event::Server(ServerMessage::Ready { .. })));
+    r.send_frame(0, BASE_TS, &samples("seg-min", 0, 1600)).await;
+    r.acks(1).await;
+    r.close().await;
+    let records = read_all(&*client().await, &topic, 1).await;
+    assert_eq!(records.len(), 1);
+    let value = records[0].2.value.as_deref().expect("a value");
+    let env = Envelope::parse(value).expect("a valid envelope");
+    assert_eq!(env.recording.device.car_id, "CAR-MIN");
+    assert_eq!(env.recording.device.rail_type, 0);
+    assert_eq!((env.recording.location.unit_id.as_str(), env.recording.location.sty.as_str()), ("", ""));
+    assert_eq!(env.recording.inspection_info, "");
+    // Field for field, as the legacy consumers read it.
+    let json: serde_json::Value = serde_json::from_slice(value).expect("json");
+    assert_eq!(json["deviceInfo"], serde_json::json!({"carID": "CAR-MIN", "railType": 0}));
+    assert_eq!(json["locationInfo"], serde_json::json!({"unitId": "", "sty": ""}));
+    assert_eq!(json["inspectionInfo"], "");
+    relay.stop().await;
+}

@@ -11,6 +11,14 @@
 //! rskafka has no consumer groups: the relay reads partitions directly from a start position it chooses. A fetch
 //! that fails is retried with backoff, logged once per failure streak; a start offset that retention removed
 //! meanwhile is replaced by the earliest kept one.
+//!
+//! **Offsets have gaps.** A transactional producer's commit and abort markers (control batches) take offsets of
+//! their own, and compaction removes records: the next offset to read is always the last record's offset plus
+//! one, never a count. [`fetch`] is the one fetch every reader here uses (the live loops, the feed's history,
+//! `tail`), and it gets past markers: rskafka 0.6 fails to parse any fetch response holding a control batch
+//! ("Unknown control batch record version", influxdata/rskafka#297, open), and once that is fixed it drops
+//! markers without saying where they were. Without this a transactional topic stops its readers for good at
+//! the first marker.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,9 +52,15 @@ pub enum Start {
 pub struct ConsumerHealth {
     failing: Mutex<BTreeMap<(Arc<str>, i32), String>>,
     lag: Mutex<BTreeMap<(Arc<str>, i32), i64>>,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl ConsumerHealth {
+    /// Fetch requests the loops have sent.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The first failing partition's error, if any.
     pub fn failure(&self) -> Option<String> {
         let failing = self.failing.lock().ok()?;
@@ -142,6 +156,68 @@ pub fn spawn_partition_reader(
     tokio::spawn(read_partition(client, topic, partition, start, tx, health));
 }
 
+/// What one [`fetch`] read.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The records, in offset order (possibly none).
+    pub records: Vec<rskafka::record::RecordAndOffset>,
+    /// The partition's high watermark, when the broker said it.
+    pub high_watermark: Option<i64>,
+    /// Where to fetch next: after the last record, past a transaction marker, or `offset` again.
+    pub next: i64,
+    /// Nothing to read before the next fetch: the broker waited `max_wait_ms`, or an open transaction holds
+    /// its records back. A caller reading up to a known offset stops here.
+    pub caught_up: bool,
+}
+
+/// Whether `e` is rskafka 0.6 failing to parse a control batch (influxdata/rskafka#297).
+fn is_unparsed_marker(e: &ClientError) -> bool {
+    e.to_string().contains("Unknown control batch record version")
+}
+
+/// One fetch of up to `max_bytes` at `offset` that never stops at a transaction marker.
+///
+/// - When rskafka cannot parse the response because it holds a control batch, the first batch at `offset` is
+///   fetched alone (a 1-byte limit: Kafka still sends one whole batch): records are returned as usual, and when
+///   that batch is itself the marker, `next` steps past it. A marker costs two extra fetches; the batches of
+///   data before it one fetch each. (Were `offset` removed by compaction right before a marker, the steps are
+///   one offset each: correct, and bounded by the gap.)
+/// - When the fetch answers no record although the log goes on, below the last stable offset (`read_committed`:
+///   every record there is readable), a marker sits at `offset` and `next` steps past it; at or above it an open
+///   transaction holds its records back, and the reader waits (`caught_up`).
+///
+/// # Errors
+///
+/// Kafka failed or answered something rskafka cannot read other than a marker.
+///
+/// # Cancellation
+///
+/// Safe: nothing is consumed or committed; fetch again from the same offset.
+pub async fn fetch(pc: &PartitionClient, offset: i64, max_bytes: i32, max_wait_ms: i32) -> Result<Fetched, ClientError> {
+    let (records, high_watermark) = match pc.fetch_records(offset, 1..max_bytes, max_wait_ms).await {
+        Ok(fetched) => fetched,
+        Err(e) if is_unparsed_marker(&e) => match pc.fetch_records(offset, 1..2, max_wait_ms).await {
+            Ok(fetched) => fetched,
+            Err(e) if is_unparsed_marker(&e) => {
+                return Ok(Fetched { records: Vec::new(), high_watermark: None, next: offset + 1, caught_up: false });
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if let Some(last) = records.last() {
+        let next = last.offset + 1;
+        return Ok(Fetched { records, high_watermark: Some(high_watermark), next, caught_up: false });
+    }
+    if offset >= high_watermark {
+        return Ok(Fetched { records, high_watermark: Some(high_watermark), next: offset, caught_up: true });
+    }
+    // ListOffsets(latest) under read_committed answers the last stable offset.
+    let stable = pc.get_offset(OffsetAt::Latest).await?;
+    let (next, caught_up) = if offset < stable { (offset + 1, false) } else { (offset, true) };
+    Ok(Fetched { records, high_watermark: Some(high_watermark), next, caught_up })
+}
+
 async fn resolve(pc: &PartitionClient, start: Start) -> Result<i64, ClientError> {
     match start {
         Start::Earliest => pc.get_offset(OffsetAt::Earliest).await,
@@ -195,27 +271,33 @@ async fn read_partition(
         }
     };
     loop {
+        health.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fetched = tokio::select! {
-            r = pc.fetch_records(offset, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
+            r = fetch(&pc, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
             () = tx.closed() => return,
         };
         match fetched {
-            Ok((records, high_watermark)) => {
+            Ok(Fetched { records, high_watermark, next, caught_up }) => {
                 if failing {
                     tracing::info!(%topic, partition, offset, "reading from Kafka again");
                     health.set_failing(&topic, partition, None);
                     failing = false;
                 }
-                let next = records.last().map_or(offset, |r| r.offset + 1);
-                health.set_lag(&topic, partition, high_watermark - next);
+                if let Some(hw) = high_watermark {
+                    health.set_lag(&topic, partition, hw - next);
+                }
                 backoff = Duration::from_millis(100);
                 for r in records {
-                    offset = r.offset + 1;
                     let consumed =
                         Consumed { topic: Arc::clone(&topic), partition, offset: r.offset, record: r.record };
                     if tx.send(consumed).await.is_err() {
                         return;
                     }
+                }
+                offset = next;
+                if caught_up && high_watermark.is_some_and(|hw| offset < hw) {
+                    // An open transaction: the broker answers at once; its records come when it commits.
+                    tokio::time::sleep(Duration::from_millis(FETCH_MAX_WAIT_MS as u64)).await;
                 }
             }
             Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
