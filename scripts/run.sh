@@ -69,5 +69,8 @@ done
 
 say "Kafka: $SOUNDLINE_KAFKA_BROKERS   relay: http://$SOUNDLINE_LISTEN (metrics at /metrics, readiness at /readyz)"
 say "open http://$SOUNDLINE_LISTEN/   (Ctrl+C stops the relay and the web app)"
-wait -n "$relay_pid" "$trunk_pid" || true
-die "$(kill -0 "$relay_pid" 2>/dev/null && echo "trunk watch" || echo "the relay") stopped (see its output above)"
+status=0
+wait -n "$relay_pid" "$trunk_pid" || status=$?
+# 0 or a signal's status: stopped by Ctrl+C (or SIGTERM). Anything else: one of them failed.
+((status == 0 || status > 128)) && exit 0
+die "$(kill -0 "$relay_pid" 2>/dev/null && echo "trunk watch" || echo "the relay") exited with status $status (see its output above)"

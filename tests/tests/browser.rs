@@ -5,7 +5,8 @@
 //! (`kill -9`) mid-recording and restarted, and the network between browser and relay cut for 30 s.
 //!
 //! The page is driven by `tests/e2e/record.mjs` (playwright-core with Debian's Chromium); `make test` installs
-//! both and builds `dist/` first.
+//! both and builds `dist/` first. One test runs `scripts/run.sh` itself, the script behind `make run`, and
+//! records through the page it serves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -327,7 +328,7 @@ async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() 
         .process_group(0)
         .kill_on_drop(true);
     let mut child = script.spawn().expect("bash scripts/run.sh");
-    let group = child.id().expect("pid");
+    let group = Group(child.id().expect("pid"));
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let url_line = format!("==> open http://{listen}/");
     // A cold build of the relay and the web app takes minutes on two cores.
@@ -349,14 +350,57 @@ async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() 
         }
     });
 
+    // What developers keep from `trunk serve`: a change under www/ rebuilds the page. A probe file (not part of
+    // the build) is added; trunk writes the page again. (It is removed when the test ends: trunk does not
+    // rebuild for a removal.)
+    let index = run.dir.join("make-run-dist").join("index.html");
+    let written = || std::fs::metadata(&index).and_then(|m| m.modified()).expect("dist/index.html");
+    let before = written();
+    let probe = Probe(repo().join("www").join(format!("make-run-probe-{}.txt", std::process::id())));
+    std::fs::write(&probe.0, b"a change trunk watch must see\n").expect("write the probe");
+    let rebuilt = tokio::time::timeout(Duration::from_secs(180), async {
+        while written() == before {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(rebuilt.is_ok(), "trunk watch did not rebuild the page within 3 min of a new file under www/");
+    // Let the rebuild finish writing before the page loads its files.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     let report = report_of(run.node(listen, 4_000, &[])).await;
     let frames = run.check_page_and_read_kafka(&report, false).await;
     check_audio(&frames, 4.0);
 
     // Ctrl+C, as a developer stops it: the script stops the relay and the watcher.
-    let _ = std::process::Command::new("kill").args(["-INT", &format!("-{group}")]).status();
+    group.signal("INT");
     let ended = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     assert!(ended.is_ok(), "scripts/run.sh did not stop within 30 s of Ctrl+C");
-    let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{group}")]).status();
     drain.abort();
+    drop(probe);
+}
+
+/// The process group of `scripts/run.sh` (the script, the relay, trunk and its cargo); killed when the test
+/// ends, however it ends, so that no relay or watcher outlives it.
+struct Group(u32);
+
+impl Group {
+    fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{name}"), "--", &format!("-{}", self.0)]).status();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.signal("KILL");
+    }
+}
+
+/// A file under www/ that a test adds; removed when the test ends, however it ends.
+struct Probe(PathBuf);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -193,7 +193,12 @@ fn is_unparsed_marker(e: &ClientError) -> bool {
 /// # Cancellation
 ///
 /// Safe: nothing is consumed or committed; fetch again from the same offset.
-pub async fn fetch(pc: &PartitionClient, offset: i64, max_bytes: i32, max_wait_ms: i32) -> Result<Fetched, ClientError> {
+pub async fn fetch(
+    pc: &PartitionClient,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: i32,
+) -> Result<Fetched, ClientError> {
     let (records, high_watermark) = match pc.fetch_records(offset, 1..max_bytes, max_wait_ms).await {
         Ok(fetched) => fetched,
         Err(e) if is_unparsed_marker(&e) => match pc.fetch_records(offset, 1..2, max_wait_ms).await {
