@@ -3,9 +3,12 @@
 #
 #   1. real time: BENCH_RECORDERS recorders (200 ms frames) + BENCH_SUBSCRIBERS feed subscribers for BENCH_SECONDS:
 #      ack and fan-out latency, loss, relay CPU and memory;
-#   2. max rate, 1 s frames (~43 KB envelopes) and 100 ms frames (~4.6 KB): frames/s and MB/s acked;
-#   3. Kafka's own producer benchmark (ProducerPerformance, the same Kafka's jars) at the same record sizes;
-#   4. the old uploader: kafka-python with flush() after every message (bench/old_uploader.py), 1 s frames.
+#   2. max rate, 1 s frames (~43 KB envelopes) and 100 ms frames (~4.6 KB), equal work side by side: the relay and
+#      Kafka's own producer benchmark (ProducerPerformance, the same Kafka's jars; at the bench's settings and tuned
+#      for throughput) each send the same N records of the same size, one after the other, in BENCH_ROUNDS (3)
+#      rounds; the relay's first run lasts BENCH_MAX_S (10 s short, 30 s full) and fixes N;
+#   3. the old uploader: kafka-python with flush() after every message (bench/old_uploader.py), 1 s frames, for
+#      BENCH_MAX_S.
 # Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -65,63 +68,95 @@ loadgen realtime "rt-$run_id" --recorders "$recorders" --subscribers "$subscribe
   --ramp-s 5 --frame-ms 200
 stop_relay
 
-# 2. Max rate, 1 s and 100 ms frames.
-start_relay "max1s-$run_id"
-loadgen max-1s "max1s-$run_id" --recorders 8 --duration-s "$seconds" --frame-ms 1000 --max-rate --window 16 --ramp-s 0
-stop_relay
-start_relay "max100-$run_id"
-loadgen max-100ms "max100-$run_id" --recorders 16 --duration-s "$seconds" --frame-ms 100 --max-rate --window 64 --ramp-s 0
-stop_relay
-
-# 3. Kafka's own producer at the same record sizes (acks=all, linger 5 ms, as the relay).
-perf() { # perf NAME RECORD_BYTES RECORDS
-  local topic="perf-$1-$run_id"
-  java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create --topic "$topic" \
-    --partitions 6 --replication-factor 1 >/dev/null 2>&1
-  say "ProducerPerformance: $1 ($2-byte records)"
+# 2. Max rate, equal work, side by side. Per frame size, round 1 lets the relay run for max_s seconds (as many
+#    frames as acks allow) and so fixes the work: N records of the envelope's size. Then, in each of the rounds,
+#    one after the other on this broker, each into a fresh 6-partition topic deleted afterwards: the relay with
+#    exactly N records (rounds 2..), Kafka's ProducerPerformance with N records at the bench's settings, and
+#    again tuned for throughput. The ratios' median and spread over the rounds show machine drift.
+rounds="${BENCH_ROUNDS:-3}"
+max_s="${BENCH_MAX_S:-$([[ $full == 1 ]] && echo 30 || echo 10)}"
+perf_plain=(acks=all linger.ms=5 max.request.size=2000000)
+perf_tuned=("${perf_plain[@]}" batch.size=1048576 buffer.memory=268435456)
+topic_cmd() { java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@" >/dev/null 2>&1; }
+perf() { # perf NAME RECORD_BYTES RECORDS PROPS...
+  local name="$1" bytes="$2" records="$3" topic="perf-$1-$run_id"
+  shift 3
+  topic_cmd --create --topic "$topic" --partitions 6 --replication-factor 1
+  say "ProducerPerformance: $name ($records records of $bytes bytes; $*)"
   java -cp "$cp_jars" -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \
     -Dsoundline.kafka.log="$out/perf.log" org.apache.kafka.tools.ProducerPerformance --topic "$topic" \
-    --num-records "$3" --record-size "$2" --throughput -1 \
-    --producer-props bootstrap.servers="$bootstrap" acks=all linger.ms=5 max.request.size=2000000 \
-    | tail -n 1 | tee "$out/perf-$1.txt"
+    --num-records "$records" --record-size "$bytes" --throughput -1 --producer-props bootstrap.servers="$bootstrap" "$@" \
+    | tail -n 1 | tee "$out/perf-$name.txt"
+  topic_cmd --delete --topic "$topic"
 }
-perf 1s 43000 "$([[ $full == 1 ]] && echo 40000 || echo 4000)"
-perf 100ms 4600 "$([[ $full == 1 ]] && echo 300000 || echo 30000)"
+max_rate() { # max_rate LABEL FRAME_MS RECORDERS WINDOW
+  local label="$1" frame_ms="$2" recorders="$3" window="$4" n="" bytes="" r
+  for r in $(seq 1 "$rounds"); do
+    local topic="max$label-$r-$run_id"
+    start_relay "$topic"
+    if [[ -z "$n" ]]; then
+      loadgen "max-$label-$r" "$topic" --recorders "$recorders" --frame-ms "$frame_ms" --max-rate --window "$window" \
+        --ramp-s 0 --for-s "$max_s"
+      # The work for every run of this size: whole frames per recorder.
+      n=$(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(j['frames_acked'] // $recorders * $recorders)" "$out/max-$label-$r.json")
+      bytes=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['record_bytes'])" "$out/max-$label-$r.json")
+    else
+      loadgen "max-$label-$r" "$topic" --recorders "$recorders" --frame-ms "$frame_ms" --max-rate --window "$window" \
+        --ramp-s 0 --frames $((n / recorders))
+    fi
+    stop_relay
+    topic_cmd --delete --topic "$topic"
+    perf "$label-$r-plain" "$bytes" "$n" "${perf_plain[@]}"
+    perf "$label-$r-tuned" "$bytes" "$n" "${perf_tuned[@]}"
+  done
+}
+max_rate 1s 1000 8 16
+max_rate 100ms 100 16 64
 
-# 4. The old uploader, flush after every message.
+# 3. The old uploader, flush after every message, long enough to be steady.
 topic_old="old-$run_id"
-java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create --topic "$topic_old" \
-  --partitions 6 --replication-factor 1 >/dev/null 2>&1
-say "old uploader (kafka-python, flush per message)"
-"$py" bench/old_uploader.py --bootstrap "$bootstrap" --topic "$topic_old" --frames 300 --frame-ms 1000 | tee "$out/old.json"
+topic_cmd --create --topic "$topic_old" --partitions 6 --replication-factor 1
+say "old uploader (kafka-python, flush per message, ${max_s} s)"
+"$py" bench/old_uploader.py --bootstrap "$bootstrap" --topic "$topic_old" --for-s "$max_s" --frame-ms 1000 | tee "$out/old.json"
 
-python3 - "$out" <<'PY'
-import json, re, sys
-out = sys.argv[1]
+python3 - "$out" "$rounds" <<'PY'
+import json, re, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
 j = lambda n: json.load(open(f"{out}/{n}.json"))
 def perf(n):
     line = open(f"{out}/perf-{n}.txt").read()
+    records = int(re.search(r"(\d+) records sent", line).group(1))
     rps = float(re.search(r"([\d.]+) records/sec", line).group(1))
-    mbs = float(re.search(r"\(([\d.]+) MB/sec\)", line).group(1))
-    return rps, mbs
-rt, m1, m100, old = j("realtime"), j("max-1s"), j("max-100ms"), j("old")
-p1, p100 = perf("1s"), perf("100ms")
-rows = [
-    ("real time: recorders / subscribers", f"{rt['recorders']} / {rt['subscribers']}"),
-    ("  frames sent / acked / in Kafka / lost", f"{rt['frames_sent']} / {rt['frames_acked']} / {rt['frames_in_kafka']} / {rt['lost']}"),
-    ("  ack latency p50 / p95 / p99 / max ms", "{p50:.1f} / {p95:.1f} / {p99:.1f} / {max:.1f}".format(**rt["ack_ms"])),
-    ("  fan-out latency p50 / p99 ms", "{:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"])),
-    ("  relay CPU share / peak RSS MB", "{:.2f} / {:.1f}".format(rt["relay"]["cpu_share"], rt["relay"]["peak_rss_mb"]) if rt["relay"] else "n/a"),
-    ("max rate 1 s frames: frames/s (PCM MB/s)", f"{m1['frames_per_s']:.0f} ({m1['pcm_mb_per_s']:.1f}), lost {m1['lost']}"),
-    ("  Kafka ProducerPerformance 43 KB records/s (MB/s)", f"{p1[0]:.0f} ({p1[1]:.1f})"),
-    ("  relay / Kafka's producer", f"{m1['frames_per_s'] / p1[0]:.2f}x"),
-    ("max rate 100 ms frames: frames/s (PCM MB/s)", f"{m100['frames_per_s']:.0f} ({m100['pcm_mb_per_s']:.1f}), lost {m100['lost']}"),
-    ("  Kafka ProducerPerformance 4.6 KB records/s (MB/s)", f"{p100[0]:.0f} ({p100[1]:.1f})"),
-    ("  relay / Kafka's producer", f"{m100['frames_per_s'] / p100[0]:.2f}x"),
-    ("old uploader (flush per message) 1 s frames/s", f"{old['frames_per_s']:.1f}"),
-    ("  relay / old uploader", f"{m1['frames_per_s'] / old['frames_per_s']:.1f}x"),
-]
-w = max(len(r[0]) for r in rows)
-for k, v in rows:
-    print(f"{k.ljust(w)}  {v}")
+    return records, rps, records / rps
+rt, old = j("realtime"), j("old")
+print("relay: 6 partitions, linger 5 ms, batches up to 1 000 000 bytes, no compression, acks=all (rskafka), 256 MiB budget")
+print("ProducerPerformance plain: acks=all linger.ms=5 max.request.size=2000000 (batch.size 16384, the default)")
+print("ProducerPerformance tuned: the same + batch.size=1048576 buffer.memory=268435456")
+print()
+print(f"real time: {rt['recorders']} recorders / {rt['subscribers']} subscribers, {rt['seconds']:.1f} s: "
+      f"sent {rt['frames_sent']} acked {rt['frames_acked']} in Kafka {rt['frames_in_kafka']} lost {rt['lost']}")
+print("  ack ms p50 / p95 / p99 / max: {p50:.1f} / {p95:.1f} / {p99:.1f} / {max:.1f}".format(**rt["ack_ms"]))
+print("  fan-out ms p50 / p99: {:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"]))
+if rt["relay"]:
+    print("  relay CPU {:.2f} cores, peak RSS {:.1f} MB".format(rt["relay"]["cpu_share"], rt["relay"]["peak_rss_mb"]))
+print()
+for label in ("1s", "100ms"):
+    relay = [j(f"max-{label}-{r}") for r in range(1, rounds + 1)]
+    plain = [perf(f"{label}-{r}-plain") for r in range(1, rounds + 1)]
+    tuned = [perf(f"{label}-{r}-tuned") for r in range(1, rounds + 1)]
+    print(f"max rate, {label} frames ({relay[0]['record_bytes']}-byte envelopes, {relay[0]['recorders']} recorders):")
+    print("  round | relay records, s, records/s, lost | plain records, s, records/s | tuned records, s, records/s | relay/plain | relay/tuned")
+    for r in range(rounds):
+        m, p, t = relay[r], plain[r], tuned[r]
+        print(f"  {r + 1} | {m['frames_acked']}, {m['seconds']:.1f} s, {m['frames_per_s']:.0f}/s, lost {m['lost']} | "
+              f"{p[0]}, {p[2]:.1f} s, {p[1]:.0f}/s | {t[0]}, {t[2]:.1f} s, {t[1]:.0f}/s | "
+              f"{m['frames_per_s'] / p[1]:.2f}x | {m['frames_per_s'] / t[1]:.2f}x")
+    for name, base in (("plain", plain), ("tuned", tuned)):
+        ratios = [m["frames_per_s"] / b[1] for m, b in zip(relay, base)]
+        print(f"  relay / ProducerPerformance {name}: median {statistics.median(ratios):.2f}x, "
+              f"spread {min(ratios):.2f}x to {max(ratios):.2f}x over {rounds} rounds")
+    print()
+m1 = statistics.median(x["frames_per_s"] for x in (j(f"max-1s-{r}") for r in range(1, rounds + 1)))
+print(f"old uploader (flush per message), 1 s frames: {old['frames']} frames in {old['seconds']:.1f} s = {old['frames_per_s']:.1f}/s; "
+      f"relay (median of the 1 s rounds) / old uploader: {m1 / old['frames_per_s']:.1f}x")
 PY

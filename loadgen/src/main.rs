@@ -9,7 +9,12 @@
 //! ```text
 //! soundline-loadgen --relay 127.0.0.1:8080 --kafka 127.0.0.1:9092 --topic aicp-sound \
 //!     --recorders 200 --subscribers 20 --duration-s 30 --frame-ms 200 [--max-rate] [--relay-pid PID] [--json]
+//! soundline-loadgen ... --max-rate --for-s 30 --window 16    # as many frames as acks allow, for 30 s
+//! soundline-loadgen ... --max-rate --frames 3000 --window 16 # exactly 3000 frames per recorder (equal work)
 //! ```
+//!
+//! The report says how long the run took (`seconds`), how many frames went (`frames_sent`, `frames_acked`) and
+//! the size of each envelope (`record_bytes`), so another producer can be given exactly the same work.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -61,6 +66,13 @@ struct Args {
     /// Unacked frames per recorder in --max-rate mode.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// --max-rate: frames each recorder sends (instead of `--duration-s` worth of audio): equal work to compare
+    /// with another producer.
+    #[arg(long, conflicts_with = "for_s", requires = "max_rate")]
+    frames: Option<u32>,
+    /// --max-rate: each recorder sends for this many seconds of wall-clock time, as many frames as acks allow.
+    #[arg(long, requires = "max_rate")]
+    for_s: Option<f64>,
     /// The relay's pid, to report its CPU time and peak RSS (Linux /proc).
     #[arg(long)]
     relay_pid: Option<u32>,
@@ -183,28 +195,42 @@ async fn recorder(
     }
     let samples_per_frame = (16 * args.frame_ms) as usize;
     let pcm: Vec<i16> = (0..samples_per_frame).map(|n| ((n * 7919 + i * 31) % 20_000) as i16 - 10_000).collect();
-    let frames = ((args.duration_s * 1000.0) / f64::from(args.frame_ms)).ceil() as u32;
+    // How many frames: a fixed count, or as many as fit in `--for-s` (known once the sender stops).
+    let planned = match (args.frames, args.for_s) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u32::MAX,
+        (None, None) => ((args.duration_s * 1000.0) / f64::from(args.frame_ms)).ceil() as u32,
+    };
+    let total = Arc::new(std::sync::atomic::AtomicU32::new(planned));
+    let sender_done = Arc::new(tokio::sync::Notify::new());
     let sent_at: Arc<std::sync::Mutex<HashMap<u32, Instant>>> = Arc::default();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(if args.max_rate { args.window } else { usize::MAX >> 4 }));
 
     let reader = {
         let (sent_at, totals, latencies, in_flight) =
             (Arc::clone(&sent_at), Arc::clone(&totals), Arc::clone(&latencies), Arc::clone(&in_flight));
-        let landed = Arc::clone(&landed);
+        let (landed, total, sender_done) = (Arc::clone(&landed), Arc::clone(&total), Arc::clone(&sender_done));
         tokio::spawn(async move {
             let mut local = Vec::new();
             let mut acked = 0;
-            let mut at = Landed { recorder: i, partition: -1, offsets: vec![-1; frames as usize] };
-            while acked < frames {
-                let Some(Ok(msg)) = rx.next().await else { break };
+            let mut at = Landed { recorder: i, partition: -1, offsets: Vec::new() };
+            while acked < total.load(Relaxed) {
+                let msg = tokio::select! {
+                    msg = rx.next() => msg,
+                    // The sender stopped (the count is final now): check again whether every ack is in.
+                    () = sender_done.notified() => continue,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let Message::Text(t) = msg else { continue };
                 match ServerMessage::parse(&t) {
                     Ok(ServerMessage::Ack { seq, partition, offset }) => {
                         acked += 1;
                         at.partition = partition;
-                        if let Some(o) = at.offsets.get_mut(seq as usize) {
-                            *o = offset;
+                        let seq_index = seq as usize;
+                        if at.offsets.len() <= seq_index {
+                            at.offsets.resize(seq_index + 1, -1);
                         }
+                        at.offsets[seq_index] = offset;
                         totals.acked.fetch_add(1, Relaxed);
                         totals.pcm_bytes_acked.fetch_add(samples_per_frame as u64 * 2, Relaxed);
                         if let Some(t0) = sent_at.lock().ok().and_then(|mut m| m.remove(&seq)) {
@@ -224,8 +250,10 @@ async fn recorder(
         })
     };
     let start = Instant::now();
+    let deadline = args.for_s.map(|s| start + Duration::from_secs_f64(s));
     let mut buf = Vec::with_capacity(frame::HEADER_LEN + samples_per_frame * 2);
-    for seq in 0..frames {
+    let mut seq = 0;
+    while seq < planned && deadline.is_none_or(|d| Instant::now() < d) {
         if args.max_rate {
             in_flight.acquire().await?.forget();
         } else {
@@ -240,10 +268,36 @@ async fn recorder(
         }
         tx.send(Message::Binary(buf.clone().into())).await?;
         totals.sent.fetch_add(1, Relaxed);
+        seq += 1;
     }
+    total.store(seq, Relaxed);
+    sender_done.notify_one();
     let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
     let _ = tx.send(Message::Close(None)).await;
     Ok(())
+}
+
+/// Bytes of one envelope as the relay builds it for this load generator's frames (the size a Kafka producer
+/// must send for equal work).
+fn envelope_bytes(frame_ms: u32) -> usize {
+    let recording = Recording {
+        device: DeviceInfo { car_id: "LOAD-18c3f0a1b2d-0".into(), rail_type: 0 },
+        location: LocationInfo { unit_id: "loadgen".into(), sty: String::new() },
+        segment_id: "18c3f0a1b2d-0".into(),
+        inspection_info: String::new(),
+    };
+    let pcm = vec![0u8; 32 * frame_ms as usize];
+    let mut out = Vec::new();
+    let stamp = soundline_shared::envelope::Stamp { ver: "1.0".into(), ..Default::default() };
+    soundline_shared::envelope::write_json(
+        "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f3a21",
+        &stamp,
+        &recording,
+        now_ms(),
+        &pcm,
+        &mut out,
+    );
+    out.len()
 }
 
 async fn subscriber(
@@ -456,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
         "recorders": args.recorders, "subscribers": args.subscribers, "frame_ms": args.frame_ms,
         "subscribers_watch": if args.subscribe_all { "every record" } else { "one car each" },
         "mode": if args.max_rate { "max-rate" } else { "real-time" },
-        "seconds": elapsed,
+        "seconds": elapsed, "record_bytes": envelope_bytes(args.frame_ms),
         "frames_sent": sent, "frames_acked": acked, "frames_in_kafka": found,
         "frames_expired_by_retention": expired, "lost": lost, "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
         "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,

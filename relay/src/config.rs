@@ -84,6 +84,7 @@ pub const SETTINGS: &[Setting] = &[
     s("feed_topics", "relay.feed_topics", "SOUNDLINE_FEED_TOPICS", Some("feed-topics"), Some(""), "other topics /ws/feed may serve besides the audio topic, comma-separated (e.g. analysis results)"),
     s("feed_buffer_records", "relay.feed_buffer_records", "SOUNDLINE_FEED_BUFFER_RECORDS", None, Some("1024"), "live records a feed subscriber may fall behind before it is told it lagged"),
     s("feed_send_timeout_s", "relay.feed_send_timeout_s", "SOUNDLINE_FEED_SEND_TIMEOUT_S", None, Some("10"), "a feed subscriber that reads nothing for this long is disconnected (too_slow)"),
+    s("feed_reader_idle_s", "relay.feed_reader_idle_s", "SOUNDLINE_FEED_READER_IDLE_S", None, Some("30"), "a partition's live reader stops when no feed subscriber has needed it for this long (a subscriber to one car needs only that car's partition)"),
     s("feed_malformed", "relay.feed_malformed", "SOUNDLINE_FEED_MALFORMED", None, Some("opaque"), "records neither envelope nor JSON: opaque (delivered as base64) or skip (counted, dropped)"),
     s("shutdown_timeout_s", "relay.shutdown_timeout_s", "SOUNDLINE_SHUTDOWN_TIMEOUT_S", None, Some("20"), "on SIGTERM, how long to wait for Kafka to ack what is in flight"),
     s("auth_tokens", "relay.auth_tokens", "SOUNDLINE_AUTH_TOKENS", None, None, "static bearer tokens, name:token[,name:token...] (file or environment only); any auth_* setting turns authentication on"),
@@ -231,6 +232,8 @@ pub struct FeedConfig {
     pub buffer_records: usize,
     /// Longest a send to a subscriber may take.
     pub send_timeout: Duration,
+    /// How long a partition reader nobody needs keeps running.
+    pub reader_idle: Duration,
     /// Skip (count) records that are neither envelopes nor JSON, instead of delivering them as opaque.
     pub skip_malformed: bool,
 }
@@ -579,6 +582,11 @@ impl RawConfig {
                     "feed_send_timeout_s",
                     "seconds between 1 and 600",
                     |v| v.parse().ok().filter(|n| (1..=600).contains(n)),
+                )?),
+                reader_idle: Duration::from_secs(self.parse(
+                    "feed_reader_idle_s",
+                    "seconds between 1 and 3600",
+                    |v| v.parse().ok().filter(|n| (1..=3600).contains(n)),
                 )?),
                 skip_malformed: self.parse("feed_malformed", "opaque or skip", |v| match v {
                     "opaque" => Some(false),

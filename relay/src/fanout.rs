@@ -1,28 +1,34 @@
-//! Fan-out: one live consumer per partition per topic per relay process, broadcast to every feed subscriber.
+//! Fan-out: Kafka back out to every feed subscriber, one live reader per needed partition per topic per relay
+//! process, broadcast to the subscribers.
 //!
 //! # Data Flow
 //!
 //! ```text
-//!  Kafka ─► fetch loop p0 ─┐                      ┌─► subscriber A (filters, its own position per partition)
-//!  Kafka ─► fetch loop p1 ─┼─► hub: classify, ─► broadcast ring ─► subscriber B
-//!  ...                     ┘   serialize once,    (feed_buffer_records)   ...
-//!                              advance positions  full: the slowest subscriber lags, nobody waits
+//!  Kafka ─► reader p3 (a car's subscriber needs it) ─┐                    ┌─► subscriber A (carId: its partition)
+//!  Kafka ─► reader p7 (an unfiltered one needs all) ─┼─► hub: classify, ─► broadcast ring ─► subscriber B
+//!  ...      (none where nobody needs the partition)  ┘   serialize once,  (feed_buffer_records)   ...
+//!                                                        advance positions full: the slowest lags, nobody waits
 //! ```
 //!
-//! A hub starts on the first subscription to its topic, at the topic's end, and runs for the life of the process:
-//! subscribers never multiply Kafka fetches. Each record's `record` message is serialized once, here, and shared
-//! by reference with every subscriber.
+//! **Readers on demand.** A hub (per topic) starts with no reader. A subscription filtered to a car needs only that
+//! car's partition (`murmur2(carID) % partitions`, the producer's choice); an unfiltered one needs all of them.
+//! Joining starts a reader at the partition's end where none runs; leaving (the [`Membership`] dropped) lets it
+//! stop once nobody has needed it for `feed_reader_idle_s`. So a relay replica reads from Kafka what its own
+//! subscribers watch, not the whole topic, and nothing when nobody watches: replicas scale out instead of each
+//! multiplying the topic's reads. Each record's `record` message is serialized once, here, and shared by
+//! reference with every subscriber.
 //!
-//! **Joining without gaps or duplicates.** The hub advances `positions[p]` (the next offset it will publish) before
-//! it publishes each record. A subscriber first subscribes to the broadcast, then reads `positions`: every record
-//! at or after those offsets is published after its subscription, so it will arrive on the broadcast; everything
-//! before them it reads itself from Kafka (history). Per partition it then delivers each offset at most once.
-//! When the broadcast ring overflows (a slow subscriber), the subscriber is told how many records it missed and
-//! the offsets to resume from (see `feed.rs`); publishing never waits for it.
+//! **Joining without gaps or duplicates.** The hub advances `position` (the next offset it will publish) of a
+//! partition before it publishes each record. A subscriber first subscribes to the broadcast, then reads the
+//! positions (starting readers there where needed): every record at or after them is published after its
+//! subscription, so it will arrive on the broadcast; everything before them it reads itself from Kafka
+//! (history). Per partition it then delivers each offset at most once. When the broadcast ring overflows (a slow
+//! subscriber), the subscriber is told how many records it missed and the offsets to resume from (see
+//! `feed.rs`); publishing never waits for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
@@ -32,9 +38,10 @@ use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::record::Record;
 use soundline_shared::feed::{FeedRecord, FeedServerMessage, FeedValue};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::consumer::{Consumed, ConsumerHealth, Start, partitions, spawn_partition_reader};
+use crate::kafka::consumer::{Consumed, ConsumerHealth, Reader, Start, partitions, spawn_partition_reader};
 use crate::kafka::{KafkaError, connect};
 use crate::metrics::Metrics;
 
@@ -99,22 +106,179 @@ pub fn publish(topic: &str, partition: i32, offset: i64, record: &Record, skip_m
     Some(Published { partition, offset, car_id, segment_id, text: Utf8Bytes::from(text) })
 }
 
+/// One partition of a hub: where its live stream stands, and its reader while anyone needs it.
+struct PartitionState {
+    /// Next offset the hub publishes (while a reader runs; where it stopped, after).
+    position: i64,
+    reader: Option<LiveReader>,
+}
+
+/// A running partition reader and who needs it.
+struct LiveReader {
+    /// Subscribers reading this partition now.
+    subscribers: usize,
+    /// When the last of them left: the reader stops `reader_idle` later.
+    idle_since: Option<Instant>,
+    stop: CancellationToken,
+}
+
 /// One topic's live stream.
 pub struct Hub {
     /// The topic.
     pub topic: Arc<str>,
     tx: broadcast::Sender<Arc<Published>>,
-    /// Next offset the hub publishes, per partition. Written by the hub's task only; a std Mutex held briefly.
-    positions: Mutex<Vec<i64>>,
+    /// Per partition. Written by joins, leaves and the hub's task; a std Mutex held briefly, never across an await.
+    partitions: Mutex<Vec<PartitionState>>,
+    /// Subscribers that read every partition (no car filter): a partition the topic gains is read for them.
+    everything: Mutex<usize>,
+    reader: Reader,
+    records_tx: mpsc::Sender<Consumed>,
+}
+
+/// A subscriber's hold on the partitions it reads. Dropping it (the subscriber left) lets their readers stop once
+/// nobody has needed them for `feed_reader_idle_s`.
+pub struct Membership {
+    hub: Arc<Hub>,
+    /// `None`: every partition, those the topic gains included.
+    partitions: Option<Vec<i32>>,
 }
 
 impl Hub {
-    /// Subscribes to the live stream and returns, with it, the positions from which it is complete.
-    pub fn join(&self) -> (broadcast::Receiver<Arc<Published>>, Vec<i64>) {
+    /// The topic's partitions, as far as the hub knows.
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.lock().map(|p| p.len() as i32).unwrap_or_default()
+    }
+
+    /// Joins the live stream of `wanted` partitions (`None`: all), starting a reader at the partition's end
+    /// where none runs. Returns the broadcast receiver, per wanted partition the offset from which it is
+    /// complete, and the membership that keeps those readers running.
+    ///
+    /// # Errors
+    ///
+    /// Kafka did not say where a partition ends.
+    ///
+    /// # Cancellation
+    ///
+    /// Safe: a reader started for this join and left without a membership stops when idle.
+    pub async fn join(
+        self: &Arc<Self>,
+        wanted: Option<&[i32]>,
+    ) -> Result<(broadcast::Receiver<Arc<Published>>, BTreeMap<i32, i64>, Membership), KafkaError> {
         // Order matters: subscribe first, then read the positions (see the module doc).
         let rx = self.tx.subscribe();
-        let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
-        (rx, positions)
+        let wanted: Vec<i32> = match wanted {
+            Some(w) => w.to_vec(),
+            None => (0..self.partition_count()).collect(),
+        };
+        let unread: Vec<i32> = {
+            let parts = self.lock();
+            wanted.iter().copied().filter(|p| parts.get(*p as usize).is_some_and(|s| s.reader.is_none())).collect()
+        };
+        // Where the unread partitions end, asked before taking the lock again (it is never held across an await).
+        let mut ends = HashMap::new();
+        for p in unread {
+            let pc = self
+                .reader
+                .client
+                .partition_client(self.topic.to_string(), p, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|source| KafkaError::Unreachable { brokers: String::new(), source })?;
+            let end = pc
+                .get_offset(OffsetAt::Latest)
+                .await
+                .map_err(|source| KafkaError::Unreachable { brokers: String::new(), source })?;
+            ends.insert(p, end);
+        }
+        let all = wanted.len() as i32 == self.partition_count();
+        let mut positions = BTreeMap::new();
+        {
+            let mut parts = self.lock();
+            for &p in &wanted {
+                let Some(state) = parts.get_mut(p as usize) else { continue };
+                match (&mut state.reader, ends.get(&p)) {
+                    (Some(reader), _) => {
+                        reader.subscribers += 1;
+                        reader.idle_since = None;
+                    }
+                    // Every record at or after `position` is published by the new reader, after this subscription.
+                    (None, Some(&end)) => {
+                        state.position = end.max(state.position);
+                        state.reader = Some(self.start_reader(p, state.position, 1));
+                    }
+                    // Stopped between the two looks (a reaper ran): start it where the hub stopped publishing,
+                    // so the subscriber's history (up to `position`) and the live stream still meet.
+                    (None, None) => {
+                        let from = state.position;
+                        state.reader = Some(self.start_reader(p, from, 1));
+                    }
+                }
+                positions.insert(p, state.position);
+            }
+            if all {
+                *self.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+            }
+        }
+        let partitions = (!all).then_some(wanted);
+        Ok((rx, positions, Membership { hub: Arc::clone(self), partitions }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PartitionState>> {
+        self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start_reader(&self, partition: i32, from: i64, subscribers: usize) -> LiveReader {
+        let stop = CancellationToken::new();
+        spawn_partition_reader(
+            self.reader.clone(),
+            partition,
+            Start::Offset(from),
+            self.records_tx.clone(),
+            stop.clone(),
+        );
+        tracing::debug!(topic = %self.topic, partition, from, "feed: partition reader started");
+        LiveReader { subscribers, idle_since: None, stop }
+    }
+
+    /// Stops the readers nobody has needed for `idle`.
+    fn reap(&self, idle: Duration) {
+        let mut parts = self.lock();
+        for (p, state) in parts.iter_mut().enumerate() {
+            if state.reader.as_ref().and_then(|r| r.idle_since).is_some_and(|since| since.elapsed() >= idle) {
+                if let Some(r) = state.reader.take() {
+                    r.stop.cancel();
+                }
+                tracing::debug!(topic = %self.topic, partition = p, "feed: partition reader stopped (no subscriber)");
+            }
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut parts = self.hub.lock();
+        let now = Instant::now();
+        let mut leave = |state: &mut PartitionState| {
+            if let Some(r) = state.reader.as_mut() {
+                r.subscribers = r.subscribers.saturating_sub(1);
+                if r.subscribers == 0 {
+                    r.idle_since = Some(now);
+                }
+            }
+        };
+        match &self.partitions {
+            Some(ps) => {
+                for p in ps {
+                    if let Some(state) = parts.get_mut(*p as usize) {
+                        leave(state);
+                    }
+                }
+            }
+            None => {
+                parts.iter_mut().for_each(&mut leave);
+                let mut everything = self.hub.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *everything = everything.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -156,7 +320,7 @@ impl Fanout {
             .cloned()
     }
 
-    /// The hub of `topic`, starting it at the topic's end if it is not running.
+    /// The hub of `topic`, created (with no reader running) if there is none yet.
     ///
     /// # Errors
     ///
@@ -169,67 +333,50 @@ impl Fanout {
         let client = self.client().await?;
         let brokers = self.config.kafka.brokers.join(",");
         let n = partitions(&client, &brokers, topic).await?;
-        let mut positions = Vec::with_capacity(n as usize);
-        for p in 0..n {
-            let pc = client
-                .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
-                .await
-                .map_err(|source| KafkaError::Unreachable { brokers: brokers.clone(), source })?;
-            positions.push(
-                pc.get_offset(OffsetAt::Latest)
-                    .await
-                    .map_err(|source| KafkaError::Unreachable { brokers: brokers.clone(), source })?,
-            );
-        }
         let (tx, _) = broadcast::channel(self.config.feed.buffer_records);
-        let hub = Arc::new(Hub { topic: Arc::from(topic), tx, positions: Mutex::new(positions.clone()) });
         let (records_tx, records_rx) = mpsc::channel(1024);
-        for (p, offset) in positions.iter().enumerate() {
-            spawn_partition_reader(
-                Arc::clone(&client),
-                Arc::clone(&hub.topic),
-                p as i32,
-                Start::Offset(*offset),
-                records_tx.clone(),
-                Arc::clone(&self.health),
-            );
-        }
-        tokio::spawn(run_hub(
-            Arc::clone(&hub),
-            records_rx,
+        let hub = Arc::new(Hub {
+            topic: Arc::from(topic),
+            tx,
+            partitions: Mutex::new((0..n).map(|_| PartitionState { position: 0, reader: None }).collect()),
+            everything: Mutex::new(0),
+            reader: Reader { client, topic: Arc::from(topic), health: Arc::clone(&self.health) },
             records_tx,
-            client,
+        });
+        tokio::spawn(run_hub(
+            Arc::downgrade(&hub),
+            records_rx,
             self.config.feed.skip_malformed,
+            self.config.feed.reader_idle,
             Arc::clone(&self.metrics),
-            Arc::clone(&self.health),
         ));
-        tracing::info!(topic, partitions = n, "feed: consuming topic live");
+        tracing::info!(topic, partitions = n, "feed: hub ready; partitions are read while subscribers need them");
         hubs.insert(topic.to_owned(), Arc::clone(&hub));
         Ok(hub)
     }
 }
 
-/// The hub's task: classify and publish each consumed record; follow partitions added later.
+/// The hub's task: classify and publish each consumed record; stop readers nobody needs; follow partitions
+/// added later.
 async fn run_hub(
-    hub: Arc<Hub>,
+    hub: std::sync::Weak<Hub>,
     mut records: mpsc::Receiver<Consumed>,
-    records_tx: mpsc::Sender<Consumed>,
-    client: Arc<Client>,
     skip_malformed: bool,
+    reader_idle: Duration,
     metrics: Arc<Metrics>,
-    health: Arc<ConsumerHealth>,
 ) {
     let mut rescan = tokio::time::interval(Duration::from_secs(30));
     rescan.tick().await;
+    let mut reap = tokio::time::interval((reader_idle / 4).max(Duration::from_millis(250)));
     loop {
         tokio::select! {
             consumed = records.recv() => {
-                let Some(c) = consumed else { return };
+                let (Some(c), Some(hub)) = (consumed, hub.upgrade()) else { return };
                 let published = publish(&hub.topic, c.partition, c.offset, &c.record, skip_malformed);
-                if let Ok(mut positions) = hub.positions.lock()
-                    && let Some(slot) = positions.get_mut(c.partition as usize)
-                {
-                    *slot = c.offset + 1;
+                if let Some(state) = hub.lock().get_mut(c.partition as usize) {
+                    // A stopped reader's last records may still come through after a new reader started further
+                    // on: positions never go back.
+                    state.position = state.position.max(c.offset + 1);
                 }
                 match published {
                     // No subscriber is not an error: the record is simply not needed now.
@@ -237,15 +384,20 @@ async fn run_hub(
                     None => metrics.feed_dropped(crate::metrics::FeedDrop::Malformed, 1),
                 }
             }
+            _ = reap.tick() => {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.reap(reader_idle);
+            }
             _ = rescan.tick() => {
-                let known = hub.positions.lock().map(|p| p.len()).unwrap_or_default() as i32;
-                let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), partitions(&client, "", &hub.topic)).await else { continue };
+                let Some(hub) = hub.upgrade() else { return };
+                let known = hub.partition_count();
+                let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), partitions(&hub.reader.client, "", &hub.topic)).await else { continue };
+                let everything = *hub.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for p in known..n {
                     tracing::info!(topic = %hub.topic, partition = p, "feed: topic gained a partition");
-                    if let Ok(mut positions) = hub.positions.lock() {
-                        positions.push(0);
-                    }
-                    spawn_partition_reader(Arc::clone(&client), Arc::clone(&hub.topic), p, Start::Earliest, records_tx.clone(), Arc::clone(&health));
+                    // Read from its start for the subscribers that take every partition.
+                    let reader = (everything > 0).then(|| hub.start_reader(p, 0, everything));
+                    hub.lock().push(PartitionState { position: 0, reader });
                 }
             }
         }

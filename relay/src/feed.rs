@@ -32,6 +32,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::fanout::{Hub, Published, publish};
 use crate::kafka::KafkaError;
 use crate::kafka::consumer::fetch;
+use crate::kafka::partitioner::partition_for_key;
 use crate::metrics::FeedDrop;
 use crate::server::AppState;
 
@@ -149,17 +150,22 @@ async fn send_within(sink: &mut Sink, msg: Message, state: &AppState) -> Result<
     }
 }
 
-/// Resolves the subscription's start offset per partition (never past the live position).
-async fn starts(hub: &Hub, from: &From, live: &[i64], state: &AppState) -> Result<Vec<i64>, Fail> {
+/// Resolves the subscription's start offset per partition it reads (never past the live position).
+async fn starts(
+    hub: &Hub,
+    from: &From,
+    live: &BTreeMap<i32, i64>,
+    state: &AppState,
+) -> Result<BTreeMap<i32, i64>, Fail> {
     if *from == From::Live {
-        return Ok(live.to_vec());
+        return Ok(live.clone());
     }
     let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-    let mut out = Vec::with_capacity(live.len());
-    for (p, live_p) in live.iter().enumerate() {
+    let mut out = BTreeMap::new();
+    for (&p, &live_p) in live {
         let wanted = match from {
-            From::Live => *live_p,
-            From::Offsets(o) => o.get(&(p as i32)).copied().unwrap_or(*live_p),
+            From::Live => live_p,
+            From::Offsets(o) => o.get(&p).copied().unwrap_or(live_p),
             From::Earliest | From::TimestampMs(_) => {
                 let at = match from {
                     From::TimestampMs(ms) => {
@@ -168,29 +174,29 @@ async fn starts(hub: &Hub, from: &From, live: &[i64], state: &AppState) -> Resul
                     _ => OffsetAt::Earliest,
                 };
                 let pc = client
-                    .partition_client(hub.topic.to_string(), p as i32, UnknownTopicHandling::Retry)
+                    .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
                     .await
                     .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
                 // -1: no record that recent.
                 match pc.get_offset(at).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))? {
-                    o if o < 0 => *live_p,
+                    o if o < 0 => live_p,
                     o => o,
                 }
             }
         };
-        out.push(wanted.clamp(0, *live_p));
+        out.insert(p, wanted.clamp(0, live_p));
     }
     Ok(out)
 }
 
-async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) -> Result<(), Fail> {
-    let (mut live_rx, live) = hub.join();
+async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppState) -> Result<(), Fail> {
+    // A car's records all sit on its partition (the producer's murmur2 choice): read only that one.
+    let partitions = hub.partition_count();
+    let car_partition = sub.car_id.as_deref().map(|car| [partition_for_key(car.as_bytes(), partitions)]);
+    let (mut live_rx, live, _membership) =
+        hub.join(car_partition.as_ref().map(|p| &p[..])).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
     let start = starts(hub, &sub.from, &live, state).await?;
-    let subscribed = FeedServerMessage::Subscribed {
-        topic: hub.topic.to_string(),
-        partitions: live.len() as i32,
-        from: start.iter().enumerate().map(|(p, o)| (p as i32, *o)).collect(),
-    };
+    let subscribed = FeedServerMessage::Subscribed { topic: hub.topic.to_string(), partitions, from: start.clone() };
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
@@ -198,13 +204,14 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
 
     // History: this subscriber's own fetches, partition by partition, up to where the live stream starts.
     let skip_malformed = state.config().feed.skip_malformed;
-    for (p, (&from, &until)) in start.iter().zip(&live).enumerate() {
+    for (&p, &from) in &start {
+        let until = live.get(&p).copied().unwrap_or(from);
         if from >= until {
             continue;
         }
         let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
         let pc = client
-            .partition_client(hub.topic.to_string(), p as i32, UnknownTopicHandling::Retry)
+            .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
             .await
             .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
         let mut offset = from;
@@ -241,7 +248,7 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
                     ping(sink, state).await?;
                 }
                 offset = r.offset + 1;
-                let Some(published) = publish(&hub.topic, p as i32, r.offset, &r.record, skip_malformed) else {
+                let Some(published) = publish(&hub.topic, p, r.offset, &r.record, skip_malformed) else {
                     continue;
                 };
                 if published.matches(car, segment) {
@@ -253,7 +260,7 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
     }
 
     // Live: each offset at most once per partition.
-    let mut next: BTreeMap<i32, i64> = live.iter().enumerate().map(|(p, o)| (p as i32, *o)).collect();
+    let mut next: BTreeMap<i32, i64> = live.clone();
     loop {
         let received = tokio::select! {
             r = live_rx.recv() => r,
@@ -272,7 +279,13 @@ async fn deliver(sink: &mut Sink, hub: &Hub, sub: &Subscribe, state: &AppState) 
             }
             Err(RecvError::Closed) => return Ok(()),
         };
-        let slot = next.entry(published.partition).or_insert(0);
+        // A car's subscription reads its partition only (other partitions' records come by for other
+        // subscribers); one of every partition follows partitions the topic gains.
+        let slot = match car {
+            Some(_) => next.get_mut(&published.partition),
+            None => Some(next.entry(published.partition).or_insert(0)),
+        };
+        let Some(slot) = slot else { continue };
         if published.offset < *slot {
             continue;
         }

@@ -10,7 +10,7 @@
 //!                                                      ▼
 //!  /ws/feed ◄── feed.rs ◄── fanout.rs ◄── kafka/consumer.rs
 //!               filters,    one hub per topic,  one fetch loop per partition
-//!               history     broadcast
+//!               history     broadcast           (only the partitions subscribers need)
 //! ```
 //!
 //! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
@@ -21,7 +21,7 @@
 //! - [`dedup`]: frames already produced, so a resend is acked again rather than produced twice.
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner and the batching producer.
 //! - [`metrics`]: counters for `/metrics`.
-//! - [`fanout`] and [`feed`]: Kafka back out to `/ws/feed` subscribers, one consumer per partition per process.
+//! - [`fanout`] and [`feed`]: Kafka back out to `/ws/feed` subscribers, a partition read only while one needs it.
 //! - [`web`]: the built web app's files, with a strict Content-Security-Policy and cache headers.
 //! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]

@@ -95,7 +95,7 @@ pub enum Refused {
     PendingMax,
     /// The first request's headers did not arrive within `hello_timeout_s` (a slow-loris trickle, or silence).
     HeaderTimeout,
-    /// Request headers beyond hyper's 64 KiB read buffer (HTTP 431), or an over-long URI (414).
+    /// A request line and headers over `max_header_bytes` (HTTP 431), or an over-long URI (414).
     HeadersTooLarge,
     /// Bytes that are not HTTP/1.1 (HTTP 400).
     BadHttp,
@@ -134,6 +134,19 @@ impl Refused {
             Self::HttpLifetime => "http_lifetime",
         }
     }
+}
+
+/// What the feed's live partition readers report, for one rendering.
+#[derive(Debug, Default)]
+pub struct FeedReaders {
+    /// (topic, partition, records behind the partition's end) per partition read.
+    pub lag: Vec<(std::sync::Arc<str>, i32, i64)>,
+    /// Fetch rounds so far.
+    pub fetches: u64,
+    /// Record bytes read so far.
+    pub fetched_bytes: u64,
+    /// Readers running now.
+    pub readers: i64,
 }
 
 /// Every metric the relay exports.
@@ -213,9 +226,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition; `consumer_lag` is (topic, partition, records behind) per feed partition,
-    /// `feed_fetches` the fetch requests of the feed's live consumers.
-    pub fn render(&self, consumer_lag: &[(std::sync::Arc<str>, i32, i64)], feed_fetches: u64) -> String {
+    /// The Prometheus text exposition, with what the feed's live partition readers report.
+    pub fn render(&self, feed: &FeedReaders) -> String {
+        let consumer_lag = &feed.lag;
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -271,7 +284,12 @@ impl Metrics {
         counter(
             "soundline_feed_fetches_total",
             "Fetch rounds of the feed's live partition consumers (one fetch request each; two or three to get past a transaction marker).",
-            feed_fetches,
+            feed.fetches,
+        );
+        counter(
+            "soundline_feed_fetched_bytes_total",
+            "Bytes of record keys and values the feed's live partition readers read from Kafka.",
+            feed.fetched_bytes,
         );
         counter(
             "soundline_backpressure_total",
@@ -289,6 +307,11 @@ impl Metrics {
         );
         gauge("soundline_kafka_up", "1 when Kafka is reachable and the topic exists.", self.kafka_up.load(Relaxed));
         gauge("soundline_feed_subscribers", "Feed subscribers connected now.", self.feed_subscribers.load(Relaxed));
+        gauge(
+            "soundline_feed_partition_readers",
+            "Partitions the feed reads live now (those some subscriber needs, or needed within feed_reader_idle_s).",
+            feed.readers,
+        );
         labelled(
             &mut out,
             "soundline_errors_total",
@@ -361,7 +384,7 @@ mod tests {
         let m = Metrics::default();
         m.produce_latency.observe(Duration::from_micros(500));
         m.produce_latency.observe(Duration::from_millis(30));
-        let text = m.render(&[], 0);
+        let text = m.render(&FeedReaders::default());
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_count 2"), "{text}");
@@ -371,7 +394,7 @@ mod tests {
     fn errors_are_labelled_by_code() {
         let m = Metrics::default();
         m.error(ErrorCode::BadFrame);
-        assert!(m.render(&[], 0).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
+        assert!(m.render(&FeedReaders::default()).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
         assert_eq!(m.errors(ErrorCode::BadFrame), 1);
     }
 }

@@ -287,7 +287,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics().render(&state.fanout().health().lag(), state.fanout().health().fetches()),
+        state.metrics().render(&{
+            let health = state.fanout().health();
+            crate::metrics::FeedReaders {
+                lag: health.lag(),
+                fetches: health.fetches(),
+                fetched_bytes: health.fetched_bytes(),
+                readers: health.running(),
+            }
+        }),
     )
         .into_response()
 }

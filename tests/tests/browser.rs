@@ -303,6 +303,8 @@ async fn thirty_seconds_without_network_lose_no_frame() {
     relay.stop().await;
 }
 
+const MAKE_RUN_TOKEN: &str = "make-run-technician-token-0123";
+
 /// `make run` as a developer runs it: `scripts/run.sh` itself (its `trunk watch` build, its relay serving the
 /// page and the WebSockets on one origin), against the test broker instead of starting the development one. The
 /// page records in Chromium through exactly that; every frame must be in Kafka, the feed panel must list the
@@ -322,6 +324,8 @@ async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() 
         .env("SOUNDLINE_PARTITIONS", "1")
         .env("SOUNDLINE_LISTEN", listen.to_string())
         .env("SOUNDLINE_RUN_DIST", run.dir.join("make-run-dist"))
+        // With an access token: the page offers it as a WebSocket subprotocol, which is what Trunk's proxy lost.
+        .env("SOUNDLINE_AUTH_TOKENS", format!("make-run:{MAKE_RUN_TOKEN}"))
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group, so that the relay, trunk and trunk's cargo all stop with it.
@@ -368,7 +372,7 @@ async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() 
     // Let the rebuild finish writing before the page loads its files.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let report = report_of(run.node(listen, 4_000, &[])).await;
+    let report = report_of(run.node(listen, 4_000, &[("TOKEN", MAKE_RUN_TOKEN.into())])).await;
     let frames = run.check_page_and_read_kafka(&report, false).await;
     check_audio(&frames, 4.0);
 

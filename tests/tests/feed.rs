@@ -185,9 +185,10 @@ async fn a_subscriber_from_a_time_gets_exactly_the_frames_received_after_it() {
 async fn filters_deliver_exactly_the_matching_records() {
     let topic = random_topic("feed-filter");
     let relay = relay_for(&topic, &[]).await;
+    // Where any Kafka producer puts CAR-A's records (murmur2 of the key), the one partition a CAR-A subscriber reads.
     produce(
         &topic,
-        0,
+        soundline_relay::kafka::partitioner::partition_for_key(b"CAR-A", 3),
         vec![
             ("CAR-A".into(), envelope("CAR-A", "seg-1", 0)),
             ("CAR-B".into(), envelope("CAR-B", "seg-1", 0)),
@@ -389,5 +390,66 @@ async fn a_topic_with_transaction_markers_is_read_across_its_offset_gaps_without
     assert!(during <= 20, "{during} fetches in 3 s on an idle partition ending in a commit marker");
     live.expect_quiet(Duration::from_millis(200)).await;
     live.close().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_to_one_car_reads_only_its_partition_and_readers_stop_when_nobody_needs_them() {
+    use soundline_relay::kafka::partitioner::partition_for_key;
+    use soundline_tests::relay::{metric, metric_until};
+    const PARTITIONS: i32 = 12;
+    let topic = random_topic("feed-on-demand");
+    let relay = relay_for(&topic, &[("SOUNDLINE_PARTITIONS", "12"), ("SOUNDLINE_FEED_READER_IDLE_S", "1")]).await;
+    let readers = "soundline_feed_partition_readers";
+    assert_eq!(metric(relay.addr, readers).await, Some(0), "no subscriber, no reader");
+
+    let watched = "CAR-W0";
+    let watched_partition = partition_for_key(watched.as_bytes(), PARTITIONS);
+    let sub = soundline_shared::feed::Subscribe { car_id: Some(watched.into()), ..subscription(None, From::Live) };
+    let mut one_car = Subscriber::start(&relay.ws("/ws/feed"), &sub).await;
+    assert_eq!(metric(relay.addr, readers).await, Some(1), "a car's subscriber needs one partition");
+
+    // Twelve cars stream, the watched one among them.
+    let mut recorders = tokio::task::JoinSet::new();
+    for c in 0..12 {
+        let url = relay.ws("/ws/record");
+        recorders.spawn(async move {
+            let car = if c == 0 { "CAR-W0".to_owned() } else { format!("CAR-O{c}") };
+            let segment = format!("seg-{car}");
+            let mut r = Recorder::start(&url, &recording(&car, &segment)).await;
+            for seq in 0..10 {
+                r.send_frame(seq, TS + i64::from(seq) * 200, &samples(&segment, seq, 1600)).await;
+            }
+            r.acks(10).await;
+            r.close().await;
+        });
+    }
+    recorders.join_all().await;
+    let got = one_car.records(10).await;
+    assert!(got.iter().all(|r| r.key.as_deref() == Some(watched) && r.partition == watched_partition));
+    one_car.expect_quiet(Duration::from_millis(300)).await;
+
+    // What the relay read from Kafka for it: the watched partition's records at most, far from the topic.
+    let in_kafka = read_all(&*client().await, &topic, PARTITIONS).await;
+    let bytes = |r: &Record| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+    let topic_bytes: usize = in_kafka.iter().map(|(_, _, r)| bytes(r)).sum();
+    let partition_bytes: usize =
+        in_kafka.iter().filter(|(p, _, _)| *p == watched_partition).map(|(_, _, r)| bytes(r)).sum();
+    let fetched = metric(relay.addr, "soundline_feed_fetched_bytes_total").await.expect("fetched bytes") as usize;
+    eprintln!("fed one car: read {fetched} of the topic's {topic_bytes} bytes ({partition_bytes} on its partition)");
+    assert_eq!(fetched, partition_bytes, "the watched partition was read once, and nothing else");
+
+    // It leaves: within the idle time (1 s here) its reader stops, and so do the fetches.
+    one_car.close().await;
+    let left = metric_until(relay.addr, readers, Duration::from_secs(10), |v| v == Some(0)).await;
+    assert_eq!(left, Some(0), "the reader stops once nobody needs it");
+    let before = metric(relay.addr, "soundline_feed_fetches_total").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(metric(relay.addr, "soundline_feed_fetches_total").await, before, "no reader, no fetch");
+
+    // A subscriber without a car filter reads every partition.
+    let all = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
+    assert_eq!(metric(relay.addr, readers).await, Some(i64::from(PARTITIONS)));
+    all.close().await;
     relay.stop().await;
 }

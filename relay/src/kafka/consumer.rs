@@ -21,6 +21,8 @@
 //! the first marker.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::KafkaError;
 
@@ -52,13 +55,25 @@ pub enum Start {
 pub struct ConsumerHealth {
     failing: Mutex<BTreeMap<(Arc<str>, i32), String>>,
     lag: Mutex<BTreeMap<(Arc<str>, i32), i64>>,
-    fetches: std::sync::atomic::AtomicU64,
+    fetches: AtomicU64,
+    fetched_bytes: AtomicU64,
+    running: AtomicI64,
 }
 
 impl ConsumerHealth {
-    /// Fetch requests the loops have sent.
+    /// Fetch rounds the loops have made.
     pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+        self.fetches.load(Relaxed)
+    }
+
+    /// Bytes of record keys and values the loops have read.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched_bytes.load(Relaxed)
+    }
+
+    /// Partition readers running now.
+    pub fn running(&self) -> i64 {
+        self.running.load(Relaxed)
     }
 
     /// The first failing partition's error, if any.
@@ -133,27 +148,44 @@ pub fn spawn_topic_readers(
     let topic: Arc<str> = Arc::from(topic);
     let health = Arc::new(ConsumerHealth::default());
     for partition in 0..partitions {
-        spawn_partition_reader(
-            Arc::clone(&client),
-            Arc::clone(&topic),
-            partition,
-            start,
-            tx.clone(),
-            Arc::clone(&health),
-        );
+        let reader = Reader { client: Arc::clone(&client), topic: Arc::clone(&topic), health: Arc::clone(&health) };
+        spawn_partition_reader(reader, partition, start, tx.clone(), CancellationToken::new());
     }
 }
 
-/// Reads one partition from `start` into `tx` until `tx` is closed, reporting to `health`.
+/// What a partition reader reads from and reports to.
+#[derive(Clone)]
+pub struct Reader {
+    /// The Kafka client.
+    pub client: Arc<Client>,
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Failures, lag, fetches and bytes go here.
+    pub health: Arc<ConsumerHealth>,
+}
+
+/// Reads one partition from `start` into `tx` until `tx` is closed or `stop` is cancelled.
 pub fn spawn_partition_reader(
-    client: Arc<Client>,
-    topic: Arc<str>,
+    reader: Reader,
     partition: i32,
     start: Start,
     tx: mpsc::Sender<Consumed>,
-    health: Arc<ConsumerHealth>,
+    stop: CancellationToken,
 ) {
-    tokio::spawn(read_partition(client, topic, partition, start, tx, health));
+    tokio::spawn(async move {
+        let Reader { client, topic, health } = reader;
+        health.running.fetch_add(1, Relaxed);
+        tokio::select! {
+            () = read_partition(client, Arc::clone(&topic), partition, start, tx, Arc::clone(&health)) => {}
+            () = stop.cancelled() => {}
+        }
+        health.running.fetch_sub(1, Relaxed);
+        // A stopped reader is neither failing nor lagging.
+        health.set_failing(&topic, partition, None);
+        if let Ok(mut lag) = health.lag.lock() {
+            lag.remove(&(Arc::clone(&topic), partition));
+        }
+    });
 }
 
 /// What one [`fetch`] read.
@@ -276,7 +308,7 @@ async fn read_partition(
         }
     };
     loop {
-        health.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        health.fetches.fetch_add(1, Relaxed);
         let fetched = tokio::select! {
             r = fetch(&pc, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
             () = tx.closed() => return,
@@ -292,6 +324,11 @@ async fn read_partition(
                     health.set_lag(&topic, partition, hw - next);
                 }
                 backoff = Duration::from_millis(100);
+                let bytes: usize = records
+                    .iter()
+                    .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
+                    .sum();
+                health.fetched_bytes.fetch_add(bytes as u64, Relaxed);
                 for r in records {
                     let consumed =
                         Consumed { topic: Arc::clone(&topic), partition, offset: r.offset, record: r.record };
