@@ -8,7 +8,9 @@
 #      for throughput) each send the same N records of the same size, one after the other, in BENCH_ROUNDS (3)
 #      rounds; the relay's first run lasts BENCH_MAX_S (10 s short, 30 s full) and fixes N;
 #   3. the old uploader: kafka-python with flush() after every message (bench/old_uploader.py), 1 s frames, for
-#      BENCH_MAX_S.
+#      BENCH_MAX_S;
+#   4. fan-out reads: on a 12-partition topic with BENCH_FANOUT_RECORDERS (500) real-time recorders, one subscriber
+#      watching one car: the bytes the relay read from Kafka for it, and its fetches after the subscriber left.
 # Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -43,8 +45,8 @@ rm -rf "$KAFKA_STATE_DIR"
 KAFKA_HEAP=1g bash scripts/kafka.sh start
 
 run_id="$(date +%s)"
-start_relay() { # start_relay TOPIC
-  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$1" SOUNDLINE_PARTITIONS=6 SOUNDLINE_LISTEN="$listen" \
+start_relay() { # start_relay TOPIC [PARTITIONS]
+  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$1" SOUNDLINE_PARTITIONS="${2:-6}" SOUNDLINE_LISTEN="$listen" \
     SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
     SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin/soundline-relay" serve >"$out/relay-$1.log" 2>&1 &
   relay_pid=$!
@@ -119,6 +121,35 @@ topic_cmd --create --topic "$topic_old" --partitions 6 --replication-factor 1
 say "old uploader (kafka-python, flush per message, ${max_s} s)"
 "$py" bench/old_uploader.py --bootstrap "$bootstrap" --topic "$topic_old" --for-s "$max_s" --frame-ms 1000 | tee "$out/old.json"
 
+# 4. Fan-out reads: what one technician watching one car costs the relay in Kafka reads. A 12-partition topic,
+#    BENCH_FANOUT_RECORDERS real-time recorders, one subscriber filtered to one car: the bytes the relay's feed
+#    readers fetched against the bytes produced; then the subscriber leaves, and the relay's fetches must stop.
+fanout_recorders="${BENCH_FANOUT_RECORDERS:-500}"
+fanout_topic="fanout-$run_id"
+SOUNDLINE_FEED_READER_IDLE_S=5 start_relay "$fanout_topic" 12
+loadgen fanout "$fanout_topic" --recorders "$fanout_recorders" --subscribers 1 --duration-s "$max_s" --ramp-s 2 --frame-ms 200
+metric() { curl -fsS "http://$listen/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+fetched="$(metric soundline_feed_fetched_bytes_total)"
+sleep 8 # the subscriber left when the load generator ended: 5 s idle, then the reader stops
+readers_after="$(metric soundline_feed_partition_readers)"
+fetches_a="$(metric soundline_feed_fetches_total)"
+sleep 5
+fetches_b="$(metric soundline_feed_fetches_total)"
+stop_relay
+topic_cmd --delete --topic "$fanout_topic"
+python3 - "$out" "$fetched" "$readers_after" "$fetches_a" "$fetches_b" <<'PY' | tee "$out/fanout-reads.json"
+import json, sys
+out, fetched, readers_after, a, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+run = json.load(open(f"{out}/fanout.json"))
+produced = run["frames_in_kafka"] * run["record_bytes"]
+watched = run["acked_per_partition"][str(run["partition_of_recorder_0"])] * run["record_bytes"]
+print(json.dumps({"recorders": run["recorders"], "seconds": run["seconds"], "records": run["frames_in_kafka"],
+                  "produced_bytes": produced, "watched_partition_bytes": watched, "fetched_bytes": fetched,
+                  "fetched_share": fetched / produced, "watched_partition_share": watched / produced,
+                  "readers_after_leaving": readers_after, "fetches_in_5s_after_leaving": b - a,
+                  "deliveries": run["fanout_ms"]["seen"], "lost": run["lost"]}))
+PY
+
 python3 - "$out" "$rounds" <<'PY'
 import json, re, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
@@ -159,4 +190,10 @@ for label in ("1s", "100ms"):
 m1 = statistics.median(x["frames_per_s"] for x in (j(f"max-1s-{r}") for r in range(1, rounds + 1)))
 print(f"old uploader (flush per message), 1 s frames: {old['frames']} frames in {old['seconds']:.1f} s = {old['frames_per_s']:.1f}/s; "
       f"relay (median of the 1 s rounds) / old uploader: {m1 / old['frames_per_s']:.1f}x")
+f = json.load(open(f"{out}/fanout-reads.json"))
+print(f"fan-out reads, 12 partitions, {f['recorders']} real-time recorders for {f['seconds']:.1f} s, one subscriber on one car: "
+      f"fetched {f['fetched_bytes']} of {f['produced_bytes']} bytes produced ({f['fetched_share']:.3f}; the car's partition "
+      f"holds {f['watched_partition_share']:.3f} of the topic, 1/12 = 0.083), "
+      f"{f['deliveries']} records delivered; after it left: {f['readers_after_leaving']} readers, "
+      f"{f['fetches_in_5s_after_leaving']} fetches in 5 s")
 PY

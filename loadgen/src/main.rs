@@ -498,6 +498,15 @@ async fn main() -> anyhow::Result<()> {
     });
     let after = args.relay_pid.and_then(proc_stats);
     let (found, expired) = check_kafka(&args, &run, &landed.lock().await).await?;
+    // Where the frames went, and the partition of recorder 0 (the car the subscribers watch first).
+    let mut acked_per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut partition_of_recorder_0 = None;
+    for l in landed.lock().await.iter() {
+        *acked_per_partition.entry(l.partition).or_default() += l.offsets.iter().filter(|o| **o >= 0).count();
+        if l.recorder == 0 {
+            partition_of_recorder_0 = Some(l.partition);
+        }
+    }
 
     let mut acks = acks.lock().await.clone();
     acks.sort_by(f64::total_cmp);
@@ -512,7 +521,8 @@ async fn main() -> anyhow::Result<()> {
         "mode": if args.max_rate { "max-rate" } else { "real-time" },
         "seconds": elapsed, "record_bytes": envelope_bytes(args.frame_ms),
         "frames_sent": sent, "frames_acked": acked, "frames_in_kafka": found,
-        "frames_expired_by_retention": expired, "lost": lost, "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
+        "frames_expired_by_retention": expired, "acked_per_partition": acked_per_partition,
+        "partition_of_recorder_0": partition_of_recorder_0, "lost": lost, "recorders_failed": failed, "errors": totals.errors.load(Relaxed),
         "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,
         "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
         "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},

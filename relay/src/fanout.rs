@@ -133,6 +133,8 @@ pub struct Hub {
     everything: Mutex<usize>,
     reader: Reader,
     records_tx: mpsc::Sender<Consumed>,
+    /// The bootstrap list, for errors.
+    brokers: String,
 }
 
 /// A subscriber's hold on the partitions it reads. Dropping it (the subscriber left) lets their readers stop once
@@ -182,11 +184,11 @@ impl Hub {
                 .client
                 .partition_client(self.topic.to_string(), p, UnknownTopicHandling::Retry)
                 .await
-                .map_err(|source| KafkaError::Unreachable { brokers: String::new(), source })?;
+                .map_err(|source| KafkaError::Unreachable { brokers: self.brokers.clone(), source })?;
             let end = pc
                 .get_offset(OffsetAt::Latest)
                 .await
-                .map_err(|source| KafkaError::Unreachable { brokers: String::new(), source })?;
+                .map_err(|source| KafkaError::Unreachable { brokers: self.brokers.clone(), source })?;
             ends.insert(p, end);
         }
         let all = wanted.len() as i32 == self.partition_count();
@@ -342,6 +344,7 @@ impl Fanout {
             everything: Mutex::new(0),
             reader: Reader { client, topic: Arc::from(topic), health: Arc::clone(&self.health) },
             records_tx,
+            brokers,
         });
         tokio::spawn(run_hub(
             Arc::downgrade(&hub),
