@@ -2,7 +2,7 @@
 #
 #   make run     Kafka (unless SOUNDLINE_KAFKA_BROKERS names one) + the web app; prints the URL
 #   make test    fmt, clippy (host + wasm32), every test against a real Kafka, trunk build --release
-#   make bench   the relay against Kafka's own producer and the old uploader, side by side (BENCH_FULL=1: long),
+#   make bench   the relay against Kafka's own producer and the old uploader, equal work side by side (BENCH_FULL=1: long),
 #                then the resampler against rubato and as WebAssembly in Chromium
 #   make setup   only the installs (Rust target, trunk, wasm-bindgen-cli, Chromium, Kafka jars)
 #   make kafka-start / kafka-stop   the local development broker on :9092
