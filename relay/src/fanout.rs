@@ -4,10 +4,11 @@
 //! # Data Flow
 //!
 //! ```text
-//!  Kafka ─► reader p3 (a car's subscriber needs it) ─┐                    ┌─► subscriber A (carId: its partition)
-//!  Kafka ─► reader p7 (an unfiltered one needs all) ─┼─► hub: classify, ─► broadcast ring ─► subscriber B
-//!  ...      (none where nobody needs the partition)  ┘   serialize once,  (feed_buffer_records)   ...
-//!                                                        advance positions full: the slowest lags, nobody waits
+//!  Kafka ─► reader p3 (a car's subscriber needs it) ─┐                    ┌─► car CAR-7's ring ─► its subscribers
+//!  Kafka ─► reader p7 (an unfiltered one needs all) ─┼─► hub: classify, ─┤
+//!  ...      (none where nobody needs the partition)  ┘   serialize once,  └─► every record's ring ─► unfiltered ones
+//!                                                        advance positions  (feed_buffer_records each; full: the
+//!                                                                            slowest lags, nobody waits)
 //! ```
 //!
 //! **Readers on demand.** A hub (per topic) starts with no reader. A subscription filtered to a car needs only that
@@ -16,7 +17,9 @@
 //! stop once nobody has needed it for `feed_reader_idle_s`. So a relay replica reads from Kafka what its own
 //! subscribers watch, not the whole topic, and nothing when nobody watches: replicas scale out instead of each
 //! multiplying the topic's reads. Each record's `record` message is serialized once, here, and shared by
-//! reference with every subscriber.
+//! reference with every subscriber. Subscribers are indexed by car: a record goes to its car's ring (if anyone
+//! watches that car) and to the ring of every record (if anyone watches everything), so it wakes only the
+//! subscribers who may want it.
 //!
 //! **Joining without gaps or duplicates.** The hub advances `position` (the next offset it will publish) of a
 //! partition before it publishes each record. A subscriber first subscribes to the broadcast, then reads the
@@ -126,7 +129,13 @@ struct LiveReader {
 pub struct Hub {
     /// The topic.
     pub topic: Arc<str>,
+    /// Every record, for subscribers without a car filter.
     tx: broadcast::Sender<Arc<Published>>,
+    /// One stream per watched car, so a record wakes only the subscribers of its car. An entry lives while its
+    /// channel has receivers (removed by the hub's task when a send finds none); a std Mutex, held briefly.
+    by_car: Mutex<HashMap<String, broadcast::Sender<Arc<Published>>>>,
+    /// Ring size of each car's stream.
+    buffer_records: usize,
     /// Per partition. Written by joins, leaves and the hub's task; a std Mutex held briefly, never across an await.
     partitions: Mutex<Vec<PartitionState>>,
     /// Subscribers that read every partition (no car filter): a partition the topic gains is read for them.
@@ -152,8 +161,9 @@ impl Hub {
     }
 
     /// Joins the live stream of `wanted` partitions (`None`: all), starting a reader at the partition's end
-    /// where none runs. Returns the broadcast receiver, per wanted partition the offset from which it is
-    /// complete, and the membership that keeps those readers running.
+    /// where none runs: the stream of one car's records when `car` is given, else of every record. Returns the
+    /// broadcast receiver, per wanted partition the offset from which it is complete, and the membership that
+    /// keeps those readers running.
     ///
     /// # Errors
     ///
@@ -165,9 +175,16 @@ impl Hub {
     pub async fn join(
         self: &Arc<Self>,
         wanted: Option<&[i32]>,
+        car: Option<&str>,
     ) -> Result<(broadcast::Receiver<Arc<Published>>, BTreeMap<i32, i64>, Membership), KafkaError> {
         // Order matters: subscribe first, then read the positions (see the module doc).
-        let rx = self.tx.subscribe();
+        let rx = match car {
+            None => self.tx.subscribe(),
+            Some(car) => {
+                let mut by_car = self.by_car.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                by_car.entry(car.to_owned()).or_insert_with(|| broadcast::channel(self.buffer_records).0).subscribe()
+            }
+        };
         let wanted: Vec<i32> = match wanted {
             Some(w) => w.to_vec(),
             None => (0..self.partition_count()).collect(),
@@ -239,6 +256,22 @@ impl Hub {
         );
         tracing::debug!(topic = %self.topic, partition, from, "feed: partition reader started");
         LiveReader { subscribers, idle_since: None, stop }
+    }
+
+    /// Sends a record to the subscribers of every record and to those of its car. No subscriber is not an error:
+    /// the record is simply not needed now; a car's stream nobody receives any more is removed.
+    fn publish(&self, p: Arc<Published>) {
+        if let Some(car) = p.car_id.as_deref() {
+            let mut by_car = self.by_car.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(tx) = by_car.get(car)
+                && tx.send(Arc::clone(&p)).is_err()
+            {
+                by_car.remove(car);
+            }
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(p);
+        }
     }
 
     /// Stops the readers nobody has needed for `idle`.
@@ -340,6 +373,8 @@ impl Fanout {
         let hub = Arc::new(Hub {
             topic: Arc::from(topic),
             tx,
+            by_car: Mutex::new(HashMap::new()),
+            buffer_records: self.config.feed.buffer_records,
             partitions: Mutex::new((0..n).map(|_| PartitionState { position: 0, reader: None }).collect()),
             everything: Mutex::new(0),
             reader: Reader { client, topic: Arc::from(topic), health: Arc::clone(&self.health) },
@@ -382,8 +417,7 @@ async fn run_hub(
                     state.position = state.position.max(c.offset + 1);
                 }
                 match published {
-                    // No subscriber is not an error: the record is simply not needed now.
-                    Some(p) => drop(hub.tx.send(Arc::new(p))),
+                    Some(p) => hub.publish(Arc::new(p)),
                     None => metrics.feed_dropped(crate::metrics::FeedDrop::Malformed, 1),
                 }
             }

@@ -193,8 +193,10 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     // A car's records all sit on its partition (the producer's murmur2 choice): read only that one.
     let partitions = hub.partition_count();
     let car_partition = sub.car_id.as_deref().map(|car| [partition_for_key(car.as_bytes(), partitions)]);
-    let (mut live_rx, live, _membership) =
-        hub.join(car_partition.as_ref().map(|p| &p[..])).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let (mut live_rx, live, _membership) = hub
+        .join(car_partition.as_ref().map(|p| &p[..]), sub.car_id.as_deref())
+        .await
+        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
     let start = starts(hub, &sub.from, &live, state).await?;
     let subscribed = FeedServerMessage::Subscribed { topic: hub.topic.to_string(), partitions, from: start.clone() };
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
@@ -286,6 +288,7 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
             None => Some(next.entry(published.partition).or_insert(0)),
         };
         let Some(slot) = slot else { continue };
+        metrics.feed_considered_total.fetch_add(1, Relaxed);
         if published.offset < *slot {
             continue;
         }

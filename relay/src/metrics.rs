@@ -190,6 +190,8 @@ pub struct Metrics {
     pub feed_subscribers: AtomicI64,
     /// Records sent to feed subscribers.
     pub feed_delivered_total: AtomicU64,
+    /// Live records a subscriber's task woke up for (of its partitions), delivered or filtered out.
+    pub feed_considered_total: AtomicU64,
     feed_dropped: [AtomicU64; FeedDrop::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -285,6 +287,11 @@ impl Metrics {
             "soundline_feed_fetches_total",
             "Fetch rounds of the feed's live partition consumers (one fetch request each; two or three to get past a transaction marker).",
             feed.fetches,
+        );
+        counter(
+            "soundline_feed_considered_total",
+            "Live records feed subscribers woke up for, delivered or filtered out (a car's subscriber wakes for its car's records only).",
+            self.feed_considered_total.load(Relaxed),
         );
         counter(
             "soundline_feed_fetched_bytes_total",

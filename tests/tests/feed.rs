@@ -394,7 +394,8 @@ async fn a_topic_with_transaction_markers_is_read_across_its_offset_gaps_without
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_to_one_car_reads_only_its_partition_and_readers_stop_when_nobody_needs_them() {
+async fn a_subscriber_to_one_car_reads_only_its_partition_wakes_only_for_its_car_and_readers_stop_when_nobody_needs_them()
+ {
     use soundline_relay::kafka::partitioner::partition_for_key;
     use soundline_tests::relay::{metric, metric_until};
     const PARTITIONS: i32 = 12;
@@ -409,12 +410,21 @@ async fn a_subscriber_to_one_car_reads_only_its_partition_and_readers_stop_when_
     let mut one_car = Subscriber::start(&relay.ws("/ws/feed"), &sub).await;
     assert_eq!(metric(relay.addr, readers).await, Some(1), "a car's subscriber needs one partition");
 
-    // Twelve cars stream, the watched one among them.
+    // Twelve cars stream: the watched one, one more on its partition, ten others.
+    let neighbour = (0..)
+        .map(|i| format!("CAR-N{i}"))
+        .find(|c| partition_for_key(c.as_bytes(), PARTITIONS) == watched_partition)
+        .expect("a car on the watched partition");
     let mut recorders = tokio::task::JoinSet::new();
     for c in 0..12 {
         let url = relay.ws("/ws/record");
+        let neighbour = neighbour.clone();
         recorders.spawn(async move {
-            let car = if c == 0 { "CAR-W0".to_owned() } else { format!("CAR-O{c}") };
+            let car = match c {
+                0 => "CAR-W0".to_owned(),
+                1 => neighbour,
+                _ => format!("CAR-O{c}"),
+            };
             let segment = format!("seg-{car}");
             let mut r = Recorder::start(&url, &recording(&car, &segment)).await;
             for seq in 0..10 {
@@ -428,6 +438,9 @@ async fn a_subscriber_to_one_car_reads_only_its_partition_and_readers_stop_when_
     let got = one_car.records(10).await;
     assert!(got.iter().all(|r| r.key.as_deref() == Some(watched) && r.partition == watched_partition));
     one_car.expect_quiet(Duration::from_millis(300)).await;
+    // The hub's stream of one car: the subscriber woke for its car's 10 records, not for its neighbour's.
+    let considered = metric(relay.addr, "soundline_feed_considered_total").await;
+    assert_eq!(considered, Some(10), "woken for other cars' records");
 
     // What the relay read from Kafka for it: the watched partition's records at most, far from the topic.
     let in_kafka = read_all(&*client().await, &topic, PARTITIONS).await;

@@ -211,9 +211,9 @@ fn is_unparsed_marker(e: &ClientError) -> bool {
 ///
 /// - When rskafka cannot parse the response because it holds a control batch, the first batch at `offset` is
 ///   fetched alone (a 1-byte limit: Kafka still sends one whole batch): records are returned as usual, and when
-///   that batch is itself the marker, `next` steps past it. A marker costs two extra fetches; the batches of
-///   data before it one fetch each. (Were `offset` removed by compaction right before a marker, the steps are
-///   one offset each: correct, and bounded by the gap.)
+///   that batch is itself the marker, `next` steps past it. Until the marker is passed, each batch costs two
+///   fetches (the full one that fails, then the batch alone), the marker itself two. (Were `offset` removed by
+///   compaction right before a marker, the steps are one offset each: correct, and bounded by the gap.)
 /// - When the fetch answers no record although the log goes on, below the last stable offset (`read_committed`:
 ///   every record there is readable), a marker sits at `offset` and `next` steps past it; at or above it an open
 ///   transaction holds its records back, and the reader waits (`caught_up`).
