@@ -243,6 +243,8 @@ struct Session {
     dedup_key: Arc<str>,
     /// The Kafka key: carID, UTF-8.
     key: Vec<u8>,
+    /// The recording's envelope with everything its frames share already serialized.
+    template: envelope::EnvelopeTemplate,
     next_seq: Option<u32>,
 }
 
@@ -257,7 +259,8 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
     };
     let key = recording.device.car_id.as_bytes().to_vec();
     let dedup_key = crate::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
-    Ok((Session { recording, dedup_key, key, next_seq: None }, ready))
+    let template = envelope::EnvelopeTemplate::new(&cfg.stamp, &recording);
+    Ok((Session { recording, dedup_key, key, template, next_seq: None }, ready))
 }
 
 async fn frame(
@@ -296,7 +299,7 @@ async fn frame(
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let uuid = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid_buf);
     let mut value = Vec::new();
-    envelope::write_json(uuid, &cfg.stamp, &session.recording, frame.capture_ts_ms, frame.pcm_le, &mut value);
+    session.template.write_json(uuid, frame.capture_ts_ms, frame.pcm_le, &mut value);
     let size = value.len() + session.key.len() + RECORD_OVERHEAD_BYTES;
     if size > cfg.kafka.max_message_bytes {
         return Err(Fail(
