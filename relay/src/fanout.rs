@@ -30,6 +30,8 @@
 //! `feed.rs`); publishing never waits for it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,7 +141,7 @@ pub struct Hub {
     /// Per partition. Written by joins, leaves and the hub's task; a std Mutex held briefly, never across an await.
     partitions: Mutex<Vec<PartitionState>>,
     /// Subscribers that read every partition (no car filter): a partition the topic gains is read for them.
-    everything: Mutex<usize>,
+    everything: AtomicUsize,
     reader: Reader,
     records_tx: mpsc::Sender<Consumed>,
     /// The bootstrap list, for errors.
@@ -195,18 +197,15 @@ impl Hub {
         };
         // Where the unread partitions end, asked before taking the lock again (it is never held across an await).
         let mut ends = HashMap::new();
+        let unreachable = |source| KafkaError::Unreachable { brokers: self.brokers.clone(), source };
         for p in unread {
             let pc = self
                 .reader
                 .client
                 .partition_client(self.topic.to_string(), p, UnknownTopicHandling::Retry)
                 .await
-                .map_err(|source| KafkaError::Unreachable { brokers: self.brokers.clone(), source })?;
-            let end = pc
-                .get_offset(OffsetAt::Latest)
-                .await
-                .map_err(|source| KafkaError::Unreachable { brokers: self.brokers.clone(), source })?;
-            ends.insert(p, end);
+                .map_err(unreachable)?;
+            ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(unreachable)?);
         }
         let all = wanted.len() as i32 == self.partition_count();
         let mut positions = BTreeMap::new();
@@ -214,27 +213,23 @@ impl Hub {
             let mut parts = self.lock();
             for &p in &wanted {
                 let Some(state) = parts.get_mut(p as usize) else { continue };
-                match (&mut state.reader, ends.get(&p)) {
-                    (Some(reader), _) => {
+                match &mut state.reader {
+                    Some(reader) => {
                         reader.subscribers += 1;
                         reader.idle_since = None;
                     }
                     // Every record at or after `position` is published by the new reader, after this subscription.
-                    (None, Some(&end)) => {
-                        state.position = end.max(state.position);
+                    // Without an end (the reader was stopped between the two looks) it starts where the hub
+                    // stopped publishing, so the subscriber's history (up to `position`) and the live stream meet.
+                    None => {
+                        state.position = ends.get(&p).map_or(state.position, |&end| end.max(state.position));
                         state.reader = Some(self.start_reader(p, state.position, 1));
-                    }
-                    // Stopped between the two looks (a reaper ran): start it where the hub stopped publishing,
-                    // so the subscriber's history (up to `position`) and the live stream still meet.
-                    (None, None) => {
-                        let from = state.position;
-                        state.reader = Some(self.start_reader(p, from, 1));
                     }
                 }
                 positions.insert(p, state.position);
             }
             if all {
-                *self.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+                self.everything.fetch_add(1, Relaxed);
             }
         }
         let partitions = (!all).then_some(wanted);
@@ -310,8 +305,7 @@ impl Drop for Membership {
             }
             None => {
                 parts.iter_mut().for_each(&mut leave);
-                let mut everything = self.hub.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                *everything = everything.saturating_sub(1);
+                self.hub.everything.fetch_sub(1, Relaxed);
             }
         }
     }
@@ -376,7 +370,7 @@ impl Fanout {
             by_car: Mutex::new(HashMap::new()),
             buffer_records: self.config.feed.buffer_records,
             partitions: Mutex::new((0..n).map(|_| PartitionState { position: 0, reader: None }).collect()),
-            everything: Mutex::new(0),
+            everything: AtomicUsize::new(0),
             reader: Reader { client, topic: Arc::from(topic), health: Arc::clone(&self.health) },
             records_tx,
             brokers,
@@ -429,7 +423,7 @@ async fn run_hub(
                 let Some(hub) = hub.upgrade() else { return };
                 let known = hub.partition_count();
                 let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), partitions(&hub.reader.client, "", &hub.topic)).await else { continue };
-                let everything = *hub.everything.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let everything = hub.everything.load(Relaxed);
                 for p in known..n {
                     tracing::info!(topic = %hub.topic, partition = p, "feed: topic gained a partition");
                     // Read from its start for the subscribers that take every partition.
