@@ -9,58 +9,16 @@
 //! records through the page it serves.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use soundline_shared::envelope::Envelope;
+use soundline_tests::page::{check_audio, records_of_car, repo, write_wav};
 use soundline_tests::proxy::Proxy;
+use soundline_tests::random_topic;
 use soundline_tests::relay::{Child, InProcess, config, wait_ready};
-use soundline_tests::{client, random_topic, read_all};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const TONE_AMPLITUDE: f64 = 0.3;
-
-/// The repository root, without `..` (Chromium's fake-capture flag plays nothing from a path with `..` in it).
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
-}
-
-/// Two seconds of 1 kHz + 10 kHz at 48 kHz (whole periods of both, so the fake microphone loops it seamlessly).
-fn write_wav(path: &Path) {
-    let rate = 48_000u32;
-    let samples: Vec<i16> = (0..rate * 2)
-        .map(|i| {
-            let t = f64::from(i) / f64::from(rate);
-            let x = TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()
-                + TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 10_000.0 * t).sin();
-            (x * 32767.0).round() as i16
-        })
-        .collect();
-    let data_len = samples.len() as u32 * 2;
-    let mut wav = Vec::with_capacity(44 + data_len as usize);
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-    wav.extend_from_slice(&rate.to_le_bytes());
-    wav.extend_from_slice(&(rate * 2).to_le_bytes());
-    wav.extend_from_slice(&2u16.to_le_bytes());
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        wav.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, wav).expect("write the test WAV");
-}
-
-/// Amplitude of the `freq_hz` component of 16 kHz samples.
-fn amplitude(x: &[f64], freq_hz: f64) -> f64 {
-    soundline_shared::dsp::measure::sine_fit(x, freq_hz, 16_000.0).amplitude
-}
 
 struct Run {
     dir: PathBuf,
@@ -149,17 +107,8 @@ impl Run {
             "the feed panel lists the recording: {report}"
         );
 
-        let mut frames: Vec<(u32, Envelope)> = read_all(&*client().await, &self.topic, 1)
-            .await
-            .into_iter()
-            .filter(|(_, _, r)| r.key.as_deref() == Some(self.car.as_bytes()))
-            .map(|(_, _, r)| {
-                let seq = String::from_utf8_lossy(r.headers.get("seq").map(Vec::as_slice).unwrap_or_default())
-                    .parse()
-                    .expect("seq header");
-                (seq, Envelope::parse(r.value.as_deref().unwrap_or_default()).expect("a valid envelope"))
-            })
-            .collect();
+        let mut frames: Vec<(u32, Envelope)> =
+            records_of_car(&self.topic, &self.car).await.into_iter().map(|(seq, _, e)| (seq, e)).collect();
         frames.sort_by_key(|(seq, _)| *seq);
         frames.dedup_by_key(|(seq, _)| *seq); // at-least-once: a resend may land twice
         let seqs: Vec<u32> = frames.iter().map(|(s, _)| *s).collect();
@@ -167,38 +116,6 @@ impl Run {
         assert_eq!(report["acked"].as_u64(), Some(frames.len() as u64), "Kafka holds what the page saw acked");
         frames
     }
-}
-
-fn check_audio(frames: &[(u32, Envelope)], expected_s: f64) {
-    let pcm: Vec<f64> = frames.iter().flat_map(|(_, e)| e.origin.samples()).map(|s| f64::from(s) / 32768.0).collect();
-    let seconds = pcm.len() as f64 / 16_000.0;
-    assert!(
-        (seconds - expected_s).abs() <= 0.3,
-        "Kafka holds {seconds:.2} s of audio, expected {expected_s:.2} s ± 0.3"
-    );
-    // Measured in 100 ms windows over the steady middle (past the start of capture, before the end), and
-    // summarised by the median: the fake microphone's loop point and a busy machine's audio thread can put a
-    // click into a window, which says nothing about the pipeline.
-    let windows: Vec<(f64, f64)> = pcm[8_000..pcm.len() - 4_000]
-        .chunks_exact(1_600)
-        .map(|w| {
-            let one_khz = amplitude(w, 1_000.0);
-            (20.0 * (one_khz / TONE_AMPLITUDE).log10(), 20.0 * (amplitude(w, 6_000.0) / one_khz).log10())
-        })
-        .collect();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let level_db = median(windows.iter().map(|w| w.0).collect());
-    let alias_db = median(windows.iter().map(|w| w.1).collect());
-    let worst_alias = windows.iter().map(|w| w.1).fold(f64::MIN, f64::max);
-    assert!(level_db.abs() <= 1.0, "1 kHz arrives at {level_db:+.2} dB of its level in the WAV");
-    assert!(alias_db <= -70.0, "the 10 kHz tone aliases to 6 kHz at {alias_db:.1} dB relative to 1 kHz");
-    eprintln!(
-        "e2e audio: {seconds:.2} s in {} windows, 1 kHz at {level_db:+.2} dB, 6 kHz alias at {alias_db:.1} dB (worst window {worst_alias:.1} dB)",
-        windows.len()
-    );
 }
 
 async fn report_of(child: tokio::process::Child) -> serde_json::Value {

@@ -22,6 +22,7 @@ pub struct Capture {
     node: AudioWorkletNode,
     _source: MediaStreamAudioSourceNode,
     _on_block: Closure<dyn FnMut(MessageEvent)>,
+    on_state: Option<Closure<dyn FnMut()>>,
 }
 
 /// Why the microphone could not start, in the words the page shows.
@@ -108,7 +109,16 @@ impl Capture {
         });
         port.set_onmessage(Some(on_block.as_ref().unchecked_ref()));
         source.connect_with_audio_node(&node)?;
-        Ok(Self { context, stream, node, _source: source, _on_block: on_block })
+        Ok(Self { context, stream, node, _source: source, _on_block: on_block, on_state: None })
+    }
+
+    /// Calls `f` with whether capture runs, each time the browser suspends or resumes the AudioContext (an iOS
+    /// interruption, a phone call, the system taking the microphone).
+    pub fn on_running_change(&mut self, mut f: impl FnMut(bool) + 'static) {
+        let context = self.context.clone();
+        let closure = Closure::<dyn FnMut()>::new(move || f(context.state() == web_sys::AudioContextState::Running));
+        self.context.set_onstatechange(Some(closure.as_ref().unchecked_ref()));
+        self.on_state = Some(closure);
     }
 
     /// The capture rate (the device's).
@@ -118,6 +128,7 @@ impl Capture {
 
     /// Stops the microphone and the audio graph.
     pub fn stop(&self) {
+        self.context.set_onstatechange(None);
         self.node.port().map(|p| p.set_onmessage(None)).ok();
         let _ = self.node.disconnect();
         for track in self.stream.get_tracks().iter() {

@@ -6,16 +6,25 @@
 //!  www/capture-worklet.js   128-frame quanta -> ~20 ms blocks, off the audio thread
 //!  capture.rs               getUserMedia, AudioContext at the device's rate, the worklet node
 //!  pipeline.rs              resample to 16 kHz -> i16 (clipping counted) -> frames with seq + timestamp
-//!  uplink/                  resend buffer and backoff (mod.rs, pure) + the WebSocket to /ws/record (socket.rs)
+//!  outbox/                  every frame on the device (IndexedDB) until acked: the store (mod.rs), a second
+//!                           per durable write (writer.rs), one uploader per recording across tabs (lock.rs),
+//!                           the storage bound (quota.rs)
+//!  uplink/                  what is in flight and what waits in the outbox, backoff (mod.rs, pure), the
+//!                           WebSocket to /ws/record (socket.rs), earlier pages' recordings (recover.rs)
 //!  feed.rs                  /ws/feed: what reached Kafka, with playback
-//!  page.rs                  the form, Start/Stop, meter, counters, errors
+//!  page.rs                  the form, Start/Stop, meter, counters, errors, "Waiting to upload"
+//!  awake.rs                 the screen wake lock while recording or uploading
+//!  www/sw.js                the service worker: the page opens offline (this build's files, cached)
 //! ```
 //!
-//! `pipeline` and `uplink`'s buffer are plain Rust, tested natively; the rest is Web API glue.
+//! `pipeline`, `uplink`'s flow and `outbox::quota` are plain Rust, tested natively; the rest is Web API glue,
+//! tested in Chromium (`web/tests/in_browser.rs`, and the end-to-end tests in `tests/tests/`).
 #![deny(unsafe_code)]
 
+pub mod awake;
 pub mod capture;
 pub mod feed;
+pub mod outbox;
 pub mod page;
 pub mod pipeline;
 pub mod uplink;

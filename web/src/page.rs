@@ -1,13 +1,15 @@
-//! The page: the form, Start/Stop, the level meter and counters, and the wiring from capture to uplink.
+//! The page: the form, Start/Stop, the level meter and counters, the recordings waiting on the device, and the
+//! wiring from capture through the outbox to the uplink.
 //!
 //! ```text
-//!  Start click ─► Capture::start (mic, AudioContext, worklet) ─► block ─► Pipeline::push ─► frames ─► Uplink::push
-//!                                                                   └─► level meter, elapsed time
-//!  Uplink events ─► link state, counters, errors          Stop ─► Pipeline::finish ─► Uplink::stop ─► Done
+//!  Start click ─► lock + outbox row ─► Capture::start ─► block ─► Pipeline::push ─► frames ─► Writer (outbox) ─► Uplink
+//!                                                          └─► level meter, elapsed time, storage level
+//!  Uplink events ─► link state, counters, errors     Stop ─► Pipeline::finish ─► Writer::stop ─► Uplink::stop ─► Done
+//!  page load ─► Recovery: earlier pages' recordings in the outbox ─► uploaded, listed under "Waiting to upload"
 //! ```
 //!
 //! Metadata fields are remembered in localStorage. The relay is the page's own origin (`/ws/record`, `/ws/feed`),
-//! or `?relay=ws://host:port` for development.
+//! or `?relay=ws://host:port` for development; `?outboxCapKb=N` caps the storage waiting audio may use.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -20,9 +22,16 @@ use web_sys::{
     Document, Element, HtmlButtonElement, HtmlInputElement, HtmlSelectElement, HtmlTextAreaElement, MediaDeviceInfo,
 };
 
+use crate::awake::Awake;
 use crate::capture::{Capture, describe_error};
+use crate::outbox::lock::{self, Held};
+use crate::outbox::quota::{self, Level};
+use crate::outbox::writer::{Saved, Writer};
+use crate::outbox::{self as store, Outbox, Stored};
 use crate::pipeline::{Frame, Pipeline, peak_dbfs};
+use crate::uplink::recover::{Recovery, Report, Row, RowState};
 use crate::uplink::socket::{Event, Uplink};
+use crate::uplink::{Flow, WINDOW_BYTES};
 
 /// Default frame length.
 const FRAME_MS: u32 = 200;
@@ -42,6 +51,10 @@ struct Ui {
     acked: Element,
     pending: Element,
     clipped: Element,
+    saved: Element,
+    storage: Element,
+    outbox: Element,
+    outbox_list: Element,
     error: Element,
     status: Element,
 }
@@ -50,11 +63,24 @@ struct Active {
     capture: Capture,
     pipeline: Pipeline,
     uplink: Rc<RefCell<Uplink>>,
+    writer: Rc<RefCell<Writer>>,
+    lock: Option<Held>,
     frames: Vec<Frame>,
     sent: u64,
     samples_in: u64,
     rate: u32,
+    frame_ms: u32,
     last_ui_ms: f64,
+    last_storage_ms: f64,
+    /// When the browser paused capture (the AudioContext left "running"), if it is paused.
+    paused_at: Option<f64>,
+}
+
+/// A stopped recording, kept alive until every frame is acked.
+struct Finishing {
+    _uplink: Rc<RefCell<Uplink>>,
+    _writer: Rc<RefCell<Writer>>,
+    lock: Option<Held>,
 }
 
 struct App {
@@ -62,9 +88,29 @@ struct App {
     doc: Document,
     ui: Ui,
     own_car: Rc<RefCell<String>>,
+    token: Rc<RefCell<String>>,
     active: Option<Active>,
-    /// A stopped recording's uplink, kept alive until every frame is acked.
-    finishing: Option<Rc<RefCell<Uplink>>>,
+    finishing: Option<Finishing>,
+    /// The device's outbox (`None` until it opens, or if this browser has none).
+    outbox: Option<Outbox>,
+    recovery: Option<Rc<RefCell<Recovery>>>,
+    /// Audio of earlier recordings waiting in the outbox, bytes.
+    waiting_bytes: u64,
+    /// `?outboxCapKb=N`: the most the outbox may hold, bytes.
+    cap: Option<u64>,
+    /// Whether persistent storage was asked for (once per page).
+    asked_persist: bool,
+    /// The screen wake lock, held while recording or uploading.
+    awake: Awake,
+    /// An earlier page's recording is uploading.
+    uploading_earlier: bool,
+}
+
+impl App {
+    /// Holds the screen on while anything records or uploads.
+    fn keep_awake(&self) {
+        self.awake.set(self.active.is_some() || self.finishing.is_some() || self.uploading_earlier);
+    }
 }
 
 fn by_id<T: JsCast>(doc: &Document, id: &str) -> Result<T, JsValue> {
@@ -82,6 +128,12 @@ fn relay_base() -> Result<String, JsValue> {
     }
     let scheme = if location.protocol()? == "https:" { "wss" } else { "ws" };
     Ok(format!("{scheme}://{}", location.host()?))
+}
+
+/// A query parameter of the page's URL.
+fn query(name: &str) -> Option<String> {
+    let search = web_sys::window()?.location().search().ok()?;
+    search.trim_start_matches('?').split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
 }
 
 fn storage() -> Option<web_sys::Storage> {
@@ -123,6 +175,10 @@ pub fn init() -> Result<(), JsValue> {
         acked: by_id(&doc, "acked")?,
         pending: by_id(&doc, "pending")?,
         clipped: by_id(&doc, "clipped")?,
+        saved: by_id(&doc, "saved")?,
+        storage: by_id(&doc, "storage")?,
+        outbox: by_id(&doc, "outbox")?,
+        outbox_list: by_id(&doc, "outbox-list")?,
         error: by_id(&doc, "error")?,
         status: by_id(&doc, "status")?,
     };
@@ -173,8 +229,25 @@ pub fn init() -> Result<(), JsValue> {
         on_change.forget(); // the page's lifetime
     }
 
-    let app =
-        Rc::new(RefCell::new(App { feed, doc: doc.clone(), ui: ui.clone(), own_car, active: None, finishing: None }));
+    let cap = query("outboxCapKb").and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024);
+    let app = Rc::new(RefCell::new(App {
+        feed,
+        doc: doc.clone(),
+        ui: ui.clone(),
+        own_car,
+        token: Rc::clone(&token),
+        active: None,
+        finishing: None,
+        outbox: None,
+        recovery: None,
+        waiting_bytes: 0,
+        cap,
+        asked_persist: false,
+        awake: Awake::new(by_id(&doc, "awake")?),
+        uploading_earlier: false,
+    }));
+    wasm_bindgen_futures::spawn_local(register_service_worker(ui.status.clone()));
+    wasm_bindgen_futures::spawn_local(open_outbox(Rc::clone(&app), format!("{base}/ws/record")));
     // The click handler owns the app, and lives as long as the page.
     let on_click = Closure::<dyn FnMut()>::new(move || toggle(&app));
     ui.record.add_event_listener_with_callback("click", on_click.as_ref().unchecked_ref())?;
@@ -192,6 +265,118 @@ pub fn init() -> Result<(), JsValue> {
     ui.record.set_disabled(false);
     ui.status.set_text_content(Some(&format!("Ready. Relay: {base}")));
     Ok(())
+}
+
+/// Registers `sw.js`, which makes the page open with no network. A browser that refuses (no service workers, a
+/// private window) still records; it says the page will not open offline.
+async fn register_service_worker(status: Element) {
+    let Some(window) = web_sys::window() else { return };
+    let container = window.navigator().service_worker();
+    let offline_ready = container.controller().is_some();
+    // Offline, the update check fails: the worker that served this page stays, which is what is wanted.
+    if let Err(e) = wasm_bindgen_futures::JsFuture::from(container.register("sw.js")).await
+        && !offline_ready
+    {
+        let why = js_sys::Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
+        let line = status.text_content().unwrap_or_default();
+        status.set_text_content(Some(&format!("{line} (This page will not open without network here: {why})")));
+    }
+}
+
+/// Opens the outbox and starts uploading what earlier pages left in it.
+async fn open_outbox(app: Rc<RefCell<App>>, url: String) {
+    let ui = app.borrow().ui.clone();
+    let outbox = match Outbox::open().await {
+        Ok(o) => o,
+        Err(e) => {
+            ui.outbox.set_text_content(Some(&format!(
+                "This browser cannot keep recordings on the device ({}): keep the page open until every frame is in Kafka.",
+                store::describe(&e)
+            )));
+            return;
+        }
+    };
+    let token = Rc::clone(&app.borrow().token);
+    let weak = Rc::downgrade(&app);
+    let on_report = Rc::new(move |report: Report| {
+        let Some(app) = weak.upgrade() else { return };
+        match report {
+            Report::Rows(rows) => {
+                let bytes =
+                    rows.iter().map(|r| r.ms * 32 + r.frames * soundline_shared::frame::HEADER_LEN as u64).sum();
+                if let Ok(mut a) = app.try_borrow_mut() {
+                    a.waiting_bytes = bytes;
+                    a.uploading_earlier = rows.iter().any(|r| matches!(r.state, RowState::Uploading { .. }));
+                    a.keep_awake();
+                }
+                show_waiting(&ui, &rows);
+            }
+            Report::Problem(p) => ui.storage.set_text_content(Some(&p)),
+        }
+    });
+    let recovery = Recovery::start(outbox.clone(), url, token, on_report);
+    let mut a = app.borrow_mut();
+    if let Some(active) = &a.active {
+        recovery.borrow_mut().own(active.uplink.borrow().segment_id());
+    }
+    a.outbox = Some(outbox);
+    a.recovery = Some(recovery);
+}
+
+/// `m:ss` (or `h:mm:ss`) of a duration in ms.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// "12 min 40 s" of a duration in ms.
+fn spoken(ms: u64) -> String {
+    let s = ms.div_ceil(1000);
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    }
+}
+
+/// The "Waiting to upload" panel: a summary line and one row per recording.
+fn show_waiting(ui: &Ui, rows: &[Row]) {
+    let waiting: Vec<&Row> = rows.iter().filter(|r| r.state != RowState::InKafka).collect();
+    let ms: u64 = waiting.iter().map(|r| r.ms).sum();
+    ui.outbox.set_text_content(Some(&match waiting.len() {
+        0 => "Nothing waiting: every recording on this device is in Kafka.".to_owned(),
+        1 => format!("1 recording waiting to upload, {} of audio", spoken(ms)),
+        n => format!("{n} recordings waiting to upload, {} of audio", spoken(ms)),
+    }));
+    ui.outbox_list.set_inner_html("");
+    let Some(doc) = ui.outbox_list.owner_document() else { return };
+    for r in rows {
+        let started = js_sys::Date::new(&JsValue::from_f64(r.started_ms));
+        let time = started.to_locale_time_string("default").as_string().unwrap_or_default();
+        let state = match &r.state {
+            RowState::Waiting => "waiting for the relay".to_owned(),
+            RowState::OtherTab => "uploading in another tab".to_owned(),
+            RowState::Uploading { acked, total, live } => {
+                let percent = if *total == 0 { 100 } else { acked * 100 / total };
+                format!("{}: {percent} % uploaded", if *live { "uploading" } else { "waiting for the relay" })
+            }
+            RowState::InKafka => "completely in Kafka".to_owned(),
+        };
+        let line = if r.state == RowState::InKafka {
+            format!("{} · started {time} · {state}", r.car_id)
+        } else {
+            format!("{} · started {time} · {} left · {state}", r.car_id, clock(r.ms))
+        };
+        if let Ok(li) = doc.create_element("li") {
+            li.set_text_content(Some(&line));
+            let _ = li.set_attribute("data-segment", &r.segment_id);
+            let _ = ui.outbox_list.append_child(&li);
+        }
+    }
 }
 
 /// Fills the microphone selector, keeping the current choice when it still exists.
@@ -281,6 +466,60 @@ fn start(app: &Rc<RefCell<App>>) {
     ui.record.set_text_content(Some("Starting…"));
     let app = Rc::clone(app);
     wasm_bindgen_futures::spawn_local(async move {
+        let fail = |message: &str| {
+            ui.error.set_text_content(Some(message));
+            ui.record.set_text_content(Some("Start recording"));
+            ui.record.set_class_name("");
+            ui.record.set_disabled(false);
+        };
+        let url = match relay_base() {
+            Ok(base) => format!("{base}/ws/record"),
+            Err(e) => {
+                let _ = context.close();
+                return fail(&format!("The relay address is not usable: {e:?}"));
+            }
+        };
+        // The recording's lock and its row in the outbox come first: no other tab may take it for an earlier
+        // page's, and its frames are never in the outbox without the metadata to send them.
+        let segment_id = recording.segment_id.clone();
+        let lock = lock::try_lock(&segment_id).await.ok().flatten();
+        let outbox = app.borrow().outbox.clone();
+        if let Some(r) = &app.borrow().recovery {
+            r.borrow_mut().own(&segment_id);
+        }
+        let stored = Stored { recording: recording.clone(), frame_ms, started_ms: js_sys::Date::now() };
+        let outbox = match outbox {
+            Some(o) => match o.begin(&stored).await {
+                Ok(()) => Some(o),
+                Err(e) if store::is_quota(&e) => {
+                    let _ = context.close();
+                    if let Some(l) = lock {
+                        l.release();
+                    }
+                    return fail(
+                        "Storage on this device is full: free some space (or upload what waits) before recording.",
+                    );
+                }
+                Err(e) => {
+                    ui.storage.set_text_content(Some(&format!(
+                        "This recording cannot be kept on the device ({}): keep the page open until it is in Kafka.",
+                        store::describe(&e)
+                    )));
+                    None
+                }
+            },
+            None => None,
+        };
+        if outbox.is_some() && !app.borrow().asked_persist {
+            app.borrow_mut().asked_persist = true;
+            let storage_line = ui.storage.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                storage_line.set_text_content(Some(match quota::persist().await {
+                    Some(true) => "Recordings on this device are kept until uploaded.",
+                    _ => "Recordings wait on this device until uploaded; the browser may clear them under storage pressure.",
+                }));
+            });
+        }
         let weak = Rc::downgrade(&app);
         let on_block = move |block: &[f32]| {
             if let Some(app) = weak.upgrade() {
@@ -288,14 +527,13 @@ fn start(app: &Rc<RefCell<App>>) {
             }
         };
         let device = ui.mic.value();
-        let capture = match Capture::start(context.clone(), Some(&device), ui.processing.checked(), on_block).await {
+        let mut capture = match Capture::start(context.clone(), Some(&device), ui.processing.checked(), on_block).await
+        {
             Ok(c) => c,
             Err(e) => {
                 let _ = context.close();
-                ui.error.set_text_content(Some(&describe_error(&e)));
-                ui.record.set_text_content(Some("Start recording"));
-                ui.record.set_disabled(false);
-                return;
+                forget_recording(outbox.as_ref(), &segment_id, lock).await;
+                return fail(&describe_error(&e));
             }
         };
         let rate = capture.sample_rate();
@@ -303,27 +541,36 @@ fn start(app: &Rc<RefCell<App>>) {
             Ok(p) => p,
             Err(e) => {
                 capture.stop();
-                ui.error.set_text_content(Some(&format!("This device records at an unsupported rate: {e}")));
-                ui.record.set_disabled(false);
-                return;
+                forget_recording(outbox.as_ref(), &segment_id, lock).await;
+                return fail(&format!("This device records at an unsupported rate: {e}"));
             }
         };
-        let url = match relay_base() {
-            Ok(base) => format!("{base}/ws/record"),
-            Err(_) => return,
-        };
+        let weak = Rc::downgrade(&app);
+        capture.on_running_change(move |running| {
+            if let Some(app) = weak.upgrade() {
+                capture_paused(&app, !running);
+            }
+        });
         let on_event = uplink_events(&app, ui.clone());
-        let uplink = Uplink::start(url, field_value(&doc, "token"), recording, on_event);
+        let token = field_value(&doc, "token");
+        let uplink = Uplink::start(url, token, recording, frame_ms, Flow::new(WINDOW_BYTES), outbox.clone(), on_event);
+        let writer = Writer::new(outbox, segment_id, Rc::clone(&uplink), writer_events(&app, ui.clone()));
         app.borrow_mut().active = Some(Active {
             capture,
             pipeline,
             uplink,
+            writer,
+            lock,
             frames: Vec::new(),
             sent: 0,
             samples_in: 0,
             rate,
+            frame_ms,
             last_ui_ms: 0.0,
+            last_storage_ms: 0.0,
+            paused_at: None,
         });
+        app.borrow().keep_awake();
         ui.record.set_text_content(Some("Stop recording"));
         ui.record.set_class_name("on");
         ui.record.set_disabled(false);
@@ -331,16 +578,31 @@ fn start(app: &Rc<RefCell<App>>) {
     });
 }
 
+/// A recording that never started: its row leaves the outbox and its lock is released.
+async fn forget_recording(outbox: Option<&Outbox>, segment_id: &str, lock: Option<Held>) {
+    if let Some(o) = outbox {
+        let _ = o.finish(segment_id).await;
+    }
+    if let Some(l) = lock {
+        l.release();
+    }
+}
+
 fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
     let mut a = app.borrow_mut();
     let ui = a.ui.clone();
+    let (waiting_bytes, cap) = (a.waiting_bytes, a.cap);
     let Some(active) = a.active.as_mut() else { return };
     active.samples_in += block.len() as u64;
     active.frames.clear();
     active.pipeline.push(block, &mut active.frames);
-    for frame in &active.frames {
-        active.uplink.borrow_mut().push(frame);
-        active.sent += 1;
+    {
+        let mut writer = active.writer.borrow_mut();
+        for frame in &active.frames {
+            let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
+            writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
+            active.sent += 1;
+        }
     }
     let now = js_sys::Date::now();
     if now - active.last_ui_ms >= 100.0 {
@@ -355,6 +617,78 @@ fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
         ui.sent.set_text_content(Some(&active.sent.to_string()));
         ui.clipped.set_text_content(Some(&active.pipeline.clipped().to_string()));
     }
+    if now - active.last_storage_ms >= STORAGE_CHECK_MS {
+        active.last_storage_ms = now;
+        let own = active.uplink.borrow().pending() * store::frame_bytes(active.frame_ms);
+        let weak = Rc::downgrade(app);
+        wasm_bindgen_futures::spawn_local(async move {
+            let (usage, quota_bytes) = quota::estimate().await;
+            let level = quota::level(own + waiting_bytes, usage, quota_bytes, cap, store::frame_bytes(1000));
+            if let Some(app) = weak.upgrade() {
+                show_storage(&app, level);
+            }
+        });
+    }
+}
+
+/// The browser paused (or resumed) capture: the recording marks the hole (the frames' timestamps skip it) and the
+/// page says how long it was.
+fn capture_paused(app: &Rc<RefCell<App>>, paused: bool) {
+    let mut a = app.borrow_mut();
+    let ui = a.ui.clone();
+    let Some(active) = a.active.as_mut() else { return };
+    let now = js_sys::Date::now();
+    if paused {
+        active.paused_at.get_or_insert(now);
+        ui.status.set_text_content(Some("The browser paused recording (another app took the microphone, or a call)."));
+        return;
+    }
+    let Some(since) = active.paused_at.take() else { return };
+    active.frames.clear();
+    active.pipeline.gap(now - since, &mut active.frames);
+    let mut writer = active.writer.borrow_mut();
+    for frame in &active.frames {
+        let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
+        writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
+        active.sent += 1;
+    }
+    ui.status.set_text_content(Some(&format!(
+        "The browser paused recording for {:.1} s; the recording marks the hole (its timestamps skip it).",
+        (now - since) / 1000.0
+    )));
+}
+
+/// How often storage is looked at while recording.
+const STORAGE_CHECK_MS: f64 = 1_000.0;
+
+/// The storage line while recording; a full outbox stops the recording.
+fn show_storage(app: &Rc<RefCell<App>>, level: Level) {
+    let ui = app.borrow().ui.clone();
+    match level {
+        Level::Ok { .. } => {
+            if ui.storage.class_name() == "warn" {
+                ui.storage.set_class_name("");
+                ui.storage.set_text_content(Some("Storage on this device has room again."));
+            }
+        }
+        Level::Warn { left_ms } => {
+            ui.storage.set_class_name("warn");
+            ui.storage.set_text_content(Some(&format!(
+                "Storage on this device is almost full: about {} more can be recorded before recording stops. Move to where the relay is reachable so waiting audio uploads.",
+                spoken(left_ms)
+            )));
+        }
+        Level::Full => {
+            let recording = app.borrow().active.is_some();
+            if recording {
+                stop(app);
+                ui.storage.set_class_name("warn");
+                ui.storage.set_text_content(Some(
+                    "Storage on this device is full: recording stopped. Everything recorded is kept here and uploads when the relay is reachable.",
+                ));
+            }
+        }
+    }
 }
 
 fn show_elapsed(ui: &Ui, active: &Active) {
@@ -366,23 +700,52 @@ fn stop(app: &Rc<RefCell<App>>) {
     let mut a = app.borrow_mut();
     let ui = a.ui.clone();
     let Some(mut active) = a.active.take() else { return };
-    a.finishing = Some(Rc::clone(&active.uplink));
+    a.finishing = Some(Finishing {
+        _uplink: Rc::clone(&active.uplink),
+        _writer: Rc::clone(&active.writer),
+        lock: active.lock.take(),
+    });
     drop(a);
     active.capture.stop();
     // The final length, exactly (the meter's updates are throttled).
     show_elapsed(&ui, &active);
     active.frames.clear();
     active.pipeline.finish(&mut active.frames);
-    let mut uplink = active.uplink.borrow_mut();
+    ui.record.set_disabled(true);
+    ui.record.set_class_name("");
+    ui.record.set_text_content(Some(&format!("Finishing: {} frames to confirm…", active.uplink.borrow().pending())));
+    let mut writer = active.writer.borrow_mut();
     for frame in &active.frames {
-        uplink.push(frame);
+        let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
+        writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
         active.sent += 1;
     }
     ui.sent.set_text_content(Some(&active.sent.to_string()));
-    ui.record.set_disabled(true);
-    ui.record.set_class_name("");
-    ui.record.set_text_content(Some(&format!("Finishing: {} frames to confirm…", uplink.pending())));
-    uplink.stop();
+    writer.stop();
+}
+
+/// What the writer reports: frames saved on the device, or a batch it could not save.
+fn writer_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Saved)> {
+    let weak = Rc::downgrade(app);
+    Rc::new(move |saved| match saved {
+        Saved::Saved { frames, .. } => ui.saved.set_text_content(Some(&frames.to_string())),
+        Saved::Failed { message, quota, ms } => {
+            ui.storage.set_class_name("warn");
+            ui.storage.set_text_content(Some(&format!(
+                "{:.1} s of audio could not be saved on this device ({message}): it is only in memory until uploaded; keep this page open.",
+                f64::from(ms) / 1000.0
+            )));
+            if quota {
+                // Outside the writer's call (it is borrowed): stop as the Stop button does.
+                let weak = weak.clone();
+                crate::later(0, move || {
+                    if let Some(app) = weak.upgrade() {
+                        stop(&app);
+                    }
+                });
+            }
+        }
+    })
 }
 
 /// The uplink's events, shown on the page. Runs without borrowing the app (events can fire inside its calls).
@@ -392,7 +755,7 @@ fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
         Event::Live => ui.link.set_text_content(Some("live")),
         Event::Reconnecting { retry_ms } => {
             ui.link.set_text_content(Some(&format!(
-                "relay unreachable, retrying in {:.1} s (recording goes on; frames wait here)",
+                "relay unreachable, retrying in {:.1} s (recording goes on; frames wait on this device)",
                 f64::from(retry_ms) / 1000.0
             )));
         }
@@ -408,14 +771,7 @@ fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
                 ui.record.set_text_content(Some(&format!("Finishing: {pending} frames to confirm…")));
             }
         }
-        Event::Dropped(frames) => {
-            let ms: u32 = frames.iter().map(|f| f.duration_ms).sum();
-            let first = frames.first().map(|f| f.seq).unwrap_or_default();
-            ui.error.set_text_content(Some(&format!(
-                "The relay has been unreachable too long: the resend buffer is full and {:.1} s of audio (from frame {first}) was dropped.",
-                f64::from(ms) / 1000.0
-            )));
-        }
+        Event::Problem(p) => ui.storage.set_text_content(Some(&p)),
         Event::Refused(message) => ui.error.set_text_content(Some(&message)),
         Event::Done => {
             ui.link.set_text_content(Some("idle: every frame is in Kafka"));
@@ -423,10 +779,19 @@ fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
             ui.record.set_disabled(false);
             // Outside any borrow of the app: let the current call return first.
             let weak = weak.clone();
+            if ui.storage.class_name() == "warn" {
+                ui.storage.set_class_name("");
+                ui.storage.set_text_content(Some(
+                    "Everything recorded is in Kafka; its storage on this device is free again.",
+                ));
+            }
             crate::later(0, move || {
-                if let Some(app) = weak.upgrade() {
-                    app.borrow_mut().finishing = None;
+                let Some(app) = weak.upgrade() else { return };
+                let finished = app.borrow_mut().finishing.take();
+                if let Some(lock) = finished.and_then(|f| f.lock) {
+                    lock.release();
                 }
+                app.borrow().keep_awake();
             });
         }
     })

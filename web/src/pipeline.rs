@@ -5,7 +5,10 @@
 //! returns go to `uplink`, which sends them and keeps them until acked.
 //!
 //! Timestamps come from sample counts, not from the clock at each block: frame `k`'s first sample is
-//! `start_ms + k * frame_ms` exactly, so frames tile time without gaps or jitter however blocks arrive.
+//! `start_ms + k * frame_ms` exactly, so frames tile time without gaps or jitter however blocks arrive. When the
+//! browser stops capture for a while (an iOS interruption, a suspended AudioContext), [`Pipeline::gap`] marks the
+//! hole: the frame in progress ends there, short, and the next frame's timestamp is later by the gap, so the
+//! frames' capture timestamps show exactly where audio is missing and for how long.
 
 use soundline_shared::SAMPLE_RATE_HZ;
 use soundline_shared::dsp::resampler::{Resampler, UnsupportedRate};
@@ -79,6 +82,15 @@ impl Pipeline {
         self.clipped
     }
 
+    /// Capture stopped for `gap_ms` (the browser paused it) after the samples fed so far: ends the frame in
+    /// progress (short) and moves the time of every later sample by the gap.
+    pub fn gap(&mut self, gap_ms: f64, out: &mut Vec<Frame>) {
+        if !self.pending.is_empty() {
+            self.emit(out);
+        }
+        self.start_ms += gap_ms.max(0.0);
+    }
+
     /// Feeds one captured block; appends every frame it completes to `out`.
     pub fn push(&mut self, block: &[f32], out: &mut Vec<Frame>) {
         self.resampled.clear();
@@ -149,6 +161,22 @@ mod tests {
         assert!(frames[..10].iter().all(|f| f.samples.len() == 3200));
         let total: usize = frames.iter().map(|f| f.samples.len()).sum();
         assert_eq!(total, (blocks * 128).div_ceil(3), "every captured sample, at a third of the rate");
+    }
+
+    #[test]
+    fn a_gap_ends_the_frame_and_shows_in_the_next_timestamp() {
+        let mut p = Pipeline::new(16_000, 200, 1_000.0).expect("16 kHz");
+        let mut frames = Vec::new();
+        p.push(&vec![0.1f32; 4_800], &mut frames); // 300 ms: one frame, 100 ms pending (minus the filter delay)
+        p.gap(5_200.0, &mut frames);
+        p.push(&vec![0.1f32; 6_400], &mut frames);
+        p.finish(&mut frames);
+        let seqs: Vec<u32> = frames.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "sequence numbers stay continuous");
+        let short = &frames[1];
+        assert!(short.samples.len() < 3_200, "the frame in progress ends at the gap");
+        let after_gap = short.capture_ts_ms + (short.samples.len() / 16) as i64;
+        assert_eq!(frames[2].capture_ts_ms - after_gap, 5_200, "the next frame starts 5.2 s later: {frames:?}");
     }
 
     #[test]

@@ -36,3 +36,90 @@ fn the_resend_buffer_keeps_unacked_frames_in_order() {
     let mut backoff = Backoff::default();
     assert_eq!(backoff.next_delay_ms(0.0), 250);
 }
+
+mod outbox {
+    //! The outbox store in IndexedDB itself: write, ack, reopen, and recovery after a transaction that never
+    //! committed (as a crash or a closed tab leaves one).
+    use soundline_shared::frame;
+    use soundline_shared::recording::{DeviceInfo, Recording};
+    use soundline_web::outbox::{Outbox, Stored};
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_test::*;
+
+    fn stored(segment: &str, started_ms: f64) -> Stored {
+        Stored {
+            recording: Recording {
+                device: DeviceInfo { car_id: "CAR-7".into(), rail_type: 2 },
+                segment_id: segment.into(),
+                inspection_info: "bearing 3".into(),
+                ..Recording::default()
+            },
+            frame_ms: 200,
+            started_ms,
+        }
+    }
+
+    fn frame(seq: u32) -> Vec<u8> {
+        let samples: Vec<i16> = (0..3200).map(|i| (i as i16).wrapping_mul(seq as i16 + 1)).collect();
+        frame::encode_to_vec(seq, 1_000 + i64::from(seq) * 200, &samples)
+    }
+
+    #[wasm_bindgen_test]
+    async fn frames_survive_a_reopen_leave_when_acked_and_an_aborted_write_leaves_nothing() {
+        let name = format!("soundline-outbox-test-{}", js_sys::Math::random());
+        let outbox = Outbox::open_named(&name).await.expect("open");
+        outbox.begin(&stored("seg-b", 2_000.0)).await.expect("begin b");
+        outbox.begin(&stored("seg-a", 1_000.0)).await.expect("begin a");
+        let frames: Vec<Vec<u8>> = (0..5).map(frame).collect();
+        outbox.save("seg-a", frames.iter().map(Vec::as_slice)).await.expect("save");
+
+        // A write that never commits: the transaction is aborted, as a crash leaves it.
+        let db = {
+            let factory = web_sys::window().unwrap().indexed_db().unwrap().unwrap();
+            let open = factory.open(&name).unwrap();
+            let (tx, rx) = futures_channel();
+            let cb = wasm_bindgen::closure::Closure::once_into_js(move || tx());
+            open.set_onsuccess(Some(cb.unchecked_ref()));
+            rx.await;
+            open.result().unwrap().dyn_into::<web_sys::IdbDatabase>().unwrap()
+        };
+        let tx = db.transaction_with_str_and_mode("frames", web_sys::IdbTransactionMode::Readwrite).unwrap();
+        let key = js_sys::Array::of2(&"seg-a".into(), &5.into());
+        tx.object_store("frames").unwrap().put_with_key(&js_sys::Uint8Array::from(&frame(5)[..]), &key).unwrap();
+        tx.abort().unwrap();
+        db.close();
+
+        outbox.close();
+        let outbox = Outbox::open_named(&name).await.expect("reopen");
+        let (waiting, bad) = outbox.recordings().await.expect("recordings");
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(waiting.len(), 2);
+        assert_eq!(waiting[0].stored, stored("seg-a", 1_000.0), "oldest first, metadata as written");
+        assert_eq!((waiting[0].frames, waiting[0].seqs), (5, Some((0, 4))), "the aborted frame 5 is not there");
+        assert_eq!((waiting[1].frames, waiting[1].seqs), (0, None));
+
+        let (loaded, bad) = outbox.load("seg-a", 1, 3).await.expect("load");
+        assert!(bad.is_empty());
+        assert_eq!(loaded.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(loaded[1].encoded, frames[2], "byte for byte");
+        assert_eq!(loaded[0].duration_ms, 200);
+
+        outbox.acked("seg-a", &[0, 1]).await.expect("acked");
+        let (waiting, _) = outbox.recordings().await.expect("recordings");
+        assert_eq!((waiting[0].frames, waiting[0].seqs), (3, Some((2, 4))));
+        outbox.finish("seg-a").await.expect("finish");
+        outbox.finish("seg-b").await.expect("finish");
+        assert!(outbox.recordings().await.expect("recordings").0.is_empty());
+        outbox.close();
+    }
+
+    /// A one-shot signal without a futures crate: the sender is a closure, the receiver a future.
+    fn futures_channel() -> (impl FnOnce(), impl std::future::Future<Output = ()>) {
+        let mut resolve = None;
+        let promise = js_sys::Promise::new(&mut |r, _| resolve = Some(r));
+        let resolve = resolve.unwrap();
+        (move || drop(resolve.call0(&wasm_bindgen::JsValue::NULL)), async move {
+            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+        })
+    }
+}

@@ -1,26 +1,27 @@
-//! The uplink's WebSocket: hello, frames, acks; reconnect and resend. Browser only.
+//! The uplink's WebSocket: hello, frames, acks; reconnect and resend; frames read back from the outbox. Browser
+//! only.
 //!
 //! ```text
-//!  pipeline frame ─► encode ─► ResendBuffer ─► (live?) send
-//!  open ─► hello ─► ready ─► resend every unacked frame, in order, with its original seq ─► live
-//!  ack seq ─► drop it from the buffer        close/error ─► backoff with jitter ─► open again
+//!  frame saved in the outbox ─► Flow: in flight (send if live) or spilled (stays in the outbox)
+//!  open ─► hello ─► ready ─► resend every frame in flight, in order, with its original seq ─► live
+//!  ack seq ─► drop it from memory, delete it from the outbox ─► read spilled frames back as room allows
+//!  close/error ─► backoff with jitter ─► open again          done ─► remove the recording from the outbox
 //! ```
 //!
-//! A recording stops when every frame is acked (or the page says what is still pending). Errors that are the
-//! recorder's fault (`retryable() == false`) stop the uplink and are shown; the others reconnect.
+//! A recording is done when it stopped and every frame is acked. Errors that are the recorder's fault
+//! (`retryable() == false`) stop the uplink and are shown; the others reconnect.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use soundline_shared::control::{ClientMessage, Hello, LinkState, ServerMessage};
-use soundline_shared::frame;
 use soundline_shared::recording::Recording;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use super::{Backoff, DEFAULT_MAX_BYTES, Overflow, ResendBuffer};
-use crate::pipeline::Frame;
+use super::{Backoff, Flow};
+use crate::outbox::{self, Outbox};
 
 /// What the page shows about the uplink.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,16 +39,16 @@ pub enum Event {
     Counts {
         /// Frames acked so far.
         acked: u64,
-        /// Frames waiting for an ack.
-        pending: usize,
+        /// Frames waiting for an ack (in flight or in the outbox).
+        pending: u64,
         /// Audio waiting for an ack, ms.
         pending_ms: u64,
     },
-    /// The resend buffer was full: these frames are lost.
-    Dropped(Vec<Overflow>),
+    /// Something went wrong on the device (the outbox could not be read or cleaned); nothing is lost by it.
+    Problem(String),
     /// The relay refused the recording; the uplink stopped.
     Refused(String),
-    /// Stopped and every frame acked.
+    /// Stopped, every frame acked, and the recording removed from the outbox.
     Done,
 }
 
@@ -57,15 +58,24 @@ pub struct Uplink {
     /// The access token, offered as subprotocol `bearer.<token>` (empty: none).
     token: String,
     hello: String,
-    buffer: ResendBuffer,
+    segment_id: String,
+    /// Bytes of one full frame (to size reads from the outbox).
+    frame_bytes: usize,
+    flow: Flow,
+    /// Where spilled frames are read back from and acked ones deleted (`None`: this browser has no outbox).
+    outbox: Option<Outbox>,
     backoff: Backoff,
     ws: Option<WebSocket>,
     /// Counts connection attempts, so a late timer knows whether its attempt is still the current one.
     attempt: u32,
     live: bool,
-    stopping: bool,
     refused: bool,
-    acked: u64,
+    /// A read from the outbox is under way.
+    loading: bool,
+    /// A deletion of acked frames is scheduled.
+    deleting: bool,
+    /// The recording is done and being removed from the outbox.
+    closing: bool,
     on_event: Rc<dyn Fn(Event)>,
     handlers: Vec<Box<dyn std::any::Any>>,
     me: Weak<RefCell<Uplink>>,
@@ -82,22 +92,36 @@ fn detach(ws: &WebSocket) {
 }
 
 impl Uplink {
-    /// Connects to `url` (`ws(s)://host/ws/record`) for `recording`; `on_event` hears every change.
-    pub fn start(url: String, token: String, recording: Recording, on_event: Rc<dyn Fn(Event)>) -> Rc<RefCell<Self>> {
+    /// Connects to `url` (`ws(s)://host/ws/record`) for `recording`, whose frames (`frame_ms` long) are in `flow`
+    /// (a new recording's, or one an earlier page left in `outbox`); `on_event` hears every change.
+    pub fn start(
+        url: String,
+        token: String,
+        recording: Recording,
+        frame_ms: u32,
+        flow: Flow,
+        outbox: Option<Outbox>,
+        on_event: Rc<dyn Fn(Event)>,
+    ) -> Rc<RefCell<Self>> {
+        let segment_id = recording.segment_id.clone();
         let hello = ClientMessage::Hello(Hello::new(recording)).to_json();
         let uplink = Rc::new_cyclic(|me| {
             RefCell::new(Self {
                 url,
                 token,
                 hello,
-                buffer: ResendBuffer::new(DEFAULT_MAX_BYTES),
+                segment_id,
+                frame_bytes: outbox::frame_bytes(frame_ms) as usize,
+                flow,
+                outbox,
                 backoff: Backoff::default(),
                 ws: None,
                 attempt: 0,
                 live: false,
-                stopping: false,
                 refused: false,
-                acked: 0,
+                loading: false,
+                deleting: false,
+                closing: false,
                 on_event,
                 handlers: Vec::new(),
                 me: me.clone(),
@@ -107,49 +131,153 @@ impl Uplink {
         uplink
     }
 
-    /// Queues a frame: kept until acked, sent now if the connection is live.
-    pub fn push(&mut self, frame: &Frame) {
-        let encoded = frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
-        if self.live
-            && let Some(ws) = &self.ws
-        {
-            let _ = ws.send_with_u8_array(&encoded);
-        }
-        let duration_ms = (frame.samples.len() / 16) as u32;
-        let dropped = self.buffer.push(frame.seq, duration_ms, encoded);
-        if !dropped.is_empty() {
-            (self.on_event)(Event::Dropped(dropped));
+    /// A frame is in the outbox: send it now (live and room in flight) or read it back from there later.
+    pub fn saved(&mut self, seq: u32, duration_ms: u32, encoded: Vec<u8>) {
+        if self.flow.saved(seq, duration_ms, encoded) {
+            self.send(seq);
         }
         self.counts();
     }
 
-    /// No more frames: close once every frame is acked.
+    /// A frame the outbox could not take: memory is its only copy until the relay acks it.
+    pub fn unsaved(&mut self, seq: u32, duration_ms: u32, encoded: Vec<u8>) {
+        if self.flow.unsaved(seq, duration_ms, encoded) {
+            self.send(seq);
+        }
+        self.counts();
+    }
+
+    /// No more frames: done once every frame is acked.
     pub fn stop(&mut self) {
-        self.stopping = true;
+        self.flow.finish();
         self.finish_if_done();
     }
 
     /// Frames waiting for an ack.
-    pub fn pending(&self) -> usize {
-        self.buffer.len()
+    pub fn pending(&self) -> u64 {
+        self.flow.waiting()
+    }
+
+    /// The segment this uplink sends.
+    pub fn segment_id(&self) -> &str {
+        &self.segment_id
+    }
+
+    fn send(&self, seq: u32) {
+        if self.live
+            && let Some(ws) = &self.ws
+            && let Some(encoded) = self.flow.encoded(seq)
+        {
+            let _ = ws.send_with_u8_array(encoded);
+        }
     }
 
     fn counts(&self) {
         (self.on_event)(Event::Counts {
-            acked: self.acked,
-            pending: self.buffer.len(),
-            pending_ms: self.buffer.pending_ms(),
+            acked: self.flow.acked(),
+            pending: self.flow.waiting(),
+            pending_ms: self.flow.waiting_ms(),
+        });
+    }
+
+    /// Reads spilled frames back from the outbox while connected and there is room in flight.
+    fn pump(&mut self) {
+        if !self.live || self.loading || self.closing {
+            return;
+        }
+        let Some((from, max)) = self.flow.to_load(self.frame_bytes) else { return };
+        let Some(outbox) = self.outbox.clone() else { return };
+        self.loading = true;
+        let (me, segment) = (self.me.clone(), self.segment_id.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let read = outbox.load(&segment, from, max).await;
+            let Some(u) = me.upgrade() else { return };
+            let mut u = u.borrow_mut();
+            u.loading = false;
+            match read {
+                Ok((frames, bad)) => {
+                    for problem in bad {
+                        (u.on_event)(Event::Problem(problem));
+                    }
+                    let frames = frames.into_iter().map(|f| (f.seq, f.duration_ms, f.encoded)).collect();
+                    for seq in u.flow.loaded(frames, max) {
+                        u.send(seq);
+                    }
+                    u.pump();
+                    u.finish_if_done();
+                }
+                Err(e) => {
+                    (u.on_event)(Event::Problem(format!(
+                        "Could not read waiting audio back from this device ({}); trying again.",
+                        outbox::describe(&e)
+                    )));
+                    let me = u.me.clone();
+                    crate::later(2_000, move || {
+                        if let Some(u) = me.upgrade() {
+                            u.borrow_mut().pump();
+                        }
+                    });
+                }
+            }
+        });
+    }
+
+    /// Deletes acked frames from the outbox, about once a second.
+    fn schedule_deletes(&mut self) {
+        if self.deleting || self.outbox.is_none() {
+            return;
+        }
+        self.deleting = true;
+        let me = self.me.clone();
+        crate::later(1_000, move || {
+            let Some(u) = me.upgrade() else { return };
+            let (outbox, segment, seqs) = {
+                let mut u = u.borrow_mut();
+                u.deleting = false;
+                (u.outbox.clone(), u.segment_id.clone(), u.flow.take_deletes())
+            };
+            let Some(outbox) = outbox else { return };
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Err(e) = outbox.acked(&segment, &seqs).await
+                    && let Some(u) = me.upgrade()
+                {
+                    // Left in the outbox: a later page sends them again and the relay acks them again.
+                    (u.borrow().on_event)(Event::Problem(format!(
+                        "Could not clean up {} uploaded frames on this device: {}",
+                        seqs.len(),
+                        outbox::describe(&e)
+                    )));
+                }
+            });
         });
     }
 
     fn finish_if_done(&mut self) {
-        if self.stopping && self.buffer.is_empty() {
-            if let Some(ws) = self.ws.take() {
-                detach(&ws);
-                let _ = ws.close_with_code(1000);
-            }
-            (self.on_event)(Event::Done);
+        if !self.flow.done() || self.closing {
+            return;
         }
+        self.closing = true;
+        if let Some(ws) = self.ws.take() {
+            detach(&ws);
+            let _ = ws.close_with_code(1000);
+        }
+        self.live = false;
+        let me = self.me.clone();
+        let (outbox, segment) = (self.outbox.clone(), self.segment_id.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let cleaned = match outbox {
+                Some(outbox) => outbox.finish(&segment).await.map_err(|e| outbox::describe(&e)),
+                None => Ok(()),
+            };
+            let Some(u) = me.upgrade() else { return };
+            let on_event = Rc::clone(&u.borrow().on_event);
+            if let Err(e) = cleaned {
+                on_event(Event::Problem(format!(
+                    "The recording is in Kafka, but could not be removed from this device: {e}"
+                )));
+            }
+            on_event(Event::Done);
+        });
     }
 
     fn connect(&mut self) {
@@ -208,17 +336,20 @@ impl Uplink {
                 self.live = true;
                 self.backoff.reset();
                 if let Some(ws) = &self.ws {
-                    for (_, encoded) in self.buffer.unacked() {
+                    for (_, encoded) in self.flow.in_flight() {
                         let _ = ws.send_with_u8_array(encoded);
                     }
                 }
                 (self.on_event)(Event::Live);
+                self.pump();
+                self.finish_if_done();
             }
             ServerMessage::Ack { seq, .. } => {
-                if self.buffer.ack(seq) {
-                    self.acked += 1;
+                if self.flow.ack(seq) {
+                    self.schedule_deletes();
                 }
                 self.counts();
+                self.pump();
                 self.finish_if_done();
             }
             ServerMessage::Status { state, message, .. } => (self.on_event)(Event::Relay(state, message)),
@@ -234,7 +365,7 @@ impl Uplink {
     fn on_close(&mut self) {
         self.live = false;
         self.ws = None;
-        if self.refused || (self.stopping && self.buffer.is_empty()) {
+        if self.refused || self.closing {
             return;
         }
         self.schedule_reconnect();
