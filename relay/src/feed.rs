@@ -8,7 +8,11 @@
 //!     history: own fetch per partition, [start, live position) ─► filter ─► socket
 //!     live:    broadcast receiver, offsets >= next per partition ─► filter ─► socket
 //!              lagged: tell {missed, resumeFrom}, carry on live
+//!  bounded read (until): own fetches of the named partitions, [from, until) ─► filter ─► end, close 1000
 //! ```
+//!
+//! A subscription with `"pcm": false` gets envelopes without their base64 PCM (the hub serializes both forms
+//! once per record).
 //!
 //! Everything a subscriber does costs only itself: history is read with its own bounded fetches (1 MiB per
 //! request, paced by its socket), live records come from the shared hub, and a send that takes longer than
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::{TimeZone, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -190,8 +194,12 @@ async fn starts(
 }
 
 async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppState) -> Result<(), Fail> {
-    // A car's records all sit on its partition (the producer's murmur2 choice): read only that one.
     let partitions = hub.partition_count();
+    let mut keepalive = Keepalive::new(&state.config().limits);
+    if let Some(bounds) = &sub.until {
+        return deliver_range(sink, hub, sub, bounds, &mut keepalive, state).await;
+    }
+    // A car's records all sit on its partition (the producer's murmur2 choice): read only that one.
     let car_partition = sub.car_id.as_deref().map(|car| [partition_for_key(car.as_bytes(), partitions)]);
     let (mut live_rx, live, _membership) = hub
         .join(car_partition.as_ref().map(|p| &p[..]), sub.car_id.as_deref())
@@ -202,63 +210,11 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
-    let mut keepalive = Keepalive::new(&state.config().limits);
 
     // History: this subscriber's own fetches, partition by partition, up to where the live stream starts.
-    let skip_malformed = state.config().feed.skip_malformed;
     for (&p, &from) in &start {
         let until = live.get(&p).copied().unwrap_or(from);
-        if from >= until {
-            continue;
-        }
-        let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-        let pc = client
-            .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-        let mut offset = from;
-        while offset < until {
-            if keepalive.ping_due() {
-                ping(sink, state).await?;
-            }
-            let fetched = match fetch(&pc, offset, HISTORY_FETCH_BYTES, 100).await {
-                Ok(fetched) => fetched,
-                Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                    // Retention removed the start: go on from the oldest record kept.
-                    offset = pc
-                        .get_offset(OffsetAt::Earliest)
-                        .await
-                        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-                    continue;
-                }
-                Err(e) => return Err(Fail(ErrorCode::Internal, format!("reading history: {e}"))),
-            };
-            if fetched.caught_up {
-                break;
-            }
-            let records = fetched.records;
-            if records.is_empty() {
-                // Past a transaction marker.
-                offset = fetched.next;
-                continue;
-            }
-            for r in records {
-                if r.offset >= until {
-                    break;
-                }
-                if keepalive.ping_due() {
-                    ping(sink, state).await?;
-                }
-                offset = r.offset + 1;
-                let Some(published) = publish(&hub.topic, p, r.offset, &r.record, skip_malformed) else {
-                    continue;
-                };
-                if published.matches(car, segment) {
-                    send(sink, published.text, state).await?;
-                    metrics.feed_delivered_total.fetch_add(1, Relaxed);
-                }
-            }
-        }
+        history(sink, hub, sub, p, from, until, &mut keepalive, state).await?;
     }
 
     // Live: each offset at most once per partition.
@@ -294,8 +250,114 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
         }
         *slot = published.offset + 1;
         if published.matches(car, segment) {
-            send(sink, published.text.clone(), state).await?;
+            send(sink, published.text(sub.pcm).clone(), state).await?;
             metrics.feed_delivered_total.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// A bounded read: the named partitions from the subscription's start up to its `until` (never past their end
+/// now), then `end` and a normal close. It joins no hub: it starts no partition reader and costs the relay only
+/// its own fetches.
+async fn deliver_range(
+    sink: &mut Sink,
+    hub: &Hub,
+    sub: &Subscribe,
+    bounds: &BTreeMap<i32, i64>,
+    keepalive: &mut Keepalive,
+    state: &AppState,
+) -> Result<(), Fail> {
+    let partitions = hub.partition_count();
+    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let mut ends = BTreeMap::new();
+    for &p in bounds.keys().filter(|&&p| p < partitions) {
+        let pc = client
+            .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+        ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?);
+    }
+    let start = starts(hub, &sub.from, &ends, state).await?;
+    let subscribed = FeedServerMessage::Subscribed { topic: hub.topic.to_string(), partitions, from: start.clone() };
+    send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
+    for (&p, &from) in &start {
+        let until = bounds.get(&p).copied().unwrap_or(from).min(ends.get(&p).copied().unwrap_or(from));
+        history(sink, hub, sub, p, from, until, keepalive, state).await?;
+    }
+    send(sink, serde_json::to_string(&FeedServerMessage::End).unwrap_or_default().into(), state).await?;
+    let close = CloseFrame { code: 1000, reason: "the requested range is delivered".into() };
+    send_within(sink, Message::Close(Some(close)), state).await
+}
+
+/// Partition `p`'s records in `[from, until)` that the subscription wants, with this subscriber's own fetches.
+#[allow(clippy::too_many_arguments)] // one call per phase; a struct would only rename them
+async fn history(
+    sink: &mut Sink,
+    hub: &Hub,
+    sub: &Subscribe,
+    p: i32,
+    from: i64,
+    until: i64,
+    keepalive: &mut Keepalive,
+    state: &AppState,
+) -> Result<(), Fail> {
+    if from >= until {
+        return Ok(());
+    }
+    let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
+    let skip_malformed = state.config().feed.skip_malformed;
+    let metrics = state.metrics();
+    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let pc = client
+        .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
+        .await
+        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let mut offset = from;
+    while offset < until {
+        if keepalive.ping_due() {
+            ping(sink, state).await?;
+        }
+        let fetched = match fetch(&pc, offset, HISTORY_FETCH_BYTES, 100).await {
+            Ok(fetched) => fetched,
+            Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                // Retention removed the start: go on from the oldest record kept.
+                offset =
+                    pc.get_offset(OffsetAt::Earliest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+                continue;
+            }
+            Err(e) => return Err(Fail(ErrorCode::Internal, format!("reading history: {e}"))),
+        };
+        if fetched.caught_up {
+            break;
+        }
+        let records = fetched.records;
+        if records.is_empty() {
+            // Past a transaction marker.
+            offset = fetched.next;
+            continue;
+        }
+        metrics.feed_history_records_total.fetch_add(records.len() as u64, Relaxed);
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        metrics.feed_history_bytes_total.fetch_add(bytes as u64, Relaxed);
+        for r in records {
+            if r.offset >= until {
+                return Ok(());
+            }
+            if keepalive.ping_due() {
+                ping(sink, state).await?;
+            }
+            offset = r.offset + 1;
+            let Some(published) = publish(&hub.topic, p, r.offset, &r.record, skip_malformed) else {
+                continue;
+            };
+            if published.matches(car, segment) {
+                send(sink, published.text(sub.pcm).clone(), state).await?;
+                metrics.feed_delivered_total.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    Ok(())
 }

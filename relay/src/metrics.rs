@@ -192,6 +192,10 @@ pub struct Metrics {
     pub feed_delivered_total: AtomicU64,
     /// Live records a subscriber's task woke up for (of its partitions), delivered or filtered out.
     pub feed_considered_total: AtomicU64,
+    /// Records subscribers' own history reads (bounded reads included) fetched from Kafka.
+    pub feed_history_records_total: AtomicU64,
+    /// Their bytes (keys and values).
+    pub feed_history_bytes_total: AtomicU64,
     feed_dropped: [AtomicU64; FeedDrop::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -297,6 +301,16 @@ impl Metrics {
             "soundline_feed_fetched_bytes_total",
             "Bytes of record keys and values the feed's live partition readers read from Kafka.",
             feed.fetched_bytes,
+        );
+        counter(
+            "soundline_feed_history_records_total",
+            "Records the feed read from Kafka for subscribers' history and bounded reads (each subscriber's own fetches, every record of the partitions read, wanted or not).",
+            self.feed_history_records_total.load(Relaxed),
+        );
+        counter(
+            "soundline_feed_history_bytes_total",
+            "Bytes of record keys and values read for subscribers' history and bounded reads.",
+            self.feed_history_bytes_total.load(Relaxed),
         );
         counter(
             "soundline_backpressure_total",

@@ -221,6 +221,22 @@ impl Envelope {
         write_json(&self.uuid, &self.stamp, &self.recording, self.collect_timestamp_ms, &self.origin.pcm_le, out);
     }
 
+    /// The envelope's JSON without `originData.base64` (its `size` and `duration` still say how much PCM it
+    /// carries): what a feed subscription with `"pcm": false` delivers.
+    pub fn to_json_without_pcm(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_wire(
+            &self.uuid,
+            &self.stamp,
+            &self.recording,
+            self.collect_timestamp_ms,
+            &self.origin.pcm_le,
+            false,
+            &mut out,
+        );
+        out
+    }
+
     /// Parses an envelope whose `sysTag` must be [`DEFAULT_SYS_TAG`].
     ///
     /// # Errors
@@ -311,7 +327,19 @@ pub fn write_json(
     pcm_le: &[u8],
     out: &mut Vec<u8>,
 ) {
-    out.reserve(pcm_le.len() * 4 / 3 + 512);
+    write_wire(uuid, stamp, recording, collect_timestamp_ms, pcm_le, true, out);
+}
+
+fn write_wire(
+    uuid: &str,
+    stamp: &Stamp,
+    recording: &Recording,
+    collect_timestamp_ms: i64,
+    pcm_le: &[u8],
+    with_pcm: bool,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(if with_pcm { pcm_le.len() * 4 / 3 } else { 0 } + 512);
     let wire = Wire {
         uuid,
         ver: &stamp.ver,
@@ -323,7 +351,7 @@ pub fn write_json(
         segment_id: &recording.segment_id,
         inspection_info: &recording.inspection_info,
         origin_data: WireOrigin {
-            base64: Base64Pcm(pcm_le),
+            base64: with_pcm.then_some(Base64Pcm(pcm_le)),
             hz: SAMPLE_RATE_HZ,
             bits: BITS_PER_SAMPLE,
             size: pcm_le.len() as u64,
@@ -424,7 +452,8 @@ struct Wire<'a> {
 
 #[derive(Serialize)]
 struct WireOrigin<'a> {
-    base64: Base64Pcm<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base64: Option<Base64Pcm<'a>>,
     hz: u32,
     bits: u32,
     size: u64,
@@ -494,6 +523,17 @@ fn unsigned(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<u
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn without_pcm_is_the_envelope_less_its_base64() {
+        let env = Envelope::from_samples(uuid::Uuid::nil(), &Stamp::default(), &Recording::default(), 7, &[1, -2, 3]);
+        let full: serde_json::Value = serde_json::from_slice(&env.to_json()).expect("json");
+        let light: serde_json::Value = serde_json::from_slice(&env.to_json_without_pcm()).expect("json");
+        let mut expected = full.clone();
+        expected["originData"].as_object_mut().expect("object").remove("base64");
+        assert_eq!(light, expected);
+        assert_eq!((light["originData"]["size"].as_u64(), light["originData"]["hz"].as_u64()), (Some(6), Some(16_000)));
+    }
+
     #[test]
     fn a_template_writes_what_write_json_writes_byte_for_byte() {
         let stamp = Stamp { ver: "1.0 \"beta\"".into(), ..Stamp::default() };

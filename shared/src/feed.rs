@@ -83,10 +83,56 @@ pub struct Subscribe {
     /// Only envelopes whose `segmentId` is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_id: Option<String>,
+    /// Whether envelopes come with their PCM (`originData.base64`); `false`: without it, for lists that show
+    /// what arrived and fetch the audio of one recording only when it is played.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub pcm: bool,
+    /// A bounded read: per partition, the offset to stop before. Only the partitions named are read, from `from`
+    /// up to these offsets (never past the live end); then the relay sends `end` and closes (1000). `None`: the
+    /// history, then the live stream, until the subscriber leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "until")]
+    pub until: Option<BTreeMap<i32, i64>>,
+}
+
+impl Subscribe {
+    /// A live subscription to the audio topic with these filters, envelopes with their PCM.
+    pub fn live(car_id: Option<String>, segment_id: Option<String>) -> Self {
+        Self { topic: None, from: From::Live, car_id, segment_id, pcm: true, until: None }
+    }
 }
 
 fn live() -> From {
     From::Live
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// `until` on the wire: absent, or `{"PARTITION": OFFSET}` as [`partition_offsets`].
+mod until {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &Option<BTreeMap<i32, i64>>, s: S) -> Result<S::Ok, S::Error> {
+        match map {
+            Some(m) => super::partition_offsets::serialize(m, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<i32, i64>>, D::Error> {
+        match Option::<BTreeMap<String, i64>>::deserialize(d)? {
+            Some(raw) => super::partition_offsets::parse(raw).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
 }
 
 /// `from` on the wire: `"live"`, `"earliest"`, `{"timestampMs": N}` or `{"offsets": {"0": 12}}`.
@@ -216,6 +262,8 @@ pub enum FeedServerMessage {
         #[serde(rename = "resumeFrom", with = "partition_offsets")]
         resume_from: BTreeMap<i32, i64>,
     },
+    /// A bounded read (`until`) delivered everything it asked for; the relay closes the connection (1000).
+    End,
 }
 
 /// One record as the feed delivers it.
@@ -232,6 +280,12 @@ pub struct FeedRecord {
     pub timestamp_ms: i64,
     /// Key as UTF-8 (lossy), if any.
     pub key: Option<String>,
+    /// The `segmentId` record header (the relay writes it on every frame), when present and UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<String>,
+    /// The `seq` record header: the frame's sequence number in its segment, when present and a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
     /// `envelope`, `json` or `opaque`.
     pub kind: String,
     /// The envelope or JSON document as it is in Kafka; for `opaque`, the bytes as standard base64.
@@ -269,10 +323,7 @@ mod tests {
     #[test]
     fn subscribe_defaults_to_live_on_the_audio_topic() {
         let msg = FeedClientMessage::parse(r#"{"type":"subscribe"}"#).expect("valid");
-        assert_eq!(
-            msg,
-            FeedClientMessage::Subscribe(Subscribe { topic: None, from: From::Live, car_id: None, segment_id: None })
-        );
+        assert_eq!(msg, FeedClientMessage::Subscribe(Subscribe::live(None, None)));
     }
 
     #[test]
@@ -285,7 +336,8 @@ mod tests {
         ] {
             let text = format!(r#"{{"type":"subscribe","topic":"t","from":{json},"carId":"C"}}"#);
             let parsed = FeedClientMessage::parse(&text).expect("valid");
-            let want = Subscribe { topic: Some("t".into()), from, car_id: Some("C".into()), segment_id: None };
+            let want =
+                Subscribe { topic: Some("t".into()), from, car_id: Some("C".into()), ..Subscribe::live(None, None) };
             assert_eq!(parsed, FeedClientMessage::Subscribe(want.clone()));
             assert_eq!(FeedClientMessage::parse(&FeedClientMessage::Subscribe(want).to_json()), Ok(parsed));
         }
@@ -301,6 +353,22 @@ mod tests {
             let text = serde_json::to_string(&m).expect("serializable");
             assert_eq!(FeedServerMessage::parse(&text), Ok(m), "{text}");
         }
+    }
+
+    #[test]
+    fn a_bounded_read_without_pcm_round_trips_and_old_subscribes_keep_their_meaning() {
+        let text = r#"{"type":"subscribe","from":{"offsets":{"2":120}},"until":{"2":421},"segmentId":"S","pcm":false}"#;
+        let FeedClientMessage::Subscribe(sub) = FeedClientMessage::parse(text).expect("valid");
+        assert_eq!((sub.pcm, sub.until.clone()), (false, Some(BTreeMap::from([(2, 421)]))));
+        assert_eq!(
+            FeedClientMessage::parse(&FeedClientMessage::Subscribe(sub.clone()).to_json()),
+            Ok(FeedClientMessage::Subscribe(sub))
+        );
+        let FeedClientMessage::Subscribe(old) =
+            FeedClientMessage::parse(r#"{"type":"subscribe","carId":"C"}"#).expect("valid");
+        assert_eq!((old.pcm, old.until), (true, None), "PCM included, unbounded, as before");
+        assert!(FeedClientMessage::parse(r#"{"type":"subscribe","until":{"x":1}}"#).is_err());
+        assert_eq!(FeedServerMessage::parse(r#"{"type":"end"}"#), Ok(FeedServerMessage::End));
     }
 
     #[test]

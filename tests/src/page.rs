@@ -15,15 +15,25 @@ pub fn repo() -> PathBuf {
 
 /// Two seconds of 1 kHz + 10 kHz at 48 kHz (whole periods of both, so the fake microphone loops it seamlessly).
 pub fn write_wav(path: &Path) {
+    write_tones(path, &[1_000.0, 10_000.0]);
+}
+
+/// Two seconds of `freqs_hz` (each at [`TONE_AMPLITUDE`]) at 48 kHz; frequencies with a whole number of periods
+/// in 2 s loop seamlessly.
+pub fn write_tones(path: &Path, freqs_hz: &[f64]) {
     let rate = 48_000u32;
     let samples: Vec<i16> = (0..rate * 2)
         .map(|i| {
             let t = f64::from(i) / f64::from(rate);
-            let x = TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()
-                + TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * 10_000.0 * t).sin();
+            let x: f64 = freqs_hz.iter().map(|f| TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * f * t).sin()).sum();
             (x * 32767.0).round() as i16
         })
         .collect();
+    std::fs::write(path, wav_bytes(rate, &samples)).expect("write the test WAV");
+}
+
+/// A mono 16-bit PCM WAV file of `samples` at `rate`.
+pub fn wav_bytes(rate: u32, samples: &[i16]) -> Vec<u8> {
     let data_len = samples.len() as u32 * 2;
     let mut wav = Vec::with_capacity(44 + data_len as usize);
     wav.extend_from_slice(b"RIFF");
@@ -41,7 +51,7 @@ pub fn write_wav(path: &Path) {
     for s in samples {
         wav.extend_from_slice(&s.to_le_bytes());
     }
-    std::fs::write(path, wav).expect("write the test WAV");
+    wav
 }
 
 /// Amplitude of the `freq_hz` component of 16 kHz samples.

@@ -30,7 +30,7 @@ pub struct Subscriber {
 
 /// A subscription to `topic` (None: the audio topic) from `from`.
 pub fn subscription(topic: Option<&str>, from: From) -> Subscribe {
-    Subscribe { topic: topic.map(str::to_owned), from, car_id: None, segment_id: None }
+    Subscribe { topic: topic.map(str::to_owned), from, ..Subscribe::live(None, None) }
 }
 
 impl Subscriber {
@@ -90,7 +90,7 @@ impl Subscriber {
                         FeedServerMessage::Record(r) => {
                             self.next.insert(r.partition, r.offset + 1);
                         }
-                        FeedServerMessage::Lagged { .. } => {}
+                        FeedServerMessage::Lagged { .. } | FeedServerMessage::End => {}
                     }
                     return FeedEvent::Feed(m);
                 }

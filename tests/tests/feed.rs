@@ -466,3 +466,73 @@ async fn a_subscriber_to_one_car_reads_only_its_partition_wakes_only_for_its_car
     all.close().await;
     relay.stop().await;
 }
+
+/// A list without audio, and one recording's audio by its offsets: `"pcm": false` records carry the envelope
+/// without `originData.base64` (and the `segmentId` and `seq` headers); a bounded read (`until`) delivers
+/// exactly the named range of that segment, then `end` and a close with 1000, and starts no partition reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_comes_without_pcm_and_a_bounded_read_fetches_one_recording() {
+    let topic = random_topic("feed-bounded");
+    let relay = relay_for(&topic, &[("SOUNDLINE_PARTITIONS", "1"), ("SOUNDLINE_FEED_READER_IDLE_S", "1")]).await;
+    // Two recordings of two cars, interleaved on the one partition.
+    let (a, b) = (recording("CAR-BA", "seg-BA"), recording("CAR-BB", "seg-BB"));
+    let mut ra = Recorder::start(&relay.ws("/ws/record"), &a).await;
+    let mut rb = Recorder::start(&relay.ws("/ws/record"), &b).await;
+    for seq in 0..6u32 {
+        ra.send_frame(seq, TS + i64::from(seq) * 200, &samples("seg-BA", seq, 3200)).await;
+        ra.acks(1).await;
+        rb.send_frame(seq, TS + i64::from(seq) * 200, &samples("seg-BB", seq, 3200)).await;
+        rb.acks(1).await;
+    }
+    let light = soundline_shared::feed::Subscribe { pcm: false, ..subscription(None, From::Earliest) };
+    let mut list = Subscriber::start(&relay.ws("/ws/feed"), &light).await;
+    let listed = list.records(12).await;
+    for r in &listed {
+        assert!(r.value["originData"].get("base64").is_none(), "no PCM in a pcm:false record: {}", r.value);
+        assert_eq!(r.value["originData"]["size"], 6400, "the size still says how much audio there is");
+        assert!(r.segment_id.as_deref().is_some_and(|s| s.starts_with("seg-B")) && r.seq.is_some(), "{r:?}");
+    }
+    let of_a: Vec<&FeedRecord> = listed.iter().filter(|r| r.segment_id.as_deref() == Some("seg-BA")).collect();
+    assert_eq!(of_a.iter().map(|r| r.seq.unwrap_or(99)).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    let (first, last) = (of_a[1].offset, of_a[4].offset);
+    drop(list);
+    let readers = "soundline_feed_partition_readers";
+    let idle =
+        soundline_tests::relay::metric_until(relay.addr, readers, Duration::from_secs(10), |v| v == Some(0)).await;
+    assert_eq!(idle, Some(0), "the list's reader stopped after it left");
+
+    // Frames 1 to 4 of seg-BA, by their offsets: exactly those, with PCM, then end and 1000.
+    let bounded = soundline_shared::feed::Subscribe {
+        from: From::Offsets(BTreeMap::from([(0, first)])),
+        until: Some(BTreeMap::from([(0, last + 1)])),
+        segment_id: Some("seg-BA".into()),
+        ..subscription(None, From::Live)
+    };
+    let history = "soundline_feed_history_records_total";
+    let read_before = soundline_tests::relay::metric(relay.addr, history).await.unwrap_or_default();
+    let mut fetch = Subscriber::start(&relay.ws("/ws/feed"), &bounded).await;
+    let mut got = Vec::new();
+    loop {
+        match fetch.next_event().await {
+            FeedEvent::Feed(FeedServerMessage::Record(r)) => got.push(r),
+            FeedEvent::Feed(FeedServerMessage::Subscribed { .. }) => {}
+            FeedEvent::Feed(FeedServerMessage::End) => break,
+            other => panic!("expected records then end, got {other:?}"),
+        }
+    }
+    assert_eq!(got.iter().map(|r| r.seq.unwrap_or(99)).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    for r in &got {
+        let env = Envelope::parse(r.value.to_string().as_bytes()).expect("a whole envelope, PCM included");
+        assert_eq!(env.origin.samples(), samples("seg-BA", r.seq.unwrap_or_default(), 3200));
+    }
+    assert_eq!(fetch.next_event().await, FeedEvent::Closed(Some(1000)), "a normal close after end");
+    assert_eq!(soundline_tests::relay::metric(relay.addr, readers).await, Some(0), "a bounded read starts no reader");
+    // Its cost: the records of the partition between the first and the last offset (the other car's among them),
+    // and at most the rest of the fetched batch.
+    let read = soundline_tests::relay::metric(relay.addr, history).await.unwrap_or_default() - read_before;
+    assert!(
+        (last - first + 1..=12).contains(&read),
+        "the bounded read fetched {read} records for offsets {first}..={last}"
+    );
+    relay.stop().await;
+}

@@ -81,7 +81,7 @@ fn hello(car: &str, segment: &str) -> String {
 }
 
 fn subscribe_live() -> Subscribe {
-    Subscribe { topic: None, from: From::Live, car_id: None, segment_id: None }
+    Subscribe::live(None, None)
 }
 
 fn raw_frame(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

@@ -14,6 +14,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::Element;
 
+use crate::i18n::{Key, t, tf};
+
 struct State {
     wanted: bool,
     /// The browser's `WakeLockSentinel` while held.
@@ -73,7 +75,7 @@ impl Awake {
             .and_then(|n| Reflect::get(&n, &"wakeLock".into()).ok())
             .filter(|l| !l.is_undefined())
         else {
-            s.shown.set_text_content(Some("this browser may let the screen sleep"));
+            s.shown.set_text_content(Some(t(Key::ScreenNoLock)));
             return;
         };
         let Ok(request) = Reflect::get(&lock, &"request".into()).and_then(|f| f.dyn_into::<Function>()) else { return };
@@ -86,7 +88,7 @@ impl Awake {
             s.requesting = false;
             match got {
                 Ok(sentinel) => {
-                    s.shown.set_text_content(Some("screen kept on"));
+                    s.shown.set_text_content(Some(t(Key::ScreenOn)));
                     s.sentinel = Some(sentinel);
                     let wanted = s.wanted;
                     drop(s);
@@ -96,7 +98,7 @@ impl Awake {
                 }
                 Err(e) => {
                     let why = Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
-                    s.shown.set_text_content(Some(&format!("the screen may sleep ({why})")));
+                    s.shown.set_text_content(Some(&tf(Key::ScreenMaySleep, &[&why])));
                 }
             }
         });

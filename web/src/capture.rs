@@ -7,6 +7,8 @@
 //! are off unless the technician turns them on: inspection audio must be raw.
 
 use js_sys::{Array, Float32Array, Object, Reflect};
+
+use crate::i18n::{Key, t, tf};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -29,14 +31,10 @@ pub struct Capture {
 pub fn describe_error(e: &JsValue) -> String {
     let name = Reflect::get(e, &"name".into()).ok().and_then(|n| n.as_string()).unwrap_or_default();
     match name.as_str() {
-        "NotAllowedError" | "SecurityError" => {
-            "Microphone access was denied. Allow it in the browser's site settings and try again.".into()
-        }
-        "NotFoundError" | "OverconstrainedError" => {
-            "No microphone was found (or the chosen one is gone). Plug one in or pick another.".into()
-        }
-        "NotReadableError" => "The microphone is in use by another application or could not be opened.".into(),
-        _ => format!("The microphone could not start: {}", e.as_string().unwrap_or_else(|| format!("{e:?}"))),
+        "NotAllowedError" | "SecurityError" => t(Key::MicDenied).into(),
+        "NotFoundError" | "OverconstrainedError" => t(Key::MicMissing).into(),
+        "NotReadableError" => t(Key::MicBusy).into(),
+        _ => tf(Key::MicOther, &[&e.as_string().unwrap_or_else(|| format!("{e:?}"))]),
     }
 }
 

@@ -1,25 +1,27 @@
-//! The feed panel: what reached Kafka, live from the relay's `/ws/feed`, with playback of each frame.
+//! The feed socket: what reached Kafka, live from the relay's `/ws/feed`, into the recordings list.
 //!
-//! Where it sits: the last hop back. The relay's fan-out sends the audio topic's records, by default only this
-//! device's car (a feed of every device would be thousands of records a second on a busy site; supervisors tick
-//! "all devices"); this shows the newest ones (device, time, duration, partition/offset, this device's own marked), plays an envelope's PCM
-//! through WebAudio at 16 kHz, and shows other JSON records (analysis results) as text. It reconnects on its
-//! own, resuming after the last record it showed.
+//! Where it sits: the last hop back. The relay's fan-out sends the audio topic's records without their PCM
+//! (`"pcm": false`), by default only this device's car and the last hour of it (a feed of every device would be
+//! thousands of records a second on a busy site; supervisors tick "all devices"). Each envelope becomes a frame
+//! of its recording ([`crate::recordings`]); JSON records that name a carID and a segmentId (analysis results)
+//! are shown on the recording they belong to. It reconnects on its own, resuming after the last record it had.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedRecord, FeedServerMessage, From, Subscribe};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{AudioContext, CloseEvent, Document, Element, MessageEvent, WebSocket};
+use web_sys::{CloseEvent, Element, MessageEvent, WebSocket};
 
-/// Rows kept in the panel.
-const MAX_ROWS: usize = 50;
+use crate::i18n::{Key, t};
+use crate::recordings::FrameRef;
+use crate::recordings::view::View;
+
+/// How far back the list starts when the page opens: the last hour.
+pub const HISTORY_MS: f64 = 3_600_000.0;
 
 struct Feed {
     url: String,
@@ -29,13 +31,11 @@ struct Feed {
     needs_token: bool,
     /// The token the current connection offered.
     token_used: String,
-    list: Element,
     status: Element,
-    own_car: Rc<RefCell<String>>,
+    view: View,
     /// Only this carID's records (a technician's own device); `None`: every record (a supervisor's view).
     filter: Option<String>,
     next: BTreeMap<i32, i64>,
-    player: Option<AudioContext>,
     ws: Option<WebSocket>,
     handlers: Vec<Box<dyn std::any::Any>>,
 }
@@ -51,6 +51,8 @@ impl FeedPanel {
             if f.filter == car_id {
                 return;
             }
+            // Every device's recordings are grouped by car (the supervisor view).
+            f.view.reset(car_id.is_none());
             f.filter = car_id;
             f.next.clear();
             if let Some(old) = f.ws.take() {
@@ -58,7 +60,7 @@ impl FeedPanel {
                 old.set_onmessage(None);
                 let _ = old.close();
             }
-            f.status.set_text_content(Some("Feed: connecting…"));
+            f.status.set_text_content(Some(t(Key::FeedConnecting)));
         }
         connect(&self.0);
     }
@@ -70,19 +72,17 @@ impl FeedPanel {
         if !std::mem::take(&mut self.0.borrow_mut().needs_token) {
             return;
         }
-        self.0.borrow().status.set_text_content(Some("Feed: connecting…"));
+        self.0.borrow().status.set_text_content(Some(t(Key::FeedConnecting)));
         connect(&self.0);
     }
 }
 
-/// Starts the panel: `list` gets one row per record, `status` the connection state; `filter` as in
-/// [`FeedPanel::set_filter`].
+/// Starts the feed into `view`; `status` shows the connection; `filter` as in [`FeedPanel::set_filter`].
 pub fn start(
     url: String,
     token: Rc<RefCell<String>>,
-    list: Element,
+    view: View,
     status: Element,
-    own_car: Rc<RefCell<String>>,
     filter: Option<String>,
 ) -> FeedPanel {
     let feed = Rc::new(RefCell::new(Feed {
@@ -90,12 +90,10 @@ pub fn start(
         token,
         needs_token: false,
         token_used: String::new(),
-        list,
         status,
-        own_car,
+        view,
         filter,
         next: BTreeMap::new(),
-        player: None,
         ws: None,
         handlers: Vec::new(),
     }));
@@ -108,9 +106,14 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
     let token = f.token.borrow().trim().to_owned();
     let Ok(ws) = crate::open_socket(&f.url, &token) else { return retry(feed) };
     f.token_used = token;
-    let from = if f.next.is_empty() { From::Live } else { From::Offsets(f.next.clone()) };
+    // The first connection starts an hour back; a reconnect resumes after the last record it had.
+    let from = if f.next.is_empty() {
+        From::TimestampMs((js_sys::Date::now() - HISTORY_MS) as i64)
+    } else {
+        From::Offsets(f.next.clone())
+    };
     let subscribe =
-        FeedClientMessage::Subscribe(Subscribe { topic: None, from, car_id: f.filter.clone(), segment_id: None })
+        FeedClientMessage::Subscribe(Subscribe { from, pcm: false, ..Subscribe::live(f.filter.clone(), None) })
             .to_json();
     let socket = ws.clone();
     let on_open = Closure::<dyn FnMut()>::new(move || {
@@ -132,11 +135,11 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
                 }
                 let mut f = feed.borrow_mut();
                 f.needs_token = true;
-                let why = if f.token.borrow().trim().is_empty() { "needs" } else { "refused" };
-                f.status.set_text_content(Some(&format!("Feed: the relay {why} an access token (enter it above)")));
+                let why = if f.token.borrow().trim().is_empty() { Key::FeedNeedsToken } else { Key::FeedTokenRefused };
+                f.status.set_text_content(Some(t(why)));
                 return;
             }
-            feed.borrow().status.set_text_content(Some("Feed: reconnecting…"));
+            feed.borrow().status.set_text_content(Some(t(Key::FeedReconnecting)));
             retry(&feed);
         }
     });
@@ -163,102 +166,67 @@ fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {
         FeedServerMessage::Subscribed { from, .. } => {
             let mut f = feed.borrow_mut();
             f.next.extend(from);
-            let scope = f.filter.as_deref().map_or_else(|| "all devices".to_owned(), |car| format!("car {car}"));
-            f.status.set_text_content(Some(&format!("Feed: live ({scope})")));
+            let scope = match f.filter.as_deref() {
+                Some(car) => format!("{} {car}", t(Key::Car)),
+                None => t(Key::AllDevices).to_owned(),
+            };
+            f.status.set_text_content(Some(&format!("{} ({scope})", t(Key::FeedLive))));
         }
         FeedServerMessage::Record(record) => {
-            feed.borrow_mut().next.insert(record.partition, record.offset + 1);
-            if let Err(e) = add_row(feed, &record) {
-                web_sys::console::warn_1(&e);
-            }
+            let mut f = feed.borrow_mut();
+            f.next.insert(record.partition, record.offset + 1);
+            add(&mut f, &record);
         }
         FeedServerMessage::Lagged { missed, .. } => {
-            feed.borrow()
-                .status
-                .set_text_content(Some(&format!("Feed: live ({missed} older records skipped to keep up)")));
+            let f = feed.borrow();
+            f.status.set_text_content(Some(&format!("{} ({missed} {})", t(Key::FeedLive), t(Key::FeedSkipped))));
         }
+        FeedServerMessage::End => {}
     }
 }
 
-fn text_of(v: &serde_json::Value, path: &[&str]) -> String {
+fn text_of(v: &serde_json::Value, path: &[&str]) -> Option<String> {
     let mut node = v;
     for p in path {
-        node = &node[*p];
+        node = node.get(*p)?;
     }
     match node {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
     }
 }
 
-fn add_row(feed: &Rc<RefCell<Feed>>, record: &FeedRecord) -> Result<(), JsValue> {
-    let f = feed.borrow();
-    let document: Document = f.list.owner_document().ok_or("no document")?;
-    let row = document.create_element("li")?;
-    let where_ = format!("p{}/o{}", record.partition, record.offset);
+/// One record into the list: an envelope is a frame of its recording; JSON naming a recording is a result on it.
+fn add(f: &mut Feed, record: &FeedRecord) {
+    let v = &record.value;
     match record.kind.as_str() {
         "envelope" => {
-            let car = text_of(&record.value, &["deviceInfo", "carID"]);
-            let ms = record.value["collectTimestamp"].as_f64().unwrap_or_default();
-            let time = js_sys::Date::new(&JsValue::from_f64(ms)).to_locale_time_string("en-GB");
-            let duration = text_of(&record.value, &["originData", "duration"]);
-            let own = if *f.own_car.borrow() == car { " (this device)" } else { "" };
-            let label = document.create_element("span")?;
-            label.set_text_content(Some(&format!("{car}{own} · {time} · {duration} ms · {where_}")));
-            row.append_child(&label)?;
-            let button = document.create_element("button")?;
-            button.set_text_content(Some("Play"));
-            button.set_attribute("type", "button")?;
-            button.set_attribute("aria-label", &format!("Play {car} at {time}"))?;
-            let pcm = text_of(&record.value, &["originData", "base64"]);
-            let weak = Rc::downgrade(feed);
-            let play = Closure::<dyn FnMut()>::new(move || {
-                if let Some(feed) = weak.upgrade()
-                    && let Err(e) = play(&feed, &pcm)
-                {
-                    web_sys::console::warn_1(&e);
-                }
-            });
-            button.add_event_listener_with_callback("click", play.as_ref().unchecked_ref())?;
-            play.forget(); // lives as long as its row; rows are few and short-lived
-            row.append_child(&button)?;
+            let (Some(car), Some(segment)) = (
+                text_of(v, &["deviceInfo", "carID"]),
+                record.segment_id.clone().or_else(|| text_of(v, &["segmentId"])),
+            ) else {
+                return;
+            };
+            // Without the seq header (a producer other than the relay) a frame cannot be placed in its recording.
+            let Some(seq) = record.seq else { return };
+            let frame = FrameRef {
+                seq,
+                partition: record.partition,
+                offset: record.offset,
+                capture_ms: v["collectTimestamp"].as_i64().unwrap_or_default(),
+                duration_ms: v["originData"]["duration"].as_u64().unwrap_or_default() as u32,
+            };
+            f.view.add_frame(&segment, &car, frame);
         }
-        kind => {
-            let pre = document.create_element("pre")?;
-            let body = if kind == "json" { record.value.to_string() } else { format!("opaque: {}", record.value) };
-            let shown: String = body.chars().take(300).collect();
-            pre.set_text_content(Some(&format!("{where_} {}: {shown}", record.key.as_deref().unwrap_or("-"))));
-            row.append_child(&pre)?;
+        "json" => {
+            let segment = text_of(v, &["segmentId"]);
+            let car = text_of(v, &["carID"]).or_else(|| text_of(v, &["deviceInfo", "carID"]));
+            if let (Some(segment), Some(_)) = (segment, car) {
+                let shown: String = v.to_string().chars().take(300).collect();
+                f.view.add_result(&segment, shown);
+            }
         }
+        _ => {}
     }
-    f.list.insert_before(&row, f.list.first_child().as_ref())?;
-    while f.list.child_element_count() as usize > MAX_ROWS {
-        if let Some(last) = f.list.last_element_child() {
-            last.remove();
-        }
-    }
-    Ok(())
-}
-
-fn play(feed: &Rc<RefCell<Feed>>, pcm_base64: &str) -> Result<(), JsValue> {
-    let bytes = BASE64.decode(pcm_base64).map_err(|e| JsValue::from_str(&e.to_string()))?;
-    let samples: Vec<f32> =
-        bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect();
-    if samples.is_empty() {
-        return Ok(());
-    }
-    let mut f = feed.borrow_mut();
-    if f.player.is_none() {
-        f.player = Some(AudioContext::new()?);
-    }
-    let ctx = f.player.as_ref().ok_or("no audio context")?;
-    let _ = ctx.resume();
-    let buffer = ctx.create_buffer(1, samples.len() as u32, 16_000.0)?;
-    buffer.copy_to_channel(&samples, 0)?;
-    let source = ctx.create_buffer_source()?;
-    source.set_buffer(Some(&buffer));
-    source.connect_with_audio_node(&ctx.destination())?;
-    source.start()?;
-    Ok(())
 }

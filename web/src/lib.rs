@@ -24,9 +24,11 @@
 pub mod awake;
 pub mod capture;
 pub mod feed;
+pub mod i18n;
 pub mod outbox;
 pub mod page;
 pub mod pipeline;
+pub mod recordings;
 pub mod uplink;
 
 use wasm_bindgen::JsCast;
@@ -57,7 +59,7 @@ pub(crate) fn open_socket(url: &str, token: &str) -> Result<web_sys::WebSocket, 
 pub fn start() -> Result<(), JsValue> {
     page::init().inspect_err(|e| {
         if let Some(status) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("status")) {
-            status.set_text_content(Some(&format!("The recorder could not start: {e:?}")));
+            status.set_text_content(Some(&i18n::tf(i18n::Key::CouldNotStart, &[&format!("{e:?}")])));
         }
     })
 }

@@ -24,11 +24,13 @@ use web_sys::{
 
 use crate::awake::Awake;
 use crate::capture::{Capture, describe_error};
+use crate::i18n::{self, Key, Lang, t, tf};
 use crate::outbox::lock::{self, Held};
 use crate::outbox::quota::{self, Level};
 use crate::outbox::writer::{Saved, Writer};
 use crate::outbox::{self as store, Outbox, Stored};
 use crate::pipeline::{Frame, Pipeline, peak_dbfs};
+use crate::recordings::view::{LiveSpectrogram, View};
 use crate::uplink::recover::{Recovery, Report, Row, RowState};
 use crate::uplink::socket::{Event, Uplink};
 use crate::uplink::{Flow, WINDOW_BYTES};
@@ -57,6 +59,7 @@ struct Ui {
     outbox_list: Element,
     error: Element,
     status: Element,
+    live: web_sys::HtmlCanvasElement,
 }
 
 struct Active {
@@ -72,6 +75,8 @@ struct Active {
     frame_ms: u32,
     last_ui_ms: f64,
     last_storage_ms: f64,
+    /// The microphone's spectrogram under the meter.
+    live: LiveSpectrogram,
     /// When the browser paused capture (the AudioContext left "running"), if it is paused.
     paused_at: Option<f64>,
 }
@@ -163,6 +168,7 @@ fn set_field(doc: &Document, id: &str, value: &str) {
 /// Builds the page's behaviour; called once the module loads.
 pub fn init() -> Result<(), JsValue> {
     let doc = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    choose_language(&doc)?;
     let ui = Ui {
         record: by_id(&doc, "record")?,
         mic: by_id(&doc, "mic")?,
@@ -181,7 +187,18 @@ pub fn init() -> Result<(), JsValue> {
         outbox_list: by_id(&doc, "outbox-list")?,
         error: by_id(&doc, "error")?,
         status: by_id(&doc, "status")?,
+        live: by_id(&doc, "live-spectrogram")?,
     };
+    // The texts that change as the page runs start in the page's language.
+    ui.record.set_text_content(Some(t(Key::StartRecording)));
+    ui.link.set_text_content(Some(t(Key::LinkIdle)));
+    ui.outbox.set_text_content(Some(t(Key::LookingForWaiting)));
+    if let Ok(p) = by_id::<Element>(&doc, "play") {
+        p.set_text_content(Some(t(Key::Play)));
+    }
+    if let Ok(p) = by_id::<Element>(&doc, "feed-status") {
+        p.set_text_content(Some(t(Key::FeedConnecting)));
+    }
     if let Some(store) = storage() {
         for id in FIELDS {
             if let Ok(Some(v)) = store.get_item(&format!("soundline.{id}")) {
@@ -195,16 +212,17 @@ pub fn init() -> Result<(), JsValue> {
     let feed_all: HtmlInputElement = by_id(&doc, "feed-all")?;
     let car = own_car.borrow().clone();
     let filter = (!feed_all.checked() && !car.is_empty()).then_some(car);
+    let view = View::new(&doc, format!("{base}/ws/feed"), Rc::clone(&token), Rc::clone(&own_car))?;
+    view.reset(filter.is_none());
     let feed = Rc::new(crate::feed::start(
         format!("{base}/ws/feed"),
         Rc::clone(&token),
-        by_id(&doc, "feed")?,
+        view.clone(),
         by_id(&doc, "feed-status")?,
-        Rc::clone(&own_car),
         filter,
     ));
     {
-        // "All devices" switches between this car's records and everyone's.
+        // "All devices" switches between this car's recordings and everyone's, grouped by car.
         let (feed, own_car, all) = (Rc::clone(&feed), Rc::clone(&own_car), feed_all.clone());
         let on_change = Closure::<dyn FnMut()>::new(move || {
             let car = own_car.borrow().clone();
@@ -263,7 +281,7 @@ pub fn init() -> Result<(), JsValue> {
     on_devices.forget();
 
     ui.record.set_disabled(false);
-    ui.status.set_text_content(Some(&format!("Ready. Relay: {base}")));
+    ui.status.set_text_content(Some(&tf(Key::Ready, &[&base])));
     Ok(())
 }
 
@@ -279,8 +297,31 @@ async fn register_service_worker(status: Element) {
     {
         let why = js_sys::Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
         let line = status.text_content().unwrap_or_default();
-        status.set_text_content(Some(&format!("{line} (This page will not open without network here: {why})")));
+        status.set_text_content(Some(&format!("{line} {}", tf(Key::NoOffline, &[&why]))));
     }
+}
+
+/// The page's language: the one chosen earlier (localStorage), else `navigator.language`; the selector switches
+/// it (static labels at once, everything else as it is next written).
+fn choose_language(doc: &Document) -> Result<(), JsValue> {
+    let stored = storage().and_then(|s| s.get_item("soundline.lang").ok().flatten());
+    let tag = stored.or_else(|| web_sys::window().and_then(|w| w.navigator().language())).unwrap_or_default();
+    i18n::set(Lang::from_tag(&tag));
+    i18n::apply(doc);
+    let select: HtmlSelectElement = by_id(doc, "lang")?;
+    select.set_value(i18n::lang().tag());
+    let (field, doc) = (select.clone(), doc.clone());
+    let on_change = Closure::<dyn FnMut()>::new(move || {
+        let lang = Lang::from_tag(&field.value());
+        i18n::set(lang);
+        i18n::apply(&doc);
+        if let Some(s) = storage() {
+            let _ = s.set_item("soundline.lang", lang.tag());
+        }
+    });
+    select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
+    on_change.forget(); // the page's lifetime
+    Ok(())
 }
 
 /// Opens the outbox and starts uploading what earlier pages left in it.
@@ -289,10 +330,7 @@ async fn open_outbox(app: Rc<RefCell<App>>, url: String) {
     let outbox = match Outbox::open().await {
         Ok(o) => o,
         Err(e) => {
-            ui.outbox.set_text_content(Some(&format!(
-                "This browser cannot keep recordings on the device ({}): keep the page open until every frame is in Kafka.",
-                store::describe(&e)
-            )));
+            ui.outbox.set_text_content(Some(&tf(Key::NoOutbox, &[&store::describe(&e)])));
             return;
         }
     };
@@ -337,9 +375,9 @@ fn clock(ms: u64) -> String {
 fn spoken(ms: u64) -> String {
     let s = ms.div_ceil(1000);
     match (s / 60, s % 60) {
-        (0, s) => format!("{s} s"),
-        (m, 0) => format!("{m} min"),
-        (m, s) => format!("{m} min {s} s"),
+        (0, s) => tf(Key::SecondsOnly, &[&s]),
+        (m, 0) => tf(Key::MinutesOnly, &[&m]),
+        (m, s) => tf(Key::Minutes, &[&m, &s]),
     }
 }
 
@@ -348,9 +386,9 @@ fn show_waiting(ui: &Ui, rows: &[Row]) {
     let waiting: Vec<&Row> = rows.iter().filter(|r| r.state != RowState::InKafka).collect();
     let ms: u64 = waiting.iter().map(|r| r.ms).sum();
     ui.outbox.set_text_content(Some(&match waiting.len() {
-        0 => "Nothing waiting: every recording on this device is in Kafka.".to_owned(),
-        1 => format!("1 recording waiting to upload, {} of audio", spoken(ms)),
-        n => format!("{n} recordings waiting to upload, {} of audio", spoken(ms)),
+        0 => t(Key::NothingWaiting).to_owned(),
+        1 => tf(Key::OneWaiting, &[&spoken(ms)]),
+        n => tf(Key::ManyWaiting, &[&n, &spoken(ms)]),
     }));
     ui.outbox_list.set_inner_html("");
     let Some(doc) = ui.outbox_list.owner_document() else { return };
@@ -358,18 +396,18 @@ fn show_waiting(ui: &Ui, rows: &[Row]) {
         let started = js_sys::Date::new(&JsValue::from_f64(r.started_ms));
         let time = started.to_locale_time_string("default").as_string().unwrap_or_default();
         let state = match &r.state {
-            RowState::Waiting => "waiting for the relay".to_owned(),
-            RowState::OtherTab => "uploading in another tab".to_owned(),
+            RowState::Waiting => t(Key::RowWaiting).to_owned(),
+            RowState::OtherTab => t(Key::RowOtherTab).to_owned(),
             RowState::Uploading { acked, total, live } => {
                 let percent = if *total == 0 { 100 } else { acked * 100 / total };
-                format!("{}: {percent} % uploaded", if *live { "uploading" } else { "waiting for the relay" })
+                tf(if *live { Key::RowUploading } else { Key::RowWaitingPercent }, &[&percent])
             }
-            RowState::InKafka => "completely in Kafka".to_owned(),
+            RowState::InKafka => t(Key::RowInKafka).to_owned(),
         };
         let line = if r.state == RowState::InKafka {
-            format!("{} · started {time} · {state}", r.car_id)
+            tf(Key::RowStartedDone, &[&r.car_id, &time, &state])
         } else {
-            format!("{} · started {time} · {} left · {state}", r.car_id, clock(r.ms))
+            tf(Key::RowStarted, &[&r.car_id, &time, &clock(r.ms), &state])
         };
         if let Ok(li) = doc.create_element("li") {
             li.set_text_content(Some(&line));
@@ -385,7 +423,12 @@ async fn list_microphones(select: HtmlSelectElement) {
     let Ok(promise) = devices.enumerate_devices() else { return };
     let Ok(list) = wasm_bindgen_futures::JsFuture::from(promise).await else { return };
     let current = select.value();
-    select.set_inner_html("<option value=\"\">Default microphone</option>");
+    select.set_inner_html("");
+    if let Ok(option) = select.owner_document().ok_or(()).and_then(|d| d.create_element("option").map_err(|_| ())) {
+        let _ = option.set_attribute("value", "");
+        option.set_text_content(Some(t(Key::DefaultMicrophone)));
+        let _ = select.append_child(&option);
+    }
     let Some(doc) = select.owner_document() else { return };
     let mut n = 0;
     for d in js_sys::Array::from(&list).iter() {
@@ -396,7 +439,11 @@ async fn list_microphones(select: HtmlSelectElement) {
         n += 1;
         if let Ok(option) = doc.create_element("option") {
             let _ = option.set_attribute("value", &d.device_id());
-            option.set_text_content(Some(&if d.label().is_empty() { format!("Microphone {n}") } else { d.label() }));
+            option.set_text_content(Some(&if d.label().is_empty() {
+                format!("{} {n}", t(Key::Microphone))
+            } else {
+                d.label()
+            }));
             let _ = select.append_child(&option);
         }
     }
@@ -415,7 +462,7 @@ fn toggle(app: &Rc<RefCell<App>>) {
 fn recording_from_form(doc: &Document) -> Result<Recording, String> {
     let car_id = field_value(doc, "carId").trim().to_owned();
     if car_id.is_empty() {
-        return Err("Enter the car (device) ID before recording.".into());
+        return Err(t(Key::EnterCar).into());
     }
     let now = js_sys::Date::new_0();
     let stamp = now.to_iso_string().as_string().unwrap_or_default().replace([':', '-', '.'], "");
@@ -458,17 +505,17 @@ fn start(app: &Rc<RefCell<App>>) {
     // The AudioContext must come to life inside the click itself, before anything is awaited.
     let context = match Capture::context_in_gesture() {
         Ok(c) => c,
-        Err(_) => return ui.error.set_text_content(Some("This browser cannot record audio (no Web Audio).")),
+        Err(_) => return ui.error.set_text_content(Some(t(Key::NoWebAudio))),
     };
     let frame_ms =
         by_id::<HtmlSelectElement>(&doc, "frameMs").ok().and_then(|s| s.value().parse().ok()).unwrap_or(FRAME_MS);
     ui.record.set_disabled(true);
-    ui.record.set_text_content(Some("Starting…"));
+    ui.record.set_text_content(Some(t(Key::Starting)));
     let app = Rc::clone(app);
     wasm_bindgen_futures::spawn_local(async move {
         let fail = |message: &str| {
             ui.error.set_text_content(Some(message));
-            ui.record.set_text_content(Some("Start recording"));
+            ui.record.set_text_content(Some(t(Key::StartRecording)));
             ui.record.set_class_name("");
             ui.record.set_disabled(false);
         };
@@ -476,7 +523,7 @@ fn start(app: &Rc<RefCell<App>>) {
             Ok(base) => format!("{base}/ws/record"),
             Err(e) => {
                 let _ = context.close();
-                return fail(&format!("The relay address is not usable: {e:?}"));
+                return fail(&tf(Key::BadRelay, &[&format!("{e:?}")]));
             }
         };
         // The recording's lock and its row in the outbox come first: no other tab may take it for an earlier
@@ -496,15 +543,10 @@ fn start(app: &Rc<RefCell<App>>) {
                     if let Some(l) = lock {
                         l.release();
                     }
-                    return fail(
-                        "Storage on this device is full: free some space (or upload what waits) before recording.",
-                    );
+                    return fail(t(Key::FullBeforeStart));
                 }
                 Err(e) => {
-                    ui.storage.set_text_content(Some(&format!(
-                        "This recording cannot be kept on the device ({}): keep the page open until it is in Kafka.",
-                        store::describe(&e)
-                    )));
+                    ui.storage.set_text_content(Some(&tf(Key::NotKept, &[&store::describe(&e)])));
                     None
                 }
             },
@@ -515,8 +557,8 @@ fn start(app: &Rc<RefCell<App>>) {
             let storage_line = ui.storage.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 storage_line.set_text_content(Some(match quota::persist().await {
-                    Some(true) => "Recordings on this device are kept until uploaded.",
-                    _ => "Recordings wait on this device until uploaded; the browser may clear them under storage pressure.",
+                    Some(true) => t(Key::Persisted),
+                    _ => t(Key::NotPersisted),
                 }));
             });
         }
@@ -542,7 +584,7 @@ fn start(app: &Rc<RefCell<App>>) {
             Err(e) => {
                 capture.stop();
                 forget_recording(outbox.as_ref(), &segment_id, lock).await;
-                return fail(&format!("This device records at an unsupported rate: {e}"));
+                return fail(&tf(Key::UnsupportedRate, &[&e]));
             }
         };
         let weak = Rc::downgrade(&app);
@@ -569,12 +611,13 @@ fn start(app: &Rc<RefCell<App>>) {
             last_ui_ms: 0.0,
             last_storage_ms: 0.0,
             paused_at: None,
+            live: LiveSpectrogram::new(ui.live.clone()),
         });
         app.borrow().keep_awake();
-        ui.record.set_text_content(Some("Stop recording"));
+        ui.record.set_text_content(Some(t(Key::StopRecording)));
         ui.record.set_class_name("on");
         ui.record.set_disabled(false);
-        ui.status.set_text_content(Some(&format!("Recording at {rate} Hz, sent as 16 kHz.")));
+        ui.status.set_text_content(Some(&tf(Key::RecordingAt, &[&rate])));
     });
 }
 
@@ -599,6 +642,7 @@ fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
     {
         let mut writer = active.writer.borrow_mut();
         for frame in &active.frames {
+            active.live.push(&frame.samples);
             let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
             writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
             active.sent += 1;
@@ -640,7 +684,7 @@ fn capture_paused(app: &Rc<RefCell<App>>, paused: bool) {
     let now = js_sys::Date::now();
     if paused {
         active.paused_at.get_or_insert(now);
-        ui.status.set_text_content(Some("The browser paused recording (another app took the microphone, or a call)."));
+        ui.status.set_text_content(Some(t(Key::Paused)));
         return;
     }
     let Some(since) = active.paused_at.take() else { return };
@@ -652,10 +696,7 @@ fn capture_paused(app: &Rc<RefCell<App>>, paused: bool) {
         writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
         active.sent += 1;
     }
-    ui.status.set_text_content(Some(&format!(
-        "The browser paused recording for {:.1} s; the recording marks the hole (its timestamps skip it).",
-        (now - since) / 1000.0
-    )));
+    ui.status.set_text_content(Some(&tf(Key::PausedFor, &[&format!("{:.1}", (now - since) / 1000.0)])));
 }
 
 /// How often storage is looked at while recording.
@@ -668,24 +709,19 @@ fn show_storage(app: &Rc<RefCell<App>>, level: Level) {
         Level::Ok { .. } => {
             if ui.storage.class_name() == "warn" {
                 ui.storage.set_class_name("");
-                ui.storage.set_text_content(Some("Storage on this device has room again."));
+                ui.storage.set_text_content(Some(t(Key::StorageRoom)));
             }
         }
         Level::Warn { left_ms } => {
             ui.storage.set_class_name("warn");
-            ui.storage.set_text_content(Some(&format!(
-                "Storage on this device is almost full: about {} more can be recorded before recording stops. Move to where the relay is reachable so waiting audio uploads.",
-                spoken(left_ms)
-            )));
+            ui.storage.set_text_content(Some(&tf(Key::StorageWarn, &[&spoken(left_ms)])));
         }
         Level::Full => {
             let recording = app.borrow().active.is_some();
             if recording {
                 stop(app);
                 ui.storage.set_class_name("warn");
-                ui.storage.set_text_content(Some(
-                    "Storage on this device is full: recording stopped. Everything recorded is kept here and uploads when the relay is reachable.",
-                ));
+                ui.storage.set_text_content(Some(t(Key::StorageFull)));
             }
         }
     }
@@ -713,7 +749,7 @@ fn stop(app: &Rc<RefCell<App>>) {
     active.pipeline.finish(&mut active.frames);
     ui.record.set_disabled(true);
     ui.record.set_class_name("");
-    ui.record.set_text_content(Some(&format!("Finishing: {} frames to confirm…", active.uplink.borrow().pending())));
+    ui.record.set_text_content(Some(&tf(Key::Finishing, &[&active.uplink.borrow().pending()])));
     let mut writer = active.writer.borrow_mut();
     for frame in &active.frames {
         let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
@@ -731,10 +767,8 @@ fn writer_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Saved)> {
         Saved::Saved { frames, .. } => ui.saved.set_text_content(Some(&frames.to_string())),
         Saved::Failed { message, quota, ms } => {
             ui.storage.set_class_name("warn");
-            ui.storage.set_text_content(Some(&format!(
-                "{:.1} s of audio could not be saved on this device ({message}): it is only in memory until uploaded; keep this page open.",
-                f64::from(ms) / 1000.0
-            )));
+            ui.storage
+                .set_text_content(Some(&tf(Key::NotSaved, &[&format!("{:.1}", f64::from(ms) / 1000.0), &message])));
             if quota {
                 // Outside the writer's call (it is borrowed): stop as the Stop button does.
                 let weak = weak.clone();
@@ -752,38 +786,36 @@ fn writer_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Saved)> {
 fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
     let weak = Rc::downgrade(app);
     Rc::new(move |event| match event {
-        Event::Live => ui.link.set_text_content(Some("live")),
+        Event::Live => ui.link.set_text_content(Some(t(Key::LinkLive))),
         Event::Reconnecting { retry_ms } => {
-            ui.link.set_text_content(Some(&format!(
-                "relay unreachable, retrying in {:.1} s (recording goes on; frames wait on this device)",
-                f64::from(retry_ms) / 1000.0
-            )));
+            ui.link.set_text_content(Some(&tf(Key::LinkRetrying, &[&format!("{:.1}", f64::from(retry_ms) / 1000.0)])));
         }
-        Event::Relay(LinkState::Ok, _) => ui.link.set_text_content(Some("live")),
-        Event::Relay(_, message) => ui.link.set_text_content(Some(&format!("buffering: {message}"))),
+        Event::Relay(LinkState::Ok, _) => ui.link.set_text_content(Some(t(Key::LinkLive))),
+        Event::Relay(_, message) => ui.link.set_text_content(Some(&tf(Key::LinkBuffering, &[&message]))),
         Event::Counts { acked, pending, pending_ms } => {
             ui.acked.set_text_content(Some(&acked.to_string()));
-            ui.pending.set_text_content(Some(&format!("{pending} ({:.1} s of audio)", pending_ms as f64 / 1000.0)));
+            ui.pending.set_text_content(Some(&tf(
+                Key::PendingAudio,
+                &[&pending, &format!("{:.1}", pending_ms as f64 / 1000.0)],
+            )));
             if let Some(app) = weak.upgrade()
                 && let Ok(a) = app.try_borrow()
                 && a.finishing.is_some()
             {
-                ui.record.set_text_content(Some(&format!("Finishing: {pending} frames to confirm…")));
+                ui.record.set_text_content(Some(&tf(Key::Finishing, &[&pending])));
             }
         }
         Event::Problem(p) => ui.storage.set_text_content(Some(&p)),
         Event::Refused(message) => ui.error.set_text_content(Some(&message)),
         Event::Done => {
-            ui.link.set_text_content(Some("idle: every frame is in Kafka"));
-            ui.record.set_text_content(Some("Start recording"));
+            ui.link.set_text_content(Some(t(Key::LinkDone)));
+            ui.record.set_text_content(Some(t(Key::StartRecording)));
             ui.record.set_disabled(false);
             // Outside any borrow of the app: let the current call return first.
             let weak = weak.clone();
             if ui.storage.class_name() == "warn" {
                 ui.storage.set_class_name("");
-                ui.storage.set_text_content(Some(
-                    "Everything recorded is in Kafka; its storage on this device is free again.",
-                ));
+                ui.storage.set_text_content(Some(t(Key::StorageFreed)));
             }
             crate::later(0, move || {
                 let Some(app) = weak.upgrade() else { return };

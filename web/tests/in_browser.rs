@@ -123,3 +123,22 @@ mod outbox {
         })
     }
 }
+
+/// The spectrogram the page draws, computed as WebAssembly: a two-tone recording's strongest bins are its tones.
+#[wasm_bindgen_test]
+fn the_spectrogram_of_two_tones_peaks_at_both() {
+    use soundline_web::recordings::spectrogram::{HZ_PER_BIN, Spectrogram};
+    let samples: Vec<i16> = (0..16_000 * 2)
+        .map(|i| {
+            let t = f64::from(i) / 16_000.0;
+            let x = 0.3 * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()
+                + 0.3 * (2.0 * std::f64::consts::PI * 3_500.0 * t).sin();
+            (x * 32767.0).round() as i16
+        })
+        .collect();
+    let s = Spectrogram::of(&samples);
+    let mut peaks = s.strongest(2);
+    peaks.sort_by(f64::total_cmp);
+    assert_eq!(peaks.len(), 2);
+    assert!((peaks[0] - 1_000.0).abs() <= HZ_PER_BIN && (peaks[1] - 3_500.0).abs() <= HZ_PER_BIN, "{peaks:?}");
+}

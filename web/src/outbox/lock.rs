@@ -55,8 +55,8 @@ pub async fn try_lock(segment_id: &str) -> Result<Option<Held>, JsValue> {
     let mut release = None;
     let hold = Promise::new(&mut |resolve, _| release = Some(resolve));
     let mut answer = None;
-    let granted = Promise::new(&mut |resolve, _| answer = Some(resolve));
-    let answer = answer.ok_or("no promise executor")?;
+    let granted = Promise::new(&mut |resolve, reject| answer = Some((resolve, reject)));
+    let (answer, refuse) = answer.ok_or("no promise executor")?;
     let callback = Closure::once_into_js(move |lock: JsValue| -> JsValue {
         let got = !lock.is_null();
         let _ = answer.call1(&JsValue::NULL, &got.into());
@@ -65,9 +65,12 @@ pub async fn try_lock(segment_id: &str) -> Result<Option<Held>, JsValue> {
     let options = Object::new();
     Reflect::set(&options, &"ifAvailable".into(), &true.into())?;
     let request = locks.request_with_callback(&name(segment_id), &options, &callback);
-    // A refused request rejects this promise instead of calling back.
-    let refused = Closure::<dyn FnMut(JsValue)>::new(|_| {});
-    let _ = request.catch(&refused);
+    // The request settles when the lock is released; a refused one rejects instead of calling back.
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = JsFuture::from(request).await {
+            let _ = refuse.call1(&JsValue::NULL, &e);
+        }
+    });
     let got = JsFuture::from(granted).await?.as_bool().unwrap_or(false);
     Ok(got.then_some(Held { release }))
 }

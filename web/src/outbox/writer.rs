@@ -157,7 +157,7 @@ impl Writer {
                 drop(uplink);
                 let (message, quota) = match e {
                     Some(e) => (super::describe(&e), super::is_quota(&e)),
-                    None => ("this browser keeps no recordings on the device".to_owned(), false),
+                    None => (crate::i18n::t(crate::i18n::Key::NoDeviceStore).to_owned(), false),
                 };
                 (self.on_saved)(Saved::Failed { message, quota, ms });
             }

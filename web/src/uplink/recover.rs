@@ -12,6 +12,7 @@ use std::rc::{Rc, Weak};
 
 use super::Flow;
 use super::socket::{Event, Uplink};
+use crate::i18n::{Key, tf};
 use crate::outbox::lock::{self, Held};
 use crate::outbox::{self, Outbox, Waiting};
 
@@ -130,10 +131,7 @@ impl Recovery {
             let Some(r) = me.upgrade() else { return };
             let (problems, waiting) = match found {
                 Ok((waiting, bad)) => (bad, waiting),
-                Err(e) => (
-                    vec![format!("Could not read the recordings waiting on this device: {}", outbox::describe(&e))],
-                    Vec::new(),
-                ),
+                Err(e) => (vec![tf(Key::Unreadable, &[&outbox::describe(&e)])], Vec::new()),
             };
             let on_report = Rc::clone(&r.borrow().on_report);
             for p in problems {
@@ -150,7 +148,7 @@ impl Recovery {
                             break;
                         }
                         Ok(None) => r.borrow_mut().set_state(&w.stored.recording.segment_id, RowState::OtherTab),
-                        Err(e) => on_report(Report::Problem(format!("Web Locks refused: {}", outbox::describe(&e)))),
+                        Err(e) => on_report(Report::Problem(tf(Key::LocksRefused, &[&outbox::describe(&e)]))),
                     }
                 }
             }
@@ -278,7 +276,7 @@ impl Recovery {
                     Event::Refused(message) => {
                         // The relay refuses this recording for good (its hello, its token): say so and leave it
                         // on the device; the next page load tries again (with the token entered by then).
-                        (rec.on_report)(Report::Problem(format!("A waiting recording was refused: {message}")));
+                        (rec.on_report)(Report::Problem(tf(Key::WaitingRefused, &[&message])));
                         rec.refused.insert(segment_id.clone());
                         if let Some(c) = rec.current.take()
                             && let Some(l) = c.lock

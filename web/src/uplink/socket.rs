@@ -21,6 +21,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use super::{Backoff, Flow};
+use crate::i18n::{Key, tf};
 use crate::outbox::{self, Outbox};
 
 /// What the page shows about the uplink.
@@ -207,10 +208,7 @@ impl Uplink {
                     u.finish_if_done();
                 }
                 Err(e) => {
-                    (u.on_event)(Event::Problem(format!(
-                        "Could not read waiting audio back from this device ({}); trying again.",
-                        outbox::describe(&e)
-                    )));
+                    (u.on_event)(Event::Problem(tf(Key::ReadBack, &[&outbox::describe(&e)])));
                     let me = u.me.clone();
                     crate::later(2_000, move || {
                         if let Some(u) = me.upgrade() {
@@ -242,11 +240,7 @@ impl Uplink {
                     && let Some(u) = me.upgrade()
                 {
                     // Left in the outbox: a later page sends them again and the relay acks them again.
-                    (u.borrow().on_event)(Event::Problem(format!(
-                        "Could not clean up {} uploaded frames on this device: {}",
-                        seqs.len(),
-                        outbox::describe(&e)
-                    )));
+                    (u.borrow().on_event)(Event::Problem(tf(Key::CleanUp, &[&seqs.len(), &outbox::describe(&e)])));
                 }
             });
         });
@@ -272,9 +266,7 @@ impl Uplink {
             let Some(u) = me.upgrade() else { return };
             let on_event = Rc::clone(&u.borrow().on_event);
             if let Err(e) = cleaned {
-                on_event(Event::Problem(format!(
-                    "The recording is in Kafka, but could not be removed from this device: {e}"
-                )));
+                on_event(Event::Problem(tf(Key::NotRemoved, &[&e])));
             }
             on_event(Event::Done);
         });
@@ -356,7 +348,7 @@ impl Uplink {
             ServerMessage::Error { code, message } => {
                 if !code.retryable() {
                     self.refused = true;
-                    (self.on_event)(Event::Refused(format!("The relay refused the recording: {message} ({code})")));
+                    (self.on_event)(Event::Refused(tf(Key::Refused, &[&message, &code])));
                 }
             }
         }
