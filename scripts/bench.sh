@@ -127,8 +127,13 @@ say "old uploader (kafka-python, flush per message, ${max_s} s)"
 fanout_recorders="${BENCH_FANOUT_RECORDERS:-500}"
 fanout_topic="fanout-$run_id"
 SOUNDLINE_FEED_READER_IDLE_S=5 start_relay "$fanout_topic" 12
-loadgen fanout "$fanout_topic" --recorders "$fanout_recorders" --subscribers 1 --duration-s "$max_s" --ramp-s 2 --frame-ms 200
+#    Then the page's Listen on that busy topic: recorder 0's recording fetched by a bounded read of its offsets
+#    (--playback); the relay's history counters say what it read from Kafka for it.
+# One minute, so that the recording played back is a minute long (BENCH_FANOUT_S).
+loadgen fanout "$fanout_topic" --recorders "$fanout_recorders" --subscribers 1 --duration-s "${BENCH_FANOUT_S:-60}" --ramp-s 2 --frame-ms 200 --playback
 metric() { curl -fsS "http://$listen/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+history_records="$(metric soundline_feed_history_records_total)"
+history_bytes="$(metric soundline_feed_history_bytes_total)"
 fetched="$(metric soundline_feed_fetched_bytes_total)"
 sleep 8 # the subscriber left when the load generator ended: 5 s idle, then the reader stops
 readers_after="$(metric soundline_feed_partition_readers)"
@@ -137,9 +142,10 @@ sleep 5
 fetches_b="$(metric soundline_feed_fetches_total)"
 stop_relay
 topic_cmd --delete --topic "$fanout_topic"
-python3 - "$out" "$fetched" "$readers_after" "$fetches_a" "$fetches_b" <<'PY' | tee "$out/fanout-reads.json"
+python3 - "$out" "$fetched" "$readers_after" "$fetches_a" "$fetches_b" "$history_records" "$history_bytes" <<'PY' | tee "$out/fanout-reads.json"
 import json, sys
 out, fetched, readers_after, a, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+history_records, history_bytes = int(sys.argv[6]), int(sys.argv[7])
 run = json.load(open(f"{out}/fanout.json"))
 produced = run["frames_in_kafka"] * run["record_bytes"]
 watched = run["acked_per_partition"][str(run["partition_of_recorder_0"])] * run["record_bytes"]
@@ -147,7 +153,8 @@ print(json.dumps({"recorders": run["recorders"], "seconds": run["seconds"], "rec
                   "produced_bytes": produced, "watched_partition_bytes": watched, "fetched_bytes": fetched,
                   "fetched_share": fetched / produced, "watched_partition_share": watched / produced,
                   "readers_after_leaving": readers_after, "fetches_in_5s_after_leaving": b - a,
-                  "deliveries": run["fanout_ms"]["seen"], "lost": run["lost"]}))
+                  "deliveries": run["fanout_ms"]["seen"], "lost": run["lost"],
+                  "playback": dict(run["playback"], relay_read_records=history_records, relay_read_bytes=history_bytes)}))
 PY
 
 python3 - "$out" "$rounds" <<'PY'
@@ -196,4 +203,8 @@ print(f"fan-out reads, 12 partitions, {f['recorders']} real-time recorders for {
       f"holds {f['watched_partition_share']:.3f} of the topic, 1/12 = 0.083), "
       f"{f['deliveries']} records delivered; after it left: {f['readers_after_leaving']} readers, "
       f"{f['fetches_in_5s_after_leaving']} fetches in 5 s")
+p = f["playback"]
+print(f"playback of one recording there ({p['recording_frames']} frames, {p['recording_frames'] * 0.2:.0f} s): a bounded read of "
+      f"offsets {p['first']}..{p['last']} ({p['span_records']} records of its partition); the relay read {p['relay_read_records']} records, "
+      f"{p['relay_read_bytes'] / 1e6:.1f} MB from Kafka and sent {p['frames']} frames, {p['bytes'] / 1e6:.2f} MB, in {p['seconds']:.2f} s")
 PY

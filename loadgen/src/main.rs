@@ -88,6 +88,10 @@ struct Args {
     /// quarter of the run, at most 30 s); RSS growth is measured after it.
     #[arg(long)]
     warmup_s: Option<f64>,
+    /// After the run, play recorder 0's recording back as the page does: a bounded read of its offsets
+    /// (`until`, with PCM); reports what it cost (records in the range, frames and bytes delivered, time).
+    #[arg(long)]
+    playback: bool,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -300,6 +304,39 @@ fn envelope_bytes(frame_ms: u32) -> usize {
     out.len()
 }
 
+/// A bounded read of one recording (segment `segment` at `partition`, offsets `first..=last`), as the page's
+/// Listen does: (frames delivered, bytes received, seconds).
+async fn playback(
+    relay: &str,
+    segment: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let url = format!("ws://{relay}/ws/feed");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    let sub = Subscribe {
+        from: soundline_shared::feed::From::Offsets(BTreeMap::from([(partition, first)])),
+        until: Some(BTreeMap::from([(partition, last + 1)])),
+        ..Subscribe::live(None, Some(segment.to_owned()))
+    };
+    let started = Instant::now();
+    ws.send(Message::Text(FeedClientMessage::Subscribe(sub).to_json().into())).await?;
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.context("playback stalled")? {
+        let Message::Text(t) = msg? else { continue };
+        bytes += t.len() as u64;
+        match FeedServerMessage::parse(&t) {
+            Ok(FeedServerMessage::Record(_)) => frames += 1,
+            Ok(FeedServerMessage::End) => break,
+            _ => {}
+        }
+    }
+    Ok((frames, bytes, started.elapsed().as_secs_f64()))
+}
+
 async fn subscriber(
     j: usize,
     args: Args,
@@ -508,6 +545,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let played = match landed.lock().await.iter().find(|l| l.recorder == 0) {
+        Some(l) if args.playback => {
+            let offsets: Vec<i64> = l.offsets.iter().copied().filter(|o| *o >= 0).collect();
+            let (first, last) =
+                (offsets.iter().min().copied().unwrap_or(0), offsets.iter().max().copied().unwrap_or(-1));
+            let (frames, bytes, seconds) = playback(&args.relay, &format!("{run}-0"), l.partition, first, last).await?;
+            serde_json::json!({"partition": l.partition, "first": first, "last": last, "span_records": last - first + 1,
+                               "frames": frames, "recording_frames": offsets.len(), "bytes": bytes, "seconds": seconds})
+        }
+        _ => serde_json::Value::Null,
+    };
+
     let mut acks = acks.lock().await.clone();
     acks.sort_by(f64::total_cmp);
     let mut fan = fanout.lock().await.clone();
@@ -527,6 +576,7 @@ async fn main() -> anyhow::Result<()> {
         "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
         "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},
         "memory": memory,
+        "playback": played,
         "relay": match (before, after) {
             (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.0 - b.0, "cpu_share": (a.0 - b.0) / elapsed, "peak_rss_mb": a.1 as f64 / 1e6, "rss_mb": a.2 as f64 / 1e6}),
             _ => serde_json::Value::Null,

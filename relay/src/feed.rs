@@ -206,7 +206,12 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
         .await
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
     let start = starts(hub, &sub.from, &live, state).await?;
-    let subscribed = FeedServerMessage::Subscribed { topic: hub.topic.to_string(), partitions, from: start.clone() };
+    let subscribed = FeedServerMessage::Subscribed {
+        topic: hub.topic.to_string(),
+        partitions,
+        from: start.clone(),
+        feed_topics: feed_topics(hub, state),
+    };
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
@@ -256,6 +261,12 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     }
 }
 
+/// What `subscribed` says about the other topics served here: on the audio topic, the `feed_topics`.
+fn feed_topics(hub: &Hub, state: &AppState) -> Vec<String> {
+    let cfg = state.config();
+    if *hub.topic == *cfg.kafka.topic { cfg.feed.topics.clone() } else { Vec::new() }
+}
+
 /// A bounded read: the named partitions from the subscription's start up to its `until` (never past their end
 /// now), then `end` and a normal close. It joins no hub: it starts no partition reader and costs the relay only
 /// its own fetches.
@@ -278,7 +289,12 @@ async fn deliver_range(
         ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?);
     }
     let start = starts(hub, &sub.from, &ends, state).await?;
-    let subscribed = FeedServerMessage::Subscribed { topic: hub.topic.to_string(), partitions, from: start.clone() };
+    let subscribed = FeedServerMessage::Subscribed {
+        topic: hub.topic.to_string(),
+        partitions,
+        from: start.clone(),
+        feed_topics: feed_topics(hub, state),
+    };
     send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
     for (&p, &from) in &start {
         let until = bounds.get(&p).copied().unwrap_or(from).min(ends.get(&p).copied().unwrap_or(from));

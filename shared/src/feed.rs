@@ -250,6 +250,10 @@ pub enum FeedServerMessage {
         /// First offset delivered, per partition.
         #[serde(with = "partition_offsets")]
         from: BTreeMap<i32, i64>,
+        /// On a subscription to the audio topic: the other topics this relay's feed serves (its `feed_topics`,
+        /// analysis results, say), so that a page can show their records beside the recordings.
+        #[serde(default, rename = "feedTopics", skip_serializing_if = "Vec::is_empty")]
+        feed_topics: Vec<String>,
     },
     /// One Kafka record.
     Record(FeedRecord),
@@ -346,7 +350,12 @@ mod tests {
     #[test]
     fn relay_messages_with_partition_maps_round_trip() {
         let msgs = [
-            FeedServerMessage::Subscribed { topic: "t".into(), partitions: 2, from: BTreeMap::from([(0, 5), (1, 9)]) },
+            FeedServerMessage::Subscribed {
+                topic: "t".into(),
+                partitions: 2,
+                from: BTreeMap::from([(0, 5), (1, 9)]),
+                feed_topics: vec!["results".into()],
+            },
             FeedServerMessage::Lagged { missed: 3, resume_from: BTreeMap::from([(1, 10)]) },
         ];
         for m in msgs {

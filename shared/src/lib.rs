@@ -17,12 +17,14 @@
 //! - [`control`]: the JSON control messages (hello, ready, ack, status, error) and the documented close codes.
 //! - [`recording`]: the recording metadata a technician enters, shared by the hello and the envelope.
 //! - [`feed`]: what a consumed record holds (envelope, other JSON, opaque bytes), for the feed and `tail`.
+//! - [`backoff`]: the one retry backoff (exponential, with jitter) of the page, the feed and the relay.
 //!
 //! Nothing here is async or browser-specific, so every rule of the wire format is tested natively.
 //! `docs/protocol.md` is the prose version of [`frame`] and [`control`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod control;
 pub mod dsp;
 pub mod envelope;

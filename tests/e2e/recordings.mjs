@@ -8,11 +8,15 @@
 //     SCENARIO     record: record RECORD_MS, then open the recording, play it, download it, screenshot it in
 //                  zh-CN (SCREENSHOT_ZH) and English (SCREENSHOT_EN)
 //                  existing: only open the car's (one) recording that is already in Kafka and download it
+//                  memory: watch the car's recordings arrive (the test produces them) and sample the page's
+//                  memory (CDP Performance.getMetrics JS heap after a GC, and the WebAssembly memory) every 2 s
+//                  until DONE_FILE exists and the list is still
 //     DOWNLOAD     where to save the downloaded WAV
 //
 // Prints one JSON line: the row, what the detail said, the spectrogram's two brightest rows as frequencies, the
 // bytes each /ws/feed socket received (from CDP's Network events), playback positions, console errors.
 import { chromium } from "playwright-core";
+import { existsSync } from "node:fs";
 
 const env = (k, d) => process.env[k] ?? d;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -32,7 +36,7 @@ try {
   // The technician's phone speaks Chinese: the page must too.
   const context = await browser.newContext({ locale: "zh-CN", viewport: { width: 480, height: 1400 }, acceptDownloads: true });
   const page = await context.newPage();
-  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); if (process.env.DEBUG_CONSOLE) console.error("console:", m.type(), m.text()); });
   page.on("pageerror", (e) => errors.push(String(e)));
   // What each feed socket received, counted on the wire.
   const cdp = await context.newCDPSession(page);
@@ -43,11 +47,47 @@ try {
     const s = sockets.get(e.requestId);
     if (s) { s.bytes += Buffer.byteLength(e.response.payloadData); s.frames += 1; }
   });
+  // Test instrumentation: keep the WebAssembly instance's exports, to read its memory size.
+  await context.addInitScript(() => addEventListener("TrunkApplicationStarted", (e) => { window.__wasm = e.detail.wasm; }));
   await page.goto(env("PAGE_URL"));
   await page.waitForFunction(() => !document.getElementById("record").disabled, null, { timeout: 20000 });
   const lang = await page.evaluate(() => document.documentElement.lang);
+  // With no car entered the list is every device's, grouped by car (the supervisor view): an earlier recording
+  // of the car shows under its name.
+  let supervisor = null;
+  if (scenario === "existing") {
+    await page.waitForFunction((car) => [...document.querySelectorAll("#feed li.car")].some((li) => li.textContent === car), env("CAR_ID"), { timeout: 20000 });
+    supervisor = await page.evaluate(() => [...document.querySelectorAll("#feed li")].map((li) => ({ group: li.classList.contains("car"), text: li.textContent })));
+  }
   await page.fill("#carId", env("CAR_ID"));
   await page.dispatchEvent("#carId", "change");
+  if (scenario === "memory") {
+    await page.evaluate((car) => localStorage.setItem("soundline.carId", car), env("CAR_ID"));
+    await page.reload();
+    await page.waitForFunction(() => !document.getElementById("record").disabled, null, { timeout: 20000 });
+    await page.waitForFunction(() => /\(/.test(document.getElementById("feed-status").textContent), null, { timeout: 20000 });
+    console.log(JSON.stringify({ phase: "subscribed" }));
+    await cdp.send("Performance.enable");
+    const samples = [];
+    let still = 0, lastBytes = -1;
+    while (true) {
+      await cdp.send("HeapProfiler.collectGarbage");
+      const metrics = (await cdp.send("Performance.getMetrics")).metrics;
+      const heap = metrics.find((m) => m.name === "JSHeapUsedSize").value;
+      const wasm = await page.evaluate(() => window.__wasm.memory.buffer.byteLength);
+      const bytes = [...sockets.values()].filter((s) => s.url.endsWith("/ws/feed")).reduce((n, s) => n + s.bytes, 0);
+      const records = [...sockets.values()].filter((s) => s.url.endsWith("/ws/feed")).reduce((n, s) => n + s.frames, 0);
+      const rows = await page.evaluate(() => document.querySelectorAll("#feed li[data-segment]").length);
+      samples.push({ heap, wasm, records, rows, bytes });
+      still = bytes === lastBytes ? still + 1 : 0;
+      lastBytes = bytes;
+      if (existsSync(env("DONE_FILE")) && still >= 2) break;
+      await sleep(2000);
+    }
+    console.log(JSON.stringify({ samples, consoleErrors: errors, status: await page.evaluate(() => document.getElementById("feed-status").textContent) }));
+    await browser.close();
+    process.exit(0);
+  }
   if (scenario === "record") {
     await page.click("#record");
     await page.waitForFunction(() => document.getElementById("record").classList.contains("on"), null, { timeout: 20000 });
@@ -125,7 +165,7 @@ try {
     playback.titles = { zh: zhTitle, en: enTitle, htmlLang: await page.evaluate(() => document.documentElement.lang) };
   }
   console.log(JSON.stringify({
-    lang, rows, detail, spectrogram, fileName, playback, listSocketBytes, feedSocketsBefore,
+    lang, rows, detail, spectrogram, fileName, playback, listSocketBytes, feedSocketsBefore, supervisor,
     feedSockets: feedSockets.map((s) => ({ bytes: s.bytes, frames: s.frames })),
     link: await page.evaluate(() => document.getElementById("link").textContent),
     consoleErrors: errors,

@@ -24,18 +24,23 @@ struct Page {
 
 impl Page {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, &[]).await
+    }
+
+    /// As [`Page::start`], with more relay settings.
+    async fn start_with(name: &str, extra: &[(&str, &str)]) -> Self {
         let dir = repo().join("target").join("e2e-artifacts");
         std::fs::create_dir_all(&dir).expect("artifact dir");
         write_tones(&dir.join("tones-1k-3k5-48k.wav"), &TONES_HZ);
         let dist = repo().join("dist");
         assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
         let topic = random_topic(&format!("e2e-recordings-{name}"));
-        let relay = InProcess::start(config(&[
-            ("SOUNDLINE_TOPIC", &topic),
+        let base = [
+            ("SOUNDLINE_TOPIC", topic.as_str()),
             ("SOUNDLINE_PARTITIONS", "1"),
             ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path")),
-        ]))
-        .await;
+        ];
+        let relay = InProcess::start(config(&[&base[..], extra].concat())).await;
         relay.wait_ready().await;
         Self { dir, topic, relay }
     }
@@ -61,6 +66,8 @@ impl Page {
             .await
             .expect("the browser run ends in 3 min")
             .expect("node");
+        // `output()` collects stderr too: pass it on, so that a failure names its cause.
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "the browser run failed (its stderr is above)");
         let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
         serde_json::from_str(&last).unwrap_or_else(|e| panic!("no report ({e}): {last}"))
@@ -164,10 +171,13 @@ async fn a_recording_is_one_row_its_wav_is_what_kafka_holds_and_its_spectrogram_
 }
 
 /// A recording written with a sequence hole (by a test client: frames 0, 1, then 3, 4 on a second connection):
-/// the page says "1 frame missing", and its WAV has 200 ms of silence where frame 2 would be.
+/// the page says "1 frame missing", and its WAV has 200 ms of silence where frame 2 would be. An analysis result
+/// for it, on the relay's results topic, shows on its row. The list of this earlier recording comes without PCM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_there() {
-    let page = Page::start("hole").await;
+    let results = random_topic("e2e-results");
+    soundline_tests::create_topic(&*soundline_tests::client().await, &results, 1).await;
+    let page = Page::start_with("hole", &[("SOUNDLINE_FEED_TOPICS", &results)]).await;
     let car = format!("CAR-hole-{}", std::process::id());
     let rec = recording(&car, &format!("seg-hole-{}", std::process::id()));
     let url = format!("ws://{}/ws/record", page.relay.addr);
@@ -181,14 +191,43 @@ async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_
         assert_eq!(r.acks(2).await.len(), 2);
         r.close().await;
     }
+    // The analysis pipeline's verdict, as any Kafka producer writes it.
+    let verdict =
+        serde_json::json!({"carID": car, "segmentId": rec.segment_id, "verdict": "bearing 3 worn", "score": 0.93});
+    let client = soundline_tests::client().await;
+    let pc = client
+        .partition_client(&results, 0, rskafka::client::partition::UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let record = rskafka::record::Record {
+        key: Some(car.as_bytes().to_vec()),
+        value: Some(verdict.to_string().into_bytes()),
+        headers: Default::default(),
+        timestamp: chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, soundline_tests::now_ms())
+            .single()
+            .expect("now"),
+    };
+    pc.produce(vec![record], rskafka::client::partition::Compression::NoCompression).await.expect("produce the result");
     let report = page.run("existing", &car, "hole").await;
     no_console_errors(&report);
     let row = &report["rows"][0];
     assert_eq!(row["state"], "missing", "{report}");
     assert!(row["text"].as_str().unwrap_or_default().contains("缺少 1 帧"), "the row says 1 frame missing: {row}");
+    assert!(row["text"].as_str().unwrap_or_default().contains("bearing 3 worn"), "the result shows on its row: {row}");
+    let list_bytes = report["listSocketBytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        list_bytes < 4 * 1_200 + 2_000,
+        "the earlier recording's 4 frames were listed in {list_bytes} bytes: no PCM"
+    );
     assert!(report["detail"].as_str().unwrap_or_default().contains("0.2"), "the detail says how much: {report}");
     let name = report["fileName"].as_str().unwrap_or_default();
     assert!(name.contains("1-frames-missing"), "the file name says so: {name}");
+    // Before the car was entered: every device's recordings, grouped by car, the recording under its car.
+    let supervisor = report["supervisor"].as_array().cloned().unwrap_or_default();
+    let group = supervisor.iter().position(|li| li["group"] == true && li["text"] == car.as_str());
+    let group = group.unwrap_or_else(|| panic!("a group for {car} in the supervisor view: {supervisor:?}"));
+    let under = supervisor[group + 1]["text"].as_str().unwrap_or_default();
+    assert!(under.contains(&car) && under.contains("4 帧"), "its recording (4 frames) under it: {supervisor:?}");
     let wav = wav_samples(&page.download("hole"));
     let expected: Vec<i16> = [audio(0), audio(1), vec![0; 3_200], audio(3), audio(4)].into_iter().flatten().collect();
     assert!(
@@ -196,6 +235,81 @@ async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_
         "frames 0, 1, 200 ms of silence, 3, 4 ({} samples, expected {})",
         wav.len(),
         expected.len()
+    );
+    page.relay.stop().await;
+}
+
+/// An hour of one car's frames (18 000, in 120 recordings of 30 s: more than the list keeps) arriving live, faster
+/// than real time: the page's memory (JS heap after a GC, and the WebAssembly memory) stays within 10 % from a
+/// quarter of the way in to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_of_live_records_leaves_page_memory_flat() {
+    let page = Page::start("memory").await;
+    let car = format!("CAR-mem-{}", std::process::id());
+    let done = page.dir.join(format!("memory-{}.done", std::process::id()));
+    let _ = std::fs::remove_file(&done);
+    let mut child = tokio::process::Command::new("node")
+        .arg(repo().join("tests/e2e/recordings.mjs"))
+        .env("SCENARIO", "memory")
+        .env("PAGE_URL", format!("http://{}/", page.relay.addr))
+        .env("WAV", page.dir.join("tones-1k-3k5-48k.wav"))
+        .env("CAR_ID", &car)
+        .env("DONE_FILE", &done)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().expect("stdout")));
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("subscribed in time");
+    assert_eq!(first.expect("read").as_deref(), Some("{\"phase\":\"subscribed\"}"));
+
+    // 120 recordings x 150 frames of 200 ms, through the relay, as fast as it acks.
+    let url = page.relay.ws("/ws/record");
+    let now = soundline_tests::now_ms();
+    let pcm = samples("memory", 0, 3_200);
+    for s in 0..120u32 {
+        let rec = recording(&car, &format!("seg-mem-{s:03}"));
+        let mut r = Recorder::start(&url, &rec).await;
+        for seq in 0..150u32 {
+            r.send_frame(seq, now + i64::from(s * 150 + seq) * 200, &pcm).await;
+        }
+        assert_eq!(r.acks(150).await.len(), 150);
+        r.close().await;
+    }
+    std::fs::write(&done, b"").expect("done file");
+    let mut last = String::new();
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("report in time")
+    {
+        last = line;
+    }
+    assert!(child.wait().await.expect("node").success(), "the browser run failed (its stderr is above)");
+    let _ = std::fs::remove_file(&done);
+    let report: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("no report ({e}): {last}"));
+    no_console_errors(&report);
+    let samples = report["samples"].as_array().cloned().unwrap_or_default();
+    let records = |s: &serde_json::Value| s["records"].as_u64().unwrap_or_default();
+    let total = samples.last().map(records).unwrap_or_default();
+    assert!(total >= 18_000, "the page received every record: {total}");
+    let end = samples.last().expect("samples");
+    assert_eq!(end["rows"], 100, "the list keeps the newest 100 recordings");
+    let quarter = samples.iter().find(|s| records(s) >= total / 4).expect("a sample a quarter of the way in");
+    for what in ["heap", "wasm"] {
+        let (at_quarter, at_end) = (quarter[what].as_f64().unwrap_or_default(), end[what].as_f64().unwrap_or_default());
+        assert!(
+            at_end <= at_quarter * 1.10,
+            "{what} grew from {at_quarter} to {at_end} bytes ({:+.1} %) over the last three quarters",
+            (at_end / at_quarter - 1.0) * 100.0
+        );
+    }
+    eprintln!(
+        "memory: {total} records; JS heap {} -> {} bytes, wasm {} -> {} bytes (a quarter in -> end); {} samples",
+        quarter["heap"],
+        end["heap"],
+        quarter["wasm"],
+        end["wasm"],
+        samples.len()
     );
     page.relay.stop().await;
 }

@@ -3,13 +3,16 @@
 //! Where it sits: the last hop back. The relay's fan-out sends the audio topic's records without their PCM
 //! (`"pcm": false`), by default only this device's car and the last hour of it (a feed of every device would be
 //! thousands of records a second on a busy site; supervisors tick "all devices"). Each envelope becomes a frame
-//! of its recording ([`crate::recordings`]); JSON records that name a carID and a segmentId (analysis results)
-//! are shown on the recording they belong to. It reconnects on its own, resuming after the last record it had.
+//! of its recording ([`crate::recordings`]). When the relay serves other topics too (its `feed_topics`, named in
+//! `subscribed`: analysis results), the page subscribes to each, and a JSON record that names a carID and a
+//! segmentId is shown on the recording it belongs to. It reconnects on its own, resuming after the last record
+//! it had.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use soundline_shared::backoff::Backoff;
 use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedRecord, FeedServerMessage, From, Subscribe};
 use wasm_bindgen::JsCast;
@@ -20,8 +23,34 @@ use crate::i18n::{Key, t};
 use crate::recordings::FrameRef;
 use crate::recordings::view::View;
 
-/// How far back the list starts when the page opens: the last hour.
+/// How far back the list starts by default: the last hour.
 pub const HISTORY_MS: f64 = 3_600_000.0;
+
+/// Where the list starts: an hour back, or the start of today (the device's local midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// The last hour.
+    Hour,
+    /// Since local midnight.
+    Today,
+}
+
+impl Since {
+    /// The start, ms since the epoch.
+    fn start_ms(self) -> f64 {
+        let now = js_sys::Date::new_0();
+        match self {
+            Self::Hour => now.get_time() - HISTORY_MS,
+            Self::Today => {
+                now.set_hours(0);
+                now.set_minutes(0);
+                now.set_seconds(0);
+                now.set_milliseconds(0);
+                now.get_time()
+            }
+        }
+    }
+}
 
 struct Feed {
     url: String,
@@ -31,10 +60,19 @@ struct Feed {
     needs_token: bool,
     /// The token the current connection offered.
     token_used: String,
-    status: Element,
+    /// Where the connection state is shown (the audio topic's feed only).
+    status: Option<Element>,
     view: View,
+    /// `None`: the audio topic; else one of the relay's `feed_topics` (analysis results).
+    topic: Option<String>,
+    /// The results topics' feeds, started when the audio feed's `subscribed` names them.
+    results: Vec<Rc<RefCell<Feed>>>,
     /// Only this carID's records (a technician's own device); `None`: every record (a supervisor's view).
     filter: Option<String>,
+    /// How far back the list starts.
+    since: Since,
+    /// Reconnecting: 1 s doubling to 30 s, with jitter.
+    backoff: Backoff,
     next: BTreeMap<i32, i64>,
     ws: Option<WebSocket>,
     handlers: Vec<Box<dyn std::any::Any>>,
@@ -60,20 +98,60 @@ impl FeedPanel {
                 old.set_onmessage(None);
                 let _ = old.close();
             }
-            f.status.set_text_content(Some(t(Key::FeedConnecting)));
+            f.show(t(Key::FeedConnecting));
         }
         connect(&self.0);
     }
 }
 
 impl FeedPanel {
+    /// Lists recordings from `since` on: subscribes again (the results topics too).
+    pub fn set_since(&self, since: Since) {
+        let results = {
+            let mut f = self.0.borrow_mut();
+            if f.since == since {
+                return;
+            }
+            f.since = since;
+            let grouped = f.filter.is_none();
+            f.view.reset(grouped);
+            f.show(t(Key::FeedConnecting));
+            f.results.clone()
+        };
+        for feed in std::iter::once(Rc::clone(&self.0)).chain(results) {
+            {
+                let mut f = feed.borrow_mut();
+                f.since = since;
+                f.next.clear();
+                if let Some(old) = f.ws.take() {
+                    old.set_onclose(None);
+                    old.set_onmessage(None);
+                    let _ = old.close();
+                }
+            }
+            connect(&feed);
+        }
+    }
+}
+
+impl Feed {
+    fn show(&self, text: &str) {
+        if let Some(s) = &self.status {
+            s.set_text_content(Some(text));
+        }
+    }
+}
+
+impl FeedPanel {
     /// The access token changed: reconnect if the relay had refused the old one.
     pub fn token_changed(&self) {
-        if !std::mem::take(&mut self.0.borrow_mut().needs_token) {
-            return;
+        let results = self.0.borrow().results.clone();
+        for feed in std::iter::once(Rc::clone(&self.0)).chain(results) {
+            if std::mem::take(&mut feed.borrow_mut().needs_token) {
+                feed.borrow().show(t(Key::FeedConnecting));
+                connect(&feed);
+            }
         }
-        self.0.borrow().status.set_text_content(Some(t(Key::FeedConnecting)));
-        connect(&self.0);
     }
 }
 
@@ -90,9 +168,13 @@ pub fn start(
         token,
         needs_token: false,
         token_used: String::new(),
-        status,
+        status: Some(status),
         view,
+        topic: None,
+        results: Vec::new(),
         filter,
+        since: Since::Hour,
+        backoff: Backoff::FEED,
         next: BTreeMap::new(),
         ws: None,
         handlers: Vec::new(),
@@ -107,14 +189,15 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
     let Ok(ws) = crate::open_socket(&f.url, &token) else { return retry(feed) };
     f.token_used = token;
     // The first connection starts an hour back; a reconnect resumes after the last record it had.
-    let from = if f.next.is_empty() {
-        From::TimestampMs((js_sys::Date::now() - HISTORY_MS) as i64)
-    } else {
-        From::Offsets(f.next.clone())
-    };
-    let subscribe =
-        FeedClientMessage::Subscribe(Subscribe { from, pcm: false, ..Subscribe::live(f.filter.clone(), None) })
-            .to_json();
+    let from =
+        if f.next.is_empty() { From::TimestampMs(f.since.start_ms() as i64) } else { From::Offsets(f.next.clone()) };
+    let subscribe = FeedClientMessage::Subscribe(Subscribe {
+        topic: f.topic.clone(),
+        from,
+        pcm: false,
+        ..Subscribe::live(f.filter.clone(), None)
+    })
+    .to_json();
     let socket = ws.clone();
     let on_open = Closure::<dyn FnMut()>::new(move || {
         let _ = socket.send_with_str(&subscribe);
@@ -136,10 +219,10 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
                 let mut f = feed.borrow_mut();
                 f.needs_token = true;
                 let why = if f.token.borrow().trim().is_empty() { Key::FeedNeedsToken } else { Key::FeedTokenRefused };
-                f.status.set_text_content(Some(t(why)));
+                f.show(t(why));
                 return;
             }
-            feed.borrow().status.set_text_content(Some(t(Key::FeedReconnecting)));
+            feed.borrow().show(t(Key::FeedReconnecting));
             retry(&feed);
         }
     });
@@ -152,7 +235,7 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
 
 fn retry(feed: &Rc<RefCell<Feed>>) {
     let weak = Rc::downgrade(feed);
-    let delay_ms = 1000 + (js_sys::Math::random() * 2000.0) as u32;
+    let delay_ms = feed.borrow_mut().backoff.next_delay(js_sys::Math::random()).as_millis() as u32;
     crate::later(delay_ms, move || {
         if let Some(feed) = weak.upgrade() {
             connect(&feed);
@@ -163,14 +246,44 @@ fn retry(feed: &Rc<RefCell<Feed>>) {
 fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {
     let Ok(msg) = FeedServerMessage::parse(text) else { return };
     match msg {
-        FeedServerMessage::Subscribed { from, .. } => {
+        FeedServerMessage::Subscribed { from, feed_topics, .. } => {
             let mut f = feed.borrow_mut();
+            f.backoff.reset();
             f.next.extend(from);
             let scope = match f.filter.as_deref() {
                 Some(car) => format!("{} {car}", t(Key::Car)),
                 None => t(Key::AllDevices).to_owned(),
             };
-            f.status.set_text_content(Some(&format!("{} ({scope})", t(Key::FeedLive))));
+            f.show(&format!("{} ({scope})", t(Key::FeedLive)));
+            // The relay's other topics (analysis results): their records that name a recording show on it.
+            if f.topic.is_none() && f.results.is_empty() && !feed_topics.is_empty() {
+                let results: Vec<Rc<RefCell<Feed>>> = feed_topics
+                    .into_iter()
+                    .map(|topic| {
+                        Rc::new(RefCell::new(Feed {
+                            url: f.url.clone(),
+                            token: Rc::clone(&f.token),
+                            needs_token: false,
+                            token_used: String::new(),
+                            status: None,
+                            view: f.view.clone(),
+                            topic: Some(topic),
+                            results: Vec::new(),
+                            filter: None,
+                            since: f.since,
+                            backoff: Backoff::FEED,
+                            next: BTreeMap::new(),
+                            ws: None,
+                            handlers: Vec::new(),
+                        }))
+                    })
+                    .collect();
+                f.results = results.clone();
+                drop(f);
+                for r in &results {
+                    connect(r);
+                }
+            }
         }
         FeedServerMessage::Record(record) => {
             let mut f = feed.borrow_mut();
@@ -178,8 +291,7 @@ fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {
             add(&mut f, &record);
         }
         FeedServerMessage::Lagged { missed, .. } => {
-            let f = feed.borrow();
-            f.status.set_text_content(Some(&format!("{} ({missed} {})", t(Key::FeedLive), t(Key::FeedSkipped))));
+            feed.borrow().show(&format!("{} ({missed} {})", t(Key::FeedLive), t(Key::FeedSkipped)));
         }
         FeedServerMessage::End => {}
     }

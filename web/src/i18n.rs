@@ -82,6 +82,9 @@ strings! {
     LookingForWaiting "waiting.looking" => "Looking for recordings waiting on this device…", "正在查找本机上等待上传的录音…";
     RecordingsTitle "title.recordings" => "Recordings in Kafka", "已进入 Kafka 的录音";
     AllDevicesBox "label.all" => "All devices (supervisor view)", "所有设备（主管视图）";
+    Since "label.since" => "Since", "时间范围";
+    SinceHour "since.hour" => "the last hour", "最近一小时";
+    SinceToday "since.today" => "today", "今天";
     FeedConnecting "feed.connecting" => "Feed: connecting…", "数据流：正在连接…";
 
     // The recorder.
@@ -155,7 +158,7 @@ strings! {
     Car "word.car" => "car", "车号";
     AllDevices "word.all" => "all devices", "所有设备";
     ThisDevice "word.thisDevice" => "this device", "本设备";
-    NoRecordings "recordings.none" => "No recordings in the last hour yet.", "最近一小时还没有录音。";
+    NoRecordings "recordings.none" => "No recordings in this time yet.", "这段时间还没有录音。";
     StateRecording "recordings.recording" => "recording", "录音中";
     StateComplete "recordings.complete" => "complete", "完整";
     StateMissingOne "recordings.missingOne" => "1 frame missing", "缺少 1 帧";

@@ -24,6 +24,7 @@ use web_sys::{
 
 use crate::awake::Awake;
 use crate::capture::{Capture, describe_error};
+use crate::feed::Since;
 use crate::i18n::{self, Key, Lang, t, tf};
 use crate::outbox::lock::{self, Held};
 use crate::outbox::quota::{self, Level};
@@ -229,6 +230,17 @@ pub fn init() -> Result<(), JsValue> {
             feed.set_filter((!all.checked() && !car.is_empty()).then_some(car));
         });
         feed_all.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
+        on_change.forget(); // the page's lifetime
+    }
+
+    {
+        // The last hour, or today.
+        let (feed, select) = (Rc::clone(&feed), by_id::<HtmlSelectElement>(&doc, "feed-since")?);
+        let field = select.clone();
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            feed.set_since(if field.value() == "today" { Since::Today } else { Since::Hour });
+        });
+        select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
         on_change.forget(); // the page's lifetime
     }
 

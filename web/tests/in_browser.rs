@@ -3,7 +3,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use soundline_web::pipeline::Pipeline;
-use soundline_web::uplink::{Backoff, ResendBuffer};
+use soundline_web::uplink::ResendBuffer;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -33,8 +33,8 @@ fn the_resend_buffer_keeps_unacked_frames_in_order() {
     }
     assert!(b.ack(0) && b.ack(2));
     assert_eq!(b.unacked().map(|(s, _)| s).collect::<Vec<_>>(), [1, 3]);
-    let mut backoff = Backoff::default();
-    assert_eq!(backoff.next_delay_ms(0.0), 250);
+    let mut backoff = soundline_web::uplink::reconnect_backoff();
+    assert_eq!(backoff.next_delay(0.0).as_millis(), 250);
 }
 
 mod outbox {

@@ -31,6 +31,7 @@ use rskafka::client::Client;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
+use soundline_shared::backoff::{Backoff, jitter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -280,7 +281,7 @@ async fn read_partition(
     tx: mpsc::Sender<Consumed>,
     health: Arc<ConsumerHealth>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::KAFKA;
     let mut failing = false;
     let failed = |e: &dyn std::fmt::Display, failing: &mut bool| {
         if !*failing {
@@ -302,8 +303,7 @@ async fn read_partition(
             Ok(ok) => break ok,
             Err(e) => {
                 failed(&e, &mut failing);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
         }
     };
@@ -323,7 +323,7 @@ async fn read_partition(
                 if let Some(hw) = high_watermark {
                     health.set_lag(&topic, partition, hw - next);
                 }
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 let bytes: usize = records
                     .iter()
                     .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
@@ -354,8 +354,7 @@ async fn read_partition(
             }
             Err(e) => {
                 failed(&e, &mut failing);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
         }
     }

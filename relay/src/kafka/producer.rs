@@ -19,7 +19,7 @@
 //!   batch is sent, so records of one key keep their order in Kafka, failures included.
 //! - **Acks**: a record's oneshot fires only after Kafka answered the produce request with offsets.
 //! - **Failures**: rskafka retries a request for up to `op_deadline`; then the worker marks the link down (recorders
-//!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s) and sends the same batch again, forever.
+//!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s, with jitter: `Backoff::KAFKA`) and sends the same batch again, forever.
 //!   Records are never dropped. The only record-level failure is a record larger than the broker accepts
 //!   (`MessageTooLarge`): a batch that provokes it is split until the single offending record is refused alone.
 //! - **Pace**: with `kafka_max_bytes_per_s` set, the workers share one token bucket and wait before a batch
@@ -38,6 +38,7 @@ use rskafka::client::Client;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{Compression as RsCompression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
+use soundline_shared::backoff::{Backoff, jitter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -232,7 +233,7 @@ impl Producer {
 /// partitions added to the topic later.
 async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, shutdown: CancellationToken) {
     let op_deadline = Duration::from_secs(5);
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::KAFKA;
     let (client, partitions) = loop {
         let attempt = async {
             let client = Arc::new(connect(&ctx.cfg, op_deadline).await?);
@@ -248,10 +249,9 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
             Err(e) => {
                 ctx.publish(Link { up: false, detail: e.to_string() });
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay(jitter())) => {}
                     () = shutdown.cancelled() => return drain_stopped(intake).await,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     };
@@ -322,14 +322,13 @@ async fn drain_stopped(mut intake: mpsc::UnboundedReceiver<Pending>) {
 }
 
 async fn partition_client(client: &Client, ctx: &Ctx, partition: i32) -> PartitionClient {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::KAFKA;
     loop {
         match client.partition_client(ctx.cfg.topic.clone(), partition, UnknownTopicHandling::Retry).await {
             Ok(pc) => return pc,
             Err(e) => {
                 ctx.set_partition(partition, Some(e.to_string()));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
         }
     }
@@ -376,7 +375,7 @@ async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::Unboun
 async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx: &Ctx) {
     let metrics = &ctx.metrics;
     let mut work = VecDeque::from([batch]);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::KAFKA;
     while let Some(batch) = work.pop_front() {
         // rskafka takes the records by value; a copy stays here so that a failed request can be sent again
         // unchanged (a memcpy per record, small beside building the envelope).
@@ -390,7 +389,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
         match result {
             Ok(offsets) if offsets.len() == batch.len() => {
                 ctx.set_partition(partition, None);
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 metrics.batches_total.fetch_add(1, Relaxed);
                 metrics.records_produced_total.fetch_add(batch.len() as u64, Relaxed);
                 for (p, offset) in batch.into_iter().zip(offsets) {
@@ -408,7 +407,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
                     "Kafka returned a wrong number of offsets; retrying"
                 );
                 work.push_front(batch);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
             Err(ClientError::ServerError {
                 protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
@@ -431,8 +430,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
                 metrics.produce_retries_total.fetch_add(1, Relaxed);
                 ctx.set_partition(partition, Some(e.to_string()));
                 work.push_front(batch);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
         }
     }

@@ -184,17 +184,32 @@ impl Recording {
     }
 }
 
+/// Results kept for recordings not (yet) listed: a result can arrive before its recording's frames.
+pub const MAX_UNMATCHED: usize = 200;
+
 /// The recordings the page lists.
 #[derive(Debug, Default)]
 pub struct Recordings {
     by_segment: BTreeMap<String, Recording>,
+    /// Results whose recording is not listed (yet), oldest first: `(segment, text)`.
+    unmatched: std::collections::VecDeque<(String, String)>,
 }
 
 impl Recordings {
     /// A frame of `segment_id` by `car_id` reached Kafka (seen by the page at `now_ms`).
     pub fn add(&mut self, segment_id: &str, car_id: &str, frame: FrameRef, now_ms: f64) {
-        let r =
-            self.by_segment.entry(segment_id.to_owned()).or_insert_with(|| Recording::new(segment_id, car_id, now_ms));
+        if !self.by_segment.contains_key(segment_id) {
+            let mut r = Recording::new(segment_id, car_id, now_ms);
+            // Results that came before the recording's first frame.
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.unmatched).into_iter().partition(|(s, _)| s == segment_id);
+            self.unmatched = rest.into();
+            r.results = mine.into_iter().map(|(_, text)| text).collect();
+            let skip = r.results.len().saturating_sub(MAX_RESULTS);
+            r.results.drain(..skip);
+            self.by_segment.insert(segment_id.to_owned(), r);
+        }
+        let Some(r) = self.by_segment.get_mut(segment_id) else { return };
         if r.add(frame) {
             r.seen_ms = now_ms;
         }
@@ -206,7 +221,8 @@ impl Recordings {
         }
     }
 
-    /// An analysis result naming `segment_id`: shown on that recording (if listed). Returns whether it was.
+    /// An analysis result naming `segment_id`: shown on that recording; kept for it (the last
+    /// [`MAX_UNMATCHED`] such) if its frames have not arrived yet. Returns whether the recording is listed.
     pub fn add_result(&mut self, segment_id: &str, text: String) -> bool {
         match self.by_segment.get_mut(segment_id) {
             Some(r) => {
@@ -216,7 +232,13 @@ impl Recordings {
                 }
                 true
             }
-            None => false,
+            None => {
+                self.unmatched.push_back((segment_id.to_owned(), text));
+                if self.unmatched.len() > MAX_UNMATCHED {
+                    self.unmatched.pop_front();
+                }
+                false
+            }
         }
     }
 
@@ -244,6 +266,7 @@ impl Recordings {
     /// Forgets everything (a new subscription starts over).
     pub fn clear(&mut self) {
         self.by_segment.clear();
+        self.unmatched.clear();
     }
 }
 
@@ -314,6 +337,9 @@ mod tests {
         assert!(all.get("seg-004").is_none() && all.get("seg-005").is_some(), "the oldest went first");
         let cars = all.by_car();
         assert_eq!(cars.keys().copied().collect::<Vec<_>>(), ["CAR-A", "CAR-B"]);
-        assert!(all.add_result("seg-010", "bearing ok".into()) && !all.add_result("nope", String::new()));
+        assert!(all.add_result("seg-010", "bearing ok".into()) && !all.add_result("later", "early result".into()));
+        all.add("later", "CAR-A", FrameRef { capture_ms: i64::MAX / 2, ..frame(0, 0) }, 0.0);
+        let early = all.get("later").map(|r| r.results.clone());
+        assert_eq!(early, Some(vec!["early result".to_owned()]), "a result that came before its frames");
     }
 }

@@ -162,6 +162,7 @@ impl View {
 
     /// An analysis result for a recording.
     pub fn add_result(&self, segment_id: &str, text: String) {
+        // A result for a recording not listed yet waits in the model for its frames.
         if self.0.borrow_mut().model.add_result(segment_id, text) {
             self.render_soon();
         }

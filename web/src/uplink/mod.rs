@@ -273,25 +273,12 @@ impl Flow {
     }
 }
 
-/// Exponential backoff with jitter for reconnecting: 0.5 s doubling to 30 s, each delay scaled by a random
-/// factor in [0.5, 1) so that many recorders cut off together do not come back in lockstep.
-#[derive(Debug, Clone, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
+/// Reconnecting to the relay: the shared backoff, 0.5 s doubling to 30 s with jitter.
+pub use soundline_shared::backoff::Backoff;
 
-impl Backoff {
-    /// The delay before the next attempt, given a uniform random number in [0, 1).
-    pub fn next_delay_ms(&mut self, random: f64) -> u32 {
-        let base = (500u64 << self.attempt.min(10)).min(30_000) as f64;
-        self.attempt += 1;
-        (base * (0.5 + random.clamp(0.0, 1.0) / 2.0)) as u32
-    }
-
-    /// A connection succeeded: start from the shortest delay next time.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
+/// The backoff a recorder reconnects with.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::RECORDER
 }
 
 #[cfg(test)]
@@ -406,14 +393,10 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_thirty_seconds_with_jitter() {
-        let mut b = Backoff::default();
-        let delays: Vec<u32> = (0..10).map(|_| b.next_delay_ms(0.999_999)).collect();
+    fn a_recorder_reconnects_after_half_a_second_doubling_to_thirty() {
+        let mut b = reconnect_backoff();
+        let delays: Vec<u128> = (0..10).map(|_| b.next_delay(0.999_999).as_millis()).collect();
         assert_eq!(delays[..4], [499, 999, 1999, 3999]);
         assert_eq!(delays[9], 29_999);
-        let mut b = Backoff::default();
-        assert_eq!(b.next_delay_ms(0.0), 250, "jitter halves at most");
-        b.reset();
-        assert_eq!(b.next_delay_ms(0.0), 250);
     }
 }

@@ -20,7 +20,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use super::{Backoff, Flow};
+use super::{Backoff, Flow, reconnect_backoff};
 use crate::i18n::{Key, tf};
 use crate::outbox::{self, Outbox};
 
@@ -115,7 +115,7 @@ impl Uplink {
                 frame_bytes: outbox::frame_bytes(frame_ms) as usize,
                 flow,
                 outbox,
-                backoff: Backoff::default(),
+                backoff: reconnect_backoff(),
                 ws: None,
                 attempt: 0,
                 live: false,
@@ -364,7 +364,7 @@ impl Uplink {
     }
 
     fn schedule_reconnect(&mut self) {
-        let delay = self.backoff.next_delay_ms(js_sys::Math::random());
+        let delay = self.backoff.next_delay(js_sys::Math::random()).as_millis() as u32;
         (self.on_event)(Event::Reconnecting { retry_ms: delay });
         let me = self.me.clone();
         crate::later(delay, move || {
