@@ -206,13 +206,7 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
         .await
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
     let start = starts(hub, &sub.from, &live, state).await?;
-    let subscribed = FeedServerMessage::Subscribed {
-        topic: hub.topic.to_string(),
-        partitions,
-        from: start.clone(),
-        feed_topics: feed_topics(hub, state),
-    };
-    send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
+    send_subscribed(sink, hub, &start, state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
 
@@ -261,10 +255,17 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     }
 }
 
-/// What `subscribed` says about the other topics served here: on the audio topic, the `feed_topics`.
-fn feed_topics(hub: &Hub, state: &AppState) -> Vec<String> {
+/// `subscribed`: where delivery starts per partition and, on the audio topic, the other topics served here
+/// (`feed_topics`).
+async fn send_subscribed(sink: &mut Sink, hub: &Hub, start: &BTreeMap<i32, i64>, state: &AppState) -> Result<(), Fail> {
     let cfg = state.config();
-    if *hub.topic == *cfg.kafka.topic { cfg.feed.topics.clone() } else { Vec::new() }
+    let subscribed = FeedServerMessage::Subscribed {
+        topic: hub.topic.to_string(),
+        partitions: hub.partition_count(),
+        from: start.clone(),
+        feed_topics: if *hub.topic == *cfg.kafka.topic { cfg.feed.topics.clone() } else { Vec::new() },
+    };
+    send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await
 }
 
 /// A bounded read: the named partitions from the subscription's start up to its `until` (never past their end
@@ -289,13 +290,7 @@ async fn deliver_range(
         ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?);
     }
     let start = starts(hub, &sub.from, &ends, state).await?;
-    let subscribed = FeedServerMessage::Subscribed {
-        topic: hub.topic.to_string(),
-        partitions,
-        from: start.clone(),
-        feed_topics: feed_topics(hub, state),
-    };
-    send(sink, serde_json::to_string(&subscribed).unwrap_or_default().into(), state).await?;
+    send_subscribed(sink, hub, &start, state).await?;
     for (&p, &from) in &start {
         let until = bounds.get(&p).copied().unwrap_or(from).min(ends.get(&p).copied().unwrap_or(from));
         history(sink, hub, sub, p, from, until, keepalive, state).await?;

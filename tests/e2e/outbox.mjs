@@ -21,6 +21,7 @@
 // relay reachable), and a final report: the page's counters, the outbox panel, what it showed on the way, and
 // console errors.
 import { chromium } from "playwright-core";
+import { chromiumArgs, chromiumPath } from "./chromium.mjs";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 
@@ -33,12 +34,8 @@ const say = (o) => console.log(JSON.stringify(o));
 // Chromium started by hand (not by Playwright, which refuses a profile directory with connect-less launches and
 // owns the process): its own process group, so that kill -9 takes the whole browser, as a crash or the OS does.
 async function startBrowser() {
-  const child = spawn(env("CHROMIUM", "/usr/bin/chromium"), [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${env("WAV")}`, "--autoplay-policy=no-user-gesture-required",
-    `--user-data-dir=${env("PROFILE")}`, "--remote-debugging-port=0", "about:blank",
+  const child = spawn(chromiumPath, [
+    ...chromiumArgs(env("WAV")), `--user-data-dir=${env("PROFILE")}`, "--remote-debugging-port=0", "about:blank",
   ], { detached: true, stdio: ["ignore", "ignore", "pipe"] });
   const wsUrl = await new Promise((resolve, reject) => {
     let seen = "";

@@ -11,6 +11,7 @@
 //
 // Prints one JSON line: what the page showed at the end (counters, link state, feed rows, console errors).
 import { chromium } from "playwright-core";
+import { chromiumArgs, chromiumPath } from "./chromium.mjs";
 import { existsSync } from "node:fs";
 
 const env = (k, d) => process.env[k] ?? d;
@@ -19,15 +20,7 @@ const cutAt = process.env.CUT_AT_MS ? Number(process.env.CUT_AT_MS) : null;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir).
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM", "/usr/bin/chromium"),
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${env("WAV")}`, "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs(env("WAV")) });
 const errors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 420, height: 900 } });

@@ -16,21 +16,14 @@
 // Prints one JSON line: the row, what the detail said, the spectrogram's two brightest rows as frequencies, the
 // bytes each /ws/feed socket received (from CDP's Network events), playback positions, console errors.
 import { chromium } from "playwright-core";
+import { chromiumArgs, chromiumPath } from "./chromium.mjs";
 import { existsSync } from "node:fs";
 
 const env = (k, d) => process.env[k] ?? d;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const scenario = env("SCENARIO", "record");
 
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM", "/usr/bin/chromium"),
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${env("WAV")}`, "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs(env("WAV")) });
 const errors = [];
 try {
   // The technician's phone speaks Chinese: the page must too.

@@ -97,8 +97,9 @@ pub struct Outbox {
     db: IdbDatabase,
 }
 
-/// Waits for a request's `success` (its result) or `error` (its error).
-async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
+/// Waits until one of two callbacks fires: `hook` installs them (`Some`) and removes them afterwards (`None`).
+/// Returns whether the first (success) fired.
+async fn either(hook: impl Fn(Option<&js_sys::Function>, Option<&js_sys::Function>)) -> Result<bool, JsValue> {
     let mut settle = None;
     let promise = Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
     let (resolve, reject) = settle.ok_or("no promise executor")?;
@@ -108,36 +109,35 @@ async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
     let on_err = Closure::<dyn FnMut()>::new(move || {
         let _ = reject.call0(&JsValue::NULL);
     });
-    req.set_onsuccess(Some(on_ok.as_ref().unchecked_ref()));
-    req.set_onerror(Some(on_err.as_ref().unchecked_ref()));
+    hook(Some(on_ok.as_ref().unchecked_ref()), Some(on_err.as_ref().unchecked_ref()));
     let outcome = JsFuture::from(promise).await;
-    req.set_onsuccess(None);
-    req.set_onerror(None);
-    match outcome {
-        Ok(_) => req.result(),
-        Err(_) => Err(req.error().ok().flatten().map(JsValue::from).unwrap_or_else(|| "request failed".into())),
+    hook(None, None);
+    Ok(outcome.is_ok())
+}
+
+/// Waits for a request's `success` (its result) or `error` (its error).
+async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
+    let ok = either(|ok, err| {
+        req.set_onsuccess(ok);
+        req.set_onerror(err);
+    })
+    .await?;
+    if ok {
+        req.result()
+    } else {
+        Err(req.error().ok().flatten().map(JsValue::from).unwrap_or_else(|| "request failed".into()))
     }
 }
 
 /// Waits until a transaction commits (`complete`), or fails with why it aborted.
 async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
-    let mut settle = None;
-    let promise = Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
-    let (resolve, reject) = settle.ok_or("no promise executor")?;
-    let on_ok = Closure::<dyn FnMut()>::new(move || {
-        let _ = resolve.call0(&JsValue::NULL);
-    });
-    let on_err = Closure::<dyn FnMut()>::new(move || {
-        let _ = reject.call0(&JsValue::NULL);
-    });
-    tx.set_oncomplete(Some(on_ok.as_ref().unchecked_ref()));
-    tx.set_onerror(Some(on_err.as_ref().unchecked_ref()));
-    tx.set_onabort(Some(on_err.as_ref().unchecked_ref()));
-    let outcome = JsFuture::from(promise).await;
-    tx.set_oncomplete(None);
-    tx.set_onerror(None);
-    tx.set_onabort(None);
-    outcome.map(|_| ()).map_err(|_| tx.error().map(JsValue::from).unwrap_or_else(|| "transaction aborted".into()))
+    let ok = either(|ok, err| {
+        tx.set_oncomplete(ok);
+        tx.set_onerror(err);
+        tx.set_onabort(err);
+    })
+    .await?;
+    if ok { Ok(()) } else { Err(tx.error().map(JsValue::from).unwrap_or_else(|| "transaction aborted".into())) }
 }
 
 fn frame_key(segment_id: &str, seq: u32) -> JsValue {
