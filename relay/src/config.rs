@@ -238,7 +238,7 @@ pub struct FeedConfig {
     pub skip_malformed: bool,
 }
 
-/// Who may connect ([`crate::auth`]). Empty: authentication is off.
+/// Who may connect ([`crate::doors::auth`]). Empty: authentication is off.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     /// Static bearer tokens and the name each stands for.
@@ -254,7 +254,7 @@ impl AuthConfig {
     }
 }
 
-/// Limits on each client and connection ([`crate::limits`]).
+/// Limits on each client and connection ([`crate::doors::limits`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// WebSocket connections per client address.

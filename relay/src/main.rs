@@ -178,7 +178,7 @@ fn token(config: &Config, m: &ArgMatches) -> ExitCode {
     let ttl = m.get_one::<u64>("ttl-s").copied().unwrap_or(3600);
     let now = soundline_relay::since_epoch().as_secs();
     let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl });
-    println!("{}", soundline_relay::auth::sign_jwt(key.expose().as_bytes(), &claims));
+    println!("{}", soundline_relay::doors::auth::sign_jwt(key.expose().as_bytes(), &claims));
     ExitCode::SUCCESS
 }
 
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(files) = &config.tls
-        && let Err(e) = soundline_relay::net::tls_acceptor(files)
+        && let Err(e) = soundline_relay::http::net::tls_acceptor(files)
     {
         eprintln!("soundline-relay: TLS: {e}");
         return ExitCode::from(2);
@@ -249,7 +249,7 @@ fn main() -> ExitCode {
         tracing::info!(authentication = %auth_summary(&config), tls = config.tls.is_some(), "doors");
         // Machine-readable line for scripts and tests that start the relay on port 0.
         println!("listening on {}://{addr}", if config.tls.is_some() { "https" } else { "http" });
-        match soundline_relay::server::run(listener, config, shutdown_signal()).await {
+        match soundline_relay::http::run(listener, config, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("soundline-relay: server failed: {e}");

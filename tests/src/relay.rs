@@ -31,7 +31,7 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Starts `soundline_relay::server::run` on an ephemeral port.
+    /// Starts `soundline_relay::http::run` on an ephemeral port.
     pub async fn start(config: Config) -> Self {
         Self::start_at("127.0.0.1:0".parse().expect("address"), config).await
     }
@@ -41,7 +41,7 @@ impl InProcess {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(soundline_relay::server::run(listener, config, async move {
+        let task = tokio::spawn(soundline_relay::http::run(listener, config, async move {
             let _ = stopped.await;
         }));
         Self { addr, stop: Some(stop), task: Some(task) }

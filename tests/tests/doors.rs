@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use soundline_relay::auth::sign_jwt;
+use soundline_relay::doors::auth::sign_jwt;
 use soundline_shared::control::{ClientMessage, ErrorCode, Hello, ServerMessage};
 use soundline_shared::feed::From;
 use soundline_shared::frame;

@@ -11,7 +11,9 @@
 //!                           the storage bound (quota.rs)
 //!  uplink/                  what is in flight and what waits in the outbox, backoff (mod.rs, pure), the
 //!                           WebSocket to /ws/record (socket.rs), earlier pages' recordings (recover.rs)
-//!  feed.rs                  /ws/feed: what reached Kafka, with playback
+//!  recordings/              what reached Kafka, as recordings: the list's subscription to /ws/feed without PCM
+//!                           (subscription.rs), rows per segment (mod.rs), one recording's audio (fetch.rs),
+//!                           WAV (wav.rs), spectrogram (spectrogram.rs), the panel and player (view.rs)
 //!  page.rs                  the form, Start/Stop, meter, counters, errors, "Waiting to upload"
 //!  awake.rs                 the screen wake lock while recording or uploading
 //!  www/sw.js                the service worker: the page opens offline (this build's files, cached)
@@ -23,7 +25,6 @@
 
 pub mod awake;
 pub mod capture;
-pub mod feed;
 pub mod i18n;
 pub mod outbox;
 pub mod page;

@@ -24,13 +24,13 @@ use web_sys::{
 
 use crate::awake::Awake;
 use crate::capture::{Capture, describe_error};
-use crate::feed::Since;
 use crate::i18n::{self, Key, Lang, t, tf};
 use crate::outbox::lock::{self, Held};
 use crate::outbox::quota::{self, Level};
 use crate::outbox::writer::{Saved, Writer};
 use crate::outbox::{self as store, Outbox, Stored};
 use crate::pipeline::{Frame, Pipeline, peak_dbfs};
+use crate::recordings::subscription::Since;
 use crate::recordings::view::{LiveSpectrogram, View};
 use crate::uplink::recover::{Recovery, Report, Row, RowState};
 use crate::uplink::socket::{Event, Uplink};
@@ -90,7 +90,7 @@ struct Finishing {
 }
 
 struct App {
-    feed: Rc<crate::feed::FeedPanel>,
+    feed: Rc<crate::recordings::subscription::FeedPanel>,
     doc: Document,
     ui: Ui,
     own_car: Rc<RefCell<String>>,
@@ -215,7 +215,7 @@ pub fn init() -> Result<(), JsValue> {
     let filter = (!feed_all.checked() && !car.is_empty()).then_some(car);
     let view = View::new(&doc, format!("{base}/ws/feed"), Rc::clone(&token), Rc::clone(&own_car))?;
     view.reset(filter.is_none());
-    let feed = Rc::new(crate::feed::start(
+    let feed = Rc::new(crate::recordings::subscription::start(
         format!("{base}/ws/feed"),
         Rc::clone(&token),
         view.clone(),

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use super::partitioner::partition_for_key;
 use super::{KafkaError, connect, ensure_topic, throttled_total};
 use crate::config::{Compression, KafkaConfig};
-use crate::limits::Bucket;
+use crate::doors::limits::Bucket;
 use crate::metrics::Metrics;
 
 /// Where Kafka stored a record.

@@ -1,7 +1,7 @@
 //! Recordings, not frames: what reached Kafka, grouped by segment, as the technician thinks of it. Pure: no
 //! browser API, tested natively.
 //!
-//! Where it sits: the last hop back. The feed socket (`crate::feed`) subscribes without PCM and hands each record
+//! Where it sits: the last hop back. The feed socket (`crate::recordings::subscription`) subscribes without PCM and hands each record
 //! here; a recording's row shows its car, start, length, frames, missing frames (sequence gaps), where it is in
 //! Kafka and its state. Its audio is fetched only when it is played or downloaded (a bounded read of its offsets,
 //! `fetch.rs`), then assembled here by sequence number ([`wav`]) with silence where frames are missing.
@@ -13,6 +13,7 @@
 
 pub mod fetch;
 pub mod spectrogram;
+pub mod subscription;
 pub mod view;
 pub mod wav;
 

@@ -1,11 +1,14 @@
-//! The HTTP server: routes, shared state, connection limit and graceful shutdown.
+//! The HTTP server: the listener, routes, the origin check, connection limit and graceful shutdown. It depends on
+//! the endpoints it routes to (`ingest`, `fanout::subscriber`) and the state it builds for them (`state`); none
+//! of them depends on it.
 //!
 //! `main` parses the configuration and calls [`run`]; tests call the same function on `127.0.0.1:0`
-//! (mini-redis's shape). [`app`] builds the router alone, so handlers can be tested without a socket.
+//! (mini-redis's shape). [`app`] builds the router alone, without a listener (its state still starts a producer,
+//! so its tests need a broker).
 //!
 //! Routes:
 //! - `GET /ws/record`: recorder WebSocket ([`crate::ingest`]);
-//! - `GET /ws/feed`: feed WebSocket ([`crate::feed`], fed by [`crate::fanout`]);
+//! - `GET /ws/feed`: feed WebSocket ([`crate::fanout::subscriber`], fed by [`crate::fanout`]);
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 when Kafka is reachable and the topic exists, else 503 with the reason;
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]);
@@ -15,6 +18,9 @@
 //! recorder connection to stop reading, let each deliver the acks of frames Kafka already has (within
 //! `shutdown_timeout`), close them with 1001, and return. Upgraded WebSockets are not tracked by hyper, so a
 //! [`TaskTracker`] counts them.
+
+pub mod net;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,94 +35,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::fanout::Fanout;
-use crate::kafka::producer::Producer;
-use crate::metrics::{Metrics, Refused};
+use crate::metrics::Refused;
+pub use crate::state::AppState;
 use soundline_shared::control::ErrorCode;
 use std::time::Duration;
 use tracing::Instrument as _;
 
 /// Largest text message accepted (a hello is at most ~6 KiB of metadata).
 const MAX_TEXT_BYTES: usize = 64 * 1024;
-
-/// State shared by every handler; a cheap clone of an `Arc`.
-#[derive(Clone)]
-pub struct AppState {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    config: Config,
-    producer: Producer,
-    fanout: Fanout,
-    dedup: crate::dedup::Dedup,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    connections: Arc<Semaphore>,
-    clients: Arc<crate::limits::Clients>,
-    auth: crate::auth::Authenticator,
-    tracker: TaskTracker,
-}
-
-impl AppState {
-    /// Builds the state and starts the producer (which connects to Kafka in the background).
-    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        let producer =
-            Producer::start(config.kafka.clone(), config.memory_budget_bytes, Arc::clone(&metrics), shutdown.clone());
-        let connections = Arc::new(Semaphore::new(config.max_connections));
-        let fanout = Fanout::new(config.clone(), Arc::clone(&metrics));
-        Self {
-            shared: Arc::new(Shared {
-                dedup: crate::dedup::Dedup::new(config.dedup_window_frames),
-                auth: crate::auth::Authenticator::new(&config.auth),
-                config,
-                producer,
-                fanout,
-                metrics,
-                shutdown,
-                connections,
-                clients: Arc::default(),
-                tracker: TaskTracker::new(),
-            }),
-        }
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    /// The Kafka producer.
-    pub fn producer(&self) -> &Producer {
-        &self.shared.producer
-    }
-
-    /// Frames already produced (resend recognition).
-    pub fn dedup(&self) -> &crate::dedup::Dedup {
-        &self.shared.dedup
-    }
-
-    /// The feed's fan-out.
-    pub fn fanout(&self) -> &Fanout {
-        &self.shared.fanout
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
-    /// Cancelled when the relay shuts down.
-    pub fn shutdown(&self) -> &CancellationToken {
-        &self.shared.shutdown
-    }
-}
 
 /// The router, without a listener.
 pub fn app(state: AppState) -> Router {
@@ -130,7 +59,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state);
     match static_dir {
         // The built web app (trunk's dist/): the page and the WebSockets share one origin and one port.
-        Some(dir) => crate::web::serve(router, &dir),
+        Some(dir) => crate::http::web::serve(router, &dir),
         None => router,
     }
 }
@@ -152,7 +81,7 @@ fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
                 return refusal;
             }
             let limits = &state.config().limits;
-            let client = crate::limits::client_address(limits, &headers, peer);
+            let client = crate::doors::limits::client_address(limits, &headers, peer);
             let Some(client_slot) = state.shared.clients.try_acquire(client, limits.connections_per_client) else {
                 state.metrics().refused(Refused::PerClient);
                 tracing::info!(%client, "refused a WebSocket: the client holds max_connections_per_client");
@@ -171,9 +100,9 @@ fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
 /// Who is on the other end of a new WebSocket.
 struct Client {
     peer: SocketAddr,
-    slot: crate::limits::ClientSlot,
+    slot: crate::doors::limits::ClientSlot,
     /// The token's identity (`Ok(None)`: authentication is off), or why it was refused.
-    identity: Result<Option<String>, crate::auth::AuthError>,
+    identity: Result<Option<String>, crate::doors::auth::AuthError>,
 }
 
 /// Browsers say which page opens a WebSocket (`Origin`); a page of another site must not record into Kafka or
@@ -224,7 +153,7 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, client: Client, endpoint: Endp
     // Reads of 16 KiB (tungstenite's default is 128 KiB): an idle connection costs a sixth as much, and an audio
     // frame of 200 ms (6.4 KB) still arrives in one read.
     let ws = ws
-        .protocols([crate::auth::SUBPROTOCOL])
+        .protocols([crate::doors::auth::SUBPROTOCOL])
         .read_buffer_size(16 * 1024)
         .max_message_size(max_message)
         .max_frame_size(max_message);
@@ -237,7 +166,7 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, client: Client, endpoint: Endp
                 match (identity, endpoint) {
                     (Err(refusal), _) => unauthorized(socket, &state, &refusal).await,
                     (Ok(_), Endpoint::Record) => crate::ingest::serve(socket, state, peer.to_string()).await,
-                    (Ok(_), Endpoint::Feed) => crate::feed::serve(socket, state, peer.to_string()).await,
+                    (Ok(_), Endpoint::Feed) => crate::fanout::subscriber::serve(socket, state, peer.to_string()).await,
                 }
                 metrics.connections_active.fetch_sub(1, Relaxed);
                 drop((slot, client_slot));
@@ -257,8 +186,8 @@ impl Endpoint {
 }
 
 /// Tells a client its token was refused (`unauthorized`, 4014) and closes.
-async fn unauthorized(socket: WebSocket, state: &AppState, refusal: &crate::auth::AuthError) {
-    use crate::auth::AuthError;
+async fn unauthorized(socket: WebSocket, state: &AppState, refusal: &crate::doors::auth::AuthError) {
+    use crate::doors::auth::AuthError;
     state.metrics().refused(match refusal {
         AuthError::Missing => Refused::AuthMissing,
         AuthError::Expired => Refused::AuthExpired,
@@ -267,8 +196,8 @@ async fn unauthorized(socket: WebSocket, state: &AppState, refusal: &crate::auth
     state.metrics().error(ErrorCode::Unauthorized);
     tracing::info!(reason = %refusal, "refused a WebSocket: not authenticated");
     let (mut sink, mut stream) = socket.split();
-    crate::ingest::goodbye(&mut sink, ErrorCode::Unauthorized, &refusal.to_string(), Duration::from_secs(2)).await;
-    crate::ingest::linger(&mut stream).await;
+    crate::ws::goodbye(&mut sink, ErrorCode::Unauthorized, &refusal.to_string(), Duration::from_secs(2)).await;
+    crate::ws::linger(&mut stream).await;
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -327,7 +256,7 @@ pub async fn run(
         }
     };
     let tls = match &state.config().tls {
-        Some(files) => Some(crate::net::tls_acceptor(files).map_err(std::io::Error::other)?),
+        Some(files) => Some(crate::http::net::tls_acceptor(files).map_err(std::io::Error::other)?),
         None => None,
     };
     let limits = state.config().limits.clone();
@@ -335,7 +264,7 @@ pub async fn run(
     let metrics = Arc::clone(&state.shared.metrics);
     let accepting = CancellationToken::new();
     let stop_accepting = accepting.clone();
-    let server = crate::net::serve(listener, tls, app(state), (&limits, max_connections), metrics, accepting);
+    let server = crate::http::net::serve(listener, tls, app(state), (&limits, max_connections), metrics, accepting);
     tokio::join!(server, async move {
         signal.await;
         stop_accepting.cancel();
@@ -369,7 +298,7 @@ mod tests {
 
     #[test]
     fn the_protocol_doc_states_the_message_and_header_limits_the_relay_enforces() {
-        let doc = include_str!("../../docs/protocol.md");
+        let doc = include_str!("../../../docs/protocol.md");
         let message =
             format!("A WebSocket message to the relay is at most {} bytes on both endpoints", spaced(MAX_TEXT_BYTES));
         assert!(doc.contains(&message), "docs/protocol.md lacks {message:?}");

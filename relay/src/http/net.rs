@@ -1,6 +1,6 @@
 //! Accepting connections: TCP, then TLS when the relay terminates it, then HTTP/1.1 with upgrades.
 //!
-//! The first stop of every recorder and subscriber on its way into [`crate::server`]'s router. It replaces
+//! The first stop of every recorder and subscriber on its way into [`crate::http`]'s router. It replaces
 //! `axum::serve` to bound what a client that never finishes costs:
 //! - connections not yet upgraded to a WebSocket are counted per client address (`max_connections_per_client`,
 //!   unless `client_ip_header` says an ingress is in front: then every peer is the ingress) and in all
@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::config::{Limits, TlsFiles};
-use crate::limits::Clients;
+use crate::doors::limits::Clients;
 use crate::metrics::{Metrics, Refused};
 
 /// Longest a connection may stay plain HTTP (static files, probes) before it is closed; upgraded WebSockets
@@ -112,7 +112,7 @@ pub async fn serve(
             },
         };
         let client_slot = match per_client {
-            Some(max) => match pending_by_client.try_acquire(crate::limits::per_subscriber(peer.ip()), max) {
+            Some(max) => match pending_by_client.try_acquire(crate::doors::limits::per_subscriber(peer.ip()), max) {
                 Some(slot) => Some(slot),
                 None => {
                     metrics.refused(Refused::PendingPerClient);

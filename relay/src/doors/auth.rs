@@ -1,6 +1,6 @@
 //! Who may open `/ws/record` and `/ws/feed`: static bearer tokens and HS256 JWTs.
 //!
-//! Checked in [`crate::server`] before a WebSocket is upgraded; the identity it yields (the token's name, or
+//! Checked in [`crate::http`] before a WebSocket is upgraded; the identity it yields (the token's name, or
 //! the JWT's `sub`) is attached to every log line of the connection. Authentication is off until a token or a
 //! JWT key is configured ([`crate::config::AuthConfig`]).
 //!

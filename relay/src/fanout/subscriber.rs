@@ -38,13 +38,13 @@ use crate::kafka::KafkaError;
 use crate::kafka::consumer::fetch;
 use crate::kafka::partitioner::partition_for_key;
 use crate::metrics::FeedDrop;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Bytes per history fetch.
 const HISTORY_FETCH_BYTES: i32 = 1024 * 1024;
 
-use crate::ingest::{Fail, answer_close, goodbye, idle_timeout, linger, message_len};
-use crate::limits::{Keepalive, Throttle, count_ping};
+use crate::doors::limits::{Keepalive, Throttle, count_ping};
+use crate::ws::{Fail, answer_close, goodbye, idle_timeout, linger, message_len};
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -131,7 +131,7 @@ async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -
         },
         Some(Ok(Message::Close(_))) | None => Ok(None),
         Some(Ok(_)) => Err(Fail(ErrorCode::BadSubscribe, "send a subscribe (a JSON text message) first".into())),
-        Some(Err(e)) => Err(crate::ingest::classify_read_error(&e)
+        Some(Err(e)) => Err(crate::ws::classify_read_error(&e)
             .unwrap_or_else(|| Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}")))),
     }
 }

@@ -1,8 +1,8 @@
 //! What one client or one connection may take: connections per client address, messages and bytes per second,
 //! silence, and the keepalive pings that tell a silent client from a gone one.
 //!
-//! [`Clients`] is checked in [`crate::server`] before a WebSocket is upgraded (over the limit: HTTP 429).
-//! [`Throttle`] and [`Keepalive`] run inside each connection's reader ([`crate::ingest`], [`crate::feed`]): a
+//! [`Clients`] is checked in [`crate::http`] before a WebSocket is upgraded (over the limit: HTTP 429).
+//! [`Throttle`] and [`Keepalive`] run inside each connection's reader ([`crate::ingest`], [`crate::fanout::subscriber`]): a
 //! connection that sends faster than its rates is not cut off but read more slowly, so TCP pushes back on the
 //! sender and a legitimate recorder catching up after an outage loses nothing; each slowdown is counted in
 //! `soundline_throttled_total`. A connection that sends nothing, not even the pong to the relay's pings, for

@@ -17,13 +17,15 @@
 //! the shutdown timeout), then sends the error and closes with its code. SIGTERM does the same with
 //! `shutting_down` / 1001. A client's bad input ends only its own connection.
 
+pub mod dedup;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use chrono::{TimeZone, Utc};
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -34,9 +36,10 @@ use soundline_shared::frame::{AudioFrame, FrameError};
 use soundline_shared::recording::Recording;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::doors::limits::Throttle;
 use crate::kafka::producer::{Delivery, Link, ProduceError};
-use crate::limits::Throttle;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::ws::{Fail, answer_close, classify_read_error, goodbye, idle_timeout, linger, message_len};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -64,9 +67,6 @@ enum Outbound {
     Close(ErrorCode, String),
 }
 
-/// A problem that ends the connection: the code and the one-line message sent with it.
-pub(crate) struct Fail(pub(crate) ErrorCode, pub(crate) String);
-
 /// Serves one upgraded recorder connection until it ends.
 pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     let (sink, stream) = socket.split();
@@ -91,54 +91,6 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     if outcome_was_error {
         linger(&mut stream).await;
     }
-}
-
-/// The last words on any WebSocket of the relay: the `error` message, then the close frame with the error's
-/// code and the message as its reason, both within `timeout`. Follow with [`linger`] on the stream.
-pub async fn goodbye<S>(sink: &mut S, code: ErrorCode, message: &str, timeout: Duration)
-where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
-    let error = Message::Text(ServerMessage::error(code, message.to_owned()).to_json().into());
-    let reason = Utf8Bytes::from(truncate(message, 120).to_owned());
-    let close = Message::Close(Some(CloseFrame { code: code.close_code(), reason }));
-    let _ = tokio::time::timeout(timeout, async {
-        sink.send(error).await?;
-        sink.send(close).await
-    })
-    .await;
-}
-
-/// After the client's close frame: send the echo RFC 6455 §5.5.1 asks for (its code and reason back), 2 s at
-/// most. tungstenite queues the echo when it reads the client's close but sends it only on the next write or
-/// flush, and a reader that stops at the close never makes one: without this the client sees the TCP connection
-/// drop (1006, `wasClean: false` in a browser). A client that left without a close frame makes this fail at once.
-pub async fn answer_close<S>(sink: &mut S)
-where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-}
-
-/// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
-/// close, for 2 s at most. Closing at once while input is unread (say, the rest of an oversized message) makes
-/// the kernel reset the connection, and the client would lose the error and the close code.
-pub async fn linger(stream: &mut SplitStream<WebSocket>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let _ = tokio::time::timeout_at(deadline, async {
-        let mut errors = 0;
-        loop {
-            match stream.next().await {
-                // The client closed, or is gone: nothing more to wait for.
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Ok(_)) => {}
-                // The reader gave up on this stream (it may re-report the same error): just hold the socket.
-                Some(Err(_)) if errors < 64 => errors += 1,
-                Some(Err(_)) => std::future::pending::<()>().await,
-            }
-        }
-    })
-    .await;
 }
 
 /// Reads until the client leaves (`None`) or a problem ends the connection.
@@ -200,46 +152,10 @@ async fn read(
     }
 }
 
-/// The bytes a message costs against `max_bytes_per_s`.
-pub(crate) fn message_len(msg: &Message) -> usize {
-    match msg {
-        Message::Binary(b) => b.len(),
-        Message::Text(t) => t.len(),
-        Message::Ping(p) | Message::Pong(p) => p.len(),
-        Message::Close(_) => 0,
-    }
-}
-
-/// The failure of a connection that went silent: before its first message (`hello_timeout_s`) or after.
-pub(crate) fn idle_timeout(before_first_message: bool, limits: &crate::config::Limits) -> Fail {
-    if before_first_message {
-        let first = "the first message (hello or subscribe)";
-        Fail(ErrorCode::IdleTimeout, format!("{first} did not arrive within {} s", limits.hello_timeout.as_secs()))
-    } else {
-        Fail(
-            ErrorCode::IdleTimeout,
-            format!("nothing arrived for {} s, not even a pong; reconnect", limits.idle_timeout.as_secs()),
-        )
-    }
-}
-
-pub(crate) fn classify_read_error(e: &axum::Error) -> Option<Fail> {
-    // axum hides tungstenite's error type; its messages are stable and name the cause.
-    let text = e.to_string();
-    if text.contains("UTF-8") || text.contains("utf-8") || text.contains("utf8") {
-        Some(Fail(ErrorCode::InvalidUtf8, "a text message was not valid UTF-8".into()))
-    } else if text.contains("Message too long") || text.contains("too long") || text.contains("Space limit exceeded") {
-        Some(Fail(ErrorCode::MessageTooBig, format!("a message exceeded the relay's size limit ({text})")))
-    } else {
-        tracing::debug!(error = %text, "recorder connection failed");
-        None
-    }
-}
-
 /// Per-connection state after the hello.
 struct Session {
     recording: Recording,
-    /// Car + segment, for recognising resends ([`crate::dedup`]).
+    /// Car + segment, for recognising resends ([`crate::ingest::dedup`]).
     dedup_key: Arc<str>,
     /// The Kafka key: carID, UTF-8.
     key: Vec<u8>,
@@ -258,7 +174,7 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
         max_frame_samples: cfg.max_frame_samples,
     };
     let key = recording.device.car_id.as_bytes().to_vec();
-    let dedup_key = crate::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
+    let dedup_key = crate::ingest::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
     let template = envelope::EnvelopeTemplate::new(&cfg.stamp, &recording);
     Ok((Session { recording, dedup_key, key, template, next_seq: None }, ready))
 }
@@ -385,7 +301,7 @@ async fn write(
     let mut pending: FuturesOrdered<futures_util::future::BoxFuture<'static, Ack>> = FuturesOrdered::new();
     let mut link = state.producer().link();
     let mut last_up = true;
-    let mut keepalive = crate::limits::Keepalive::new(&state.config().limits);
+    let mut keepalive = crate::doors::limits::Keepalive::new(&state.config().limits);
     let stop = loop {
         let link_changed = async {
             if link.changed().await.is_err() {
@@ -420,7 +336,7 @@ async fn write(
                 None => Err(Stop::ClientLeft),
             },
             _ = keepalive.ping.tick() => {
-                crate::limits::count_ping(state.metrics());
+                crate::doors::limits::count_ping(state.metrics());
                 send_message(&mut sink, Message::Ping(Default::default())).await.map_err(|_| Stop::SocketGone)
             }
             () = link_changed => {
@@ -517,16 +433,4 @@ async fn send_message(sink: &mut SplitSink<WebSocket, Message>, msg: Message) ->
             "the recorder read nothing for 30 s",
         ))),
     }
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary (close reasons are limited to 123 bytes).
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -27,7 +27,9 @@
 //! subscription, so it will arrive on the broadcast; everything before them it reads itself from Kafka
 //! (history). Per partition it then delivers each offset at most once. When the broadcast ring overflows (a slow
 //! subscriber), the subscriber is told how many records it missed and the offsets to resume from (see
-//! `feed.rs`); publishing never waits for it.
+//! `subscriber.rs`); publishing never waits for it.
+
+pub mod subscriber;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
