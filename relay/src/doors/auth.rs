@@ -10,17 +10,17 @@
 //!   `soundline.v1`, never echoing the token;
 //! - as `Authorization: Bearer <token>`, for tools and ingresses.
 //!
-//! JWTs: `alg` must be `HS256` (`none` and every other algorithm are refused), the signature must verify with
-//! the configured key, `exp` is required and `nbf` honoured, both with [`LEEWAY_S`] of clock skew, and `sub`
+//! JWTs, verified with the `jsonwebtoken` crate: `alg` must be `HS256` (`none` and every other algorithm are
+//! refused), the signature must verify with the configured key, `exp` and `sub` are required, `exp` and `nbf` are
+//! checked with [`LEEWAY_S`] of clock skew (against the time the caller passes, so tests can set it), and `sub`
 //! names the client. A token is checked when the connection opens; one that expires later does not cut a
 //! recording short, but the reconnect after it needs a fresh one.
 
 use std::collections::HashMap;
 
 use axum::http::{HeaderMap, header};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -68,12 +68,7 @@ pub struct Authenticator {
     /// SHA-256 of each static token -> its name. Looking up a digest keeps the comparison independent of where
     /// a guessed token first differs from a real one.
     tokens: HashMap<[u8; 32], String>,
-    jwt: Option<Hmac<Sha256>>,
-}
-
-#[derive(Deserialize)]
-struct JwtHeader {
-    alg: String,
+    jwt: Option<DecodingKey>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +82,7 @@ impl Authenticator {
     /// From the configuration.
     pub fn new(config: &AuthConfig) -> Self {
         let tokens = config.tokens.iter().map(|(name, t)| (digest(t.expose()), name.clone())).collect();
-        let jwt = config.jwt_secret.as_ref().and_then(|k| Hmac::<Sha256>::new_from_slice(k.expose().as_bytes()).ok());
+        let jwt = config.jwt_secret.as_ref().map(|k| DecodingKey::from_secret(k.expose().as_bytes()));
         Self { tokens, jwt }
     }
 
@@ -144,23 +139,26 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-fn verify_jwt(key: &Hmac<Sha256>, token: &str, now_s: i64) -> Result<String, AuthError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(AuthError::InvalidJwt("expected header.payload.signature"));
-    };
-    let decode = |part: &str, what: &'static str| URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::InvalidJwt(what));
-    let head: JwtHeader = serde_json::from_slice(&decode(header, "the header is not base64url")?)
-        .map_err(|_| AuthError::InvalidJwt("the header is not a JSON object with alg"))?;
-    if head.alg != "HS256" {
-        return Err(AuthError::InvalidJwt("alg must be HS256"));
-    }
-    let mut mac = key.clone();
-    mac.update(&token.as_bytes()[..header.len() + 1 + payload.len()]);
-    mac.verify_slice(&decode(signature, "the signature is not base64url")?)
-        .map_err(|_| AuthError::InvalidJwt("the signature does not match"))?;
-    let claims: JwtClaims = serde_json::from_slice(&decode(payload, "the payload is not base64url")?)
-        .map_err(|_| AuthError::InvalidJwt("the payload is not a JSON object of claims"))?;
+fn verify_jwt(key: &DecodingKey, token: &str, now_s: i64) -> Result<String, AuthError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    // The times are checked below against `now_s` (the crate reads the system clock itself).
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    let claims = jsonwebtoken::decode::<JwtClaims>(token, key, &validation)
+        .map_err(|e| {
+            AuthError::InvalidJwt(match e.kind() {
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "alg must be HS256",
+                ErrorKind::InvalidSignature => "the signature does not match",
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => "exp is required",
+                ErrorKind::MissingRequiredClaim(_) => "sub (the client's identity) is required",
+                // A header naming an algorithm the crate does not know (`none`, say) fails to parse as JSON.
+                ErrorKind::Json(_) if jsonwebtoken::decode_header(token).is_err() => "alg must be HS256",
+                ErrorKind::Json(_) => "the payload is not a JSON object of claims",
+                _ => "expected header.payload.signature in base64url",
+            })
+        })?
+        .claims;
     let now = now_s as f64;
     let exp = claims.exp.ok_or(AuthError::InvalidJwt("exp is required"))?;
     if now > exp + LEEWAY_S as f64 || claims.nbf.is_some_and(|nbf| now + (LEEWAY_S as f64) < nbf) {
@@ -174,12 +172,9 @@ fn verify_jwt(key: &Hmac<Sha256>, token: &str, now_s: i64) -> Result<String, Aut
 
 /// Signs an HS256 JWT (`soundline-relay token`, and tests).
 pub fn sign_jwt(key: &[u8], claims: &serde_json::Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("{header}.{payload}").as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{header}.{payload}.{signature}")
+    // HS256 over claims that are already JSON has no failure mode (any key length is a valid HMAC key).
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(key))
+        .expect("signing JSON claims with HS256 cannot fail")
 }
 
 #[cfg(test)]
@@ -239,12 +234,12 @@ mod tests {
         let no_sub = sign_jwt(KEY.as_bytes(), &serde_json::json!({"exp": NOW + 60}));
         assert!(matches!(a.identify(&no_sub, NOW), Err(AuthError::InvalidJwt(_))));
         // alg none: a forged token without a signature.
-        let none = format!(
-            "{}.{}.",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
-            URL_SAFE_NO_PAD.encode(br#"{"sub":"admin","exp":9999999999}"#)
-        );
+        use base64::Engine as _;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(br#"{"sub":"admin","exp":9999999999}"#));
         assert_eq!(a.identify(&none, NOW), Err(AuthError::InvalidJwt("alg must be HS256")));
+        let hs512 = format!("{}.{}.c2ln", b64(br#"{"alg":"HS512"}"#), b64(br#"{"sub":"admin","exp":9999999999}"#));
+        assert_eq!(a.identify(&hs512, NOW), Err(AuthError::InvalidJwt("alg must be HS256")));
         for garbage in ["a.b.c", "..", "x.y.z.w", "\u{0}.\u{1}.\u{2}"] {
             assert!(a.identify(garbage, NOW).is_err(), "{garbage}");
         }

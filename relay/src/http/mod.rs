@@ -17,7 +17,7 @@
 //! Shutdown (SIGTERM, Ctrl+C, or the future passed to [`run`]): stop accepting connections, tell every
 //! recorder connection to stop reading, let each deliver the acks of frames Kafka already has (within
 //! `shutdown_timeout`), close them with 1001, and return. Upgraded WebSockets are not tracked by hyper, so a
-//! [`TaskTracker`] counts them.
+//! `TaskTracker` (in the state) counts them.
 
 pub mod net;
 pub mod web;

@@ -117,7 +117,7 @@ fn mechanism_name(m: SaslMechanism) -> &'static str {
     }
 }
 
-/// Builds a client for `cfg`, retrying inside rskafka for at most [`CONNECT_DEADLINE`] (and at most `op_deadline`
+/// Builds a client for `cfg`, retrying inside rskafka for at most `CONNECT_DEADLINE` (5 s) (and at most `op_deadline`
 /// per later request, so that a lost broker turns into an error the producer can report instead of a hang).
 ///
 /// # Errors
