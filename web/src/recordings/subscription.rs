@@ -92,12 +92,7 @@ impl FeedPanel {
             // Every device's recordings are grouped by car (the supervisor view).
             f.view.reset(car_id.is_none());
             f.filter = car_id;
-            f.next.clear();
-            if let Some(old) = f.ws.take() {
-                old.set_onclose(None);
-                old.set_onmessage(None);
-                let _ = old.close();
-            }
+            f.restart();
             f.show(t(Key::FeedConnecting));
         }
         connect(&self.0);
@@ -122,12 +117,7 @@ impl FeedPanel {
             {
                 let mut f = feed.borrow_mut();
                 f.since = since;
-                f.next.clear();
-                if let Some(old) = f.ws.take() {
-                    old.set_onclose(None);
-                    old.set_onmessage(None);
-                    let _ = old.close();
-                }
+                f.restart();
             }
             connect(&feed);
         }
@@ -135,6 +125,17 @@ impl FeedPanel {
 }
 
 impl Feed {
+    /// Forgets where it was and closes its socket (quietly: its handlers are unhooked first), so that the next
+    /// `connect` subscribes afresh.
+    fn restart(&mut self) {
+        self.next.clear();
+        if let Some(old) = self.ws.take() {
+            old.set_onclose(None);
+            old.set_onmessage(None);
+            let _ = old.close();
+        }
+    }
+
     fn show(&self, text: &str) {
         if let Some(s) = &self.status {
             s.set_text_content(Some(text));

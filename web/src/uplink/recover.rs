@@ -83,6 +83,8 @@ pub struct Recovery {
     rows: Vec<Row>,
     current: Option<Current>,
     scanning: bool,
+    /// A rescan is scheduled.
+    rescan_due: bool,
     on_report: Rc<dyn Fn(Report)>,
     me: Weak<RefCell<Recovery>>,
 }
@@ -105,6 +107,7 @@ impl Recovery {
                 rows: Vec::new(),
                 current: None,
                 scanning: false,
+                rescan_due: false,
                 on_report,
                 me: me.clone(),
             })
@@ -154,12 +157,16 @@ impl Recovery {
             }
             r.borrow_mut().scanning = false;
             r.borrow().report();
-            let me = Rc::downgrade(&r);
-            crate::later(RESCAN_MS, move || {
-                if let Some(r) = me.upgrade() {
-                    r.borrow_mut().scan();
-                }
-            });
+            // One timer at a time: a scan started by an upload's end does not start a second chain of them.
+            if !std::mem::replace(&mut r.borrow_mut().rescan_due, true) {
+                let me = Rc::downgrade(&r);
+                crate::later(RESCAN_MS, move || {
+                    if let Some(r) = me.upgrade() {
+                        r.borrow_mut().rescan_due = false;
+                        r.borrow_mut().scan();
+                    }
+                });
+            }
         });
     }
 
