@@ -35,6 +35,14 @@ pub mod uplink;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+/// The element `#id` of `doc` as a `T`, or an error naming what is wrong with the page.
+pub(crate) fn by_id<T: JsCast>(doc: &web_sys::Document, id: &str) -> Result<T, JsValue> {
+    doc.get_element_by_id(id)
+        .ok_or_else(|| JsValue::from_str(&format!("#{id} is missing")))?
+        .dyn_into::<T>()
+        .map_err(|_| format!("#{id} has the wrong type").into())
+}
+
 /// Runs `f` once after `delay_ms` (0: as soon as the current call has returned), on the page's event loop.
 pub(crate) fn later(delay_ms: u32, f: impl FnOnce() + 'static) {
     let callback = Closure::once_into_js(f);

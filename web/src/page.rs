@@ -23,6 +23,7 @@ use web_sys::{
 };
 
 use crate::awake::Awake;
+use crate::by_id;
 use crate::capture::{Capture, describe_error};
 use crate::i18n::{self, Key, Lang, t, tf};
 use crate::outbox::lock::{self, Held};
@@ -82,6 +83,20 @@ struct Active {
     paused_at: Option<f64>,
 }
 
+impl Active {
+    /// The frames the pipeline just made: onto the live spectrogram, encoded for the wire, to the writer (which
+    /// saves them in the outbox, then hands them to the uplink); counted as recorded.
+    fn save_frames(&mut self) {
+        let mut writer = self.writer.borrow_mut();
+        for frame in &self.frames {
+            self.live.push(&frame.samples);
+            let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
+            writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
+            self.sent += 1;
+        }
+    }
+}
+
 /// A stopped recording, kept alive until every frame is acked.
 struct Finishing {
     _uplink: Rc<RefCell<Uplink>>,
@@ -117,13 +132,6 @@ impl App {
     fn keep_awake(&self) {
         self.awake.set(self.active.is_some() || self.finishing.is_some() || self.uploading_earlier);
     }
-}
-
-fn by_id<T: JsCast>(doc: &Document, id: &str) -> Result<T, JsValue> {
-    doc.get_element_by_id(id)
-        .ok_or_else(|| JsValue::from_str(&format!("#{id} is missing")))?
-        .dyn_into::<T>()
-        .map_err(|_| format!("#{id} has the wrong type").into())
 }
 
 fn relay_base() -> Result<String, JsValue> {
@@ -651,15 +659,7 @@ fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
     active.samples_in += block.len() as u64;
     active.frames.clear();
     active.pipeline.push(block, &mut active.frames);
-    {
-        let mut writer = active.writer.borrow_mut();
-        for frame in &active.frames {
-            active.live.push(&frame.samples);
-            let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
-            writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
-            active.sent += 1;
-        }
-    }
+    active.save_frames();
     let now = js_sys::Date::now();
     if now - active.last_ui_ms >= 100.0 {
         active.last_ui_ms = now;
@@ -702,12 +702,7 @@ fn capture_paused(app: &Rc<RefCell<App>>, paused: bool) {
     let Some(since) = active.paused_at.take() else { return };
     active.frames.clear();
     active.pipeline.gap(now - since, &mut active.frames);
-    let mut writer = active.writer.borrow_mut();
-    for frame in &active.frames {
-        let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
-        writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
-        active.sent += 1;
-    }
+    active.save_frames();
     ui.status.set_text_content(Some(&tf(Key::PausedFor, &[&format!("{:.1}", (now - since) / 1000.0)])));
 }
 
@@ -762,14 +757,9 @@ fn stop(app: &Rc<RefCell<App>>) {
     ui.record.set_disabled(true);
     ui.record.set_class_name("");
     ui.record.set_text_content(Some(&tf(Key::Finishing, &[&active.uplink.borrow().pending()])));
-    let mut writer = active.writer.borrow_mut();
-    for frame in &active.frames {
-        let encoded = soundline_shared::frame::encode_to_vec(frame.seq, frame.capture_ts_ms, &frame.samples);
-        writer.push(frame.seq, (frame.samples.len() / 16) as u32, encoded);
-        active.sent += 1;
-    }
+    active.save_frames();
     ui.sent.set_text_content(Some(&active.sent.to_string()));
-    writer.stop();
+    active.writer.borrow_mut().stop();
 }
 
 /// What the writer reports: frames saved on the device, or a batch it could not save.

@@ -24,32 +24,57 @@ pub struct Spectrogram {
     pub columns: Vec<Vec<f32>>,
 }
 
-impl Spectrogram {
-    /// The spectrogram of 16 kHz `samples`.
-    pub fn of(samples: &[i16]) -> Self {
-        let mut planner = RealFftPlanner::<f32>::new();
-        let fft = planner.plan_fft_forward(WINDOW);
+/// The transform, planned once: the FFT, the window and the buffers, reused for every column (the live
+/// spectrogram calls it for every 200 ms frame).
+pub struct Stft {
+    fft: std::sync::Arc<dyn realfft::RealToComplex<f32>>,
+    hann: Vec<f32>,
+    /// A full-scale sine through the window: amplitude sum(w)/2 in its bin, squared.
+    reference: f32,
+    input: Vec<f32>,
+    spectrum: Vec<realfft::num_complex::Complex<f32>>,
+}
+
+impl Default for Stft {
+    fn default() -> Self {
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(WINDOW);
         let hann: Vec<f32> =
             (0..WINDOW).map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / WINDOW as f32).cos()).collect();
-        // A full-scale sine through the window: amplitude sum(w)/2 in its bin.
         let reference = (hann.iter().sum::<f32>() / 2.0).powi(2);
-        let mut input = fft.make_input_vec();
-        let mut spectrum = fft.make_output_vec();
+        let (input, spectrum) = (fft.make_input_vec(), fft.make_output_vec());
+        Self { fft, hann, reference, input, spectrum }
+    }
+}
+
+impl Stft {
+    /// The columns of 16 kHz `samples`: one per hop while a whole window fits.
+    pub fn columns(&mut self, samples: &[i16]) -> Vec<Vec<f32>> {
         let mut columns = Vec::new();
         let mut start = 0;
         while start + WINDOW <= samples.len() {
-            for (i, x) in input.iter_mut().enumerate() {
-                *x = f32::from(samples[start + i]) / 32768.0 * hann[i];
+            for (i, x) in self.input.iter_mut().enumerate() {
+                *x = f32::from(samples[start + i]) / 32768.0 * self.hann[i];
             }
-            if fft.process(&mut input, &mut spectrum).is_err() {
+            if self.fft.process(&mut self.input, &mut self.spectrum).is_err() {
                 break;
             }
+            let reference = self.reference;
             columns.push(
-                spectrum.iter().map(|c| (10.0 * (c.norm_sqr() / reference).max(1e-30).log10()).max(FLOOR_DB)).collect(),
+                self.spectrum
+                    .iter()
+                    .map(|c| (10.0 * (c.norm_sqr() / reference).max(1e-30).log10()).max(FLOOR_DB))
+                    .collect(),
             );
             start += HOP;
         }
-        Self { columns }
+        columns
+    }
+}
+
+impl Spectrogram {
+    /// The spectrogram of 16 kHz `samples`.
+    pub fn of(samples: &[i16]) -> Self {
+        Self { columns: Stft::default().columns(samples) }
     }
 
     /// The `n` strongest bins over the whole recording (by mean power), strongest first, as frequencies in Hz.

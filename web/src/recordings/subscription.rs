@@ -125,6 +125,34 @@ impl FeedPanel {
 }
 
 impl Feed {
+    /// A feed of `topic` (`None`: the audio topic) into `view`, not yet connected.
+    fn new(
+        url: String,
+        token: Rc<RefCell<String>>,
+        view: View,
+        status: Option<Element>,
+        topic: Option<String>,
+        filter: Option<String>,
+        since: Since,
+    ) -> Rc<RefCell<Self>> {
+        Rc::new(RefCell::new(Self {
+            url,
+            token,
+            needs_token: false,
+            token_used: String::new(),
+            status,
+            view,
+            topic,
+            results: Vec::new(),
+            filter,
+            since,
+            backoff: Backoff::FEED,
+            next: BTreeMap::new(),
+            ws: None,
+            handlers: Vec::new(),
+        }))
+    }
+
     /// Forgets where it was and closes its socket (quietly: its handlers are unhooked first), so that the next
     /// `connect` subscribes afresh.
     fn restart(&mut self) {
@@ -164,22 +192,7 @@ pub fn start(
     status: Element,
     filter: Option<String>,
 ) -> FeedPanel {
-    let feed = Rc::new(RefCell::new(Feed {
-        url,
-        token,
-        needs_token: false,
-        token_used: String::new(),
-        status: Some(status),
-        view,
-        topic: None,
-        results: Vec::new(),
-        filter,
-        since: Since::Hour,
-        backoff: Backoff::FEED,
-        next: BTreeMap::new(),
-        ws: None,
-        handlers: Vec::new(),
-    }));
+    let feed = Feed::new(url, token, view, Some(status), None, filter, Since::Hour);
     connect(&feed);
     FeedPanel(feed)
 }
@@ -261,22 +274,7 @@ fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {
                 let results: Vec<Rc<RefCell<Feed>>> = feed_topics
                     .into_iter()
                     .map(|topic| {
-                        Rc::new(RefCell::new(Feed {
-                            url: f.url.clone(),
-                            token: Rc::clone(&f.token),
-                            needs_token: false,
-                            token_used: String::new(),
-                            status: None,
-                            view: f.view.clone(),
-                            topic: Some(topic),
-                            results: Vec::new(),
-                            filter: None,
-                            since: f.since,
-                            backoff: Backoff::FEED,
-                            next: BTreeMap::new(),
-                            ws: None,
-                            handlers: Vec::new(),
-                        }))
+                        Feed::new(f.url.clone(), Rc::clone(&f.token), f.view.clone(), None, Some(topic), None, f.since)
                     })
                     .collect();
                 f.results = results.clone();

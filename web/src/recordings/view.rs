@@ -22,8 +22,9 @@ use web_sys::{
     HtmlButtonElement, HtmlCanvasElement, HtmlInputElement,
 };
 
-use super::spectrogram::{BINS, HOP, Spectrogram, colour, waveform};
+use super::spectrogram::{BINS, HOP, Spectrogram, Stft, colour, waveform};
 use super::{FrameRef, Recording, Recordings, State, wav};
+use crate::by_id;
 use crate::i18n::{Key, t, tf};
 
 /// Left margin of the spectrogram canvas (the kHz labels).
@@ -76,13 +77,6 @@ struct ViewState {
 /// The panel; cheap to clone.
 #[derive(Clone)]
 pub struct View(Rc<RefCell<ViewState>>);
-
-fn by_id<T: JsCast>(doc: &Document, id: &str) -> Result<T, JsValue> {
-    doc.get_element_by_id(id)
-        .ok_or_else(|| JsValue::from_str(&format!("#{id} is missing")))?
-        .dyn_into::<T>()
-        .map_err(|_| format!("#{id} has the wrong type").into())
-}
 
 fn clock(ms: f64) -> String {
     let s = ms / 1000.0;
@@ -573,6 +567,7 @@ pub struct LiveSpectrogram {
     canvas: HtmlCanvasElement,
     /// The last samples not yet covered by a whole window (and the overlap).
     tail: Vec<i16>,
+    stft: Stft,
 }
 
 impl LiveSpectrogram {
@@ -583,14 +578,14 @@ impl LiveSpectrogram {
             ctx.set_fill_style_str("#000014");
             ctx.fill_rect(0.0, 0.0, f64::from(canvas.width()), BINS as f64);
         }
-        Self { canvas, tail: Vec::new() }
+        Self { canvas, tail: Vec::new(), stft: Stft::default() }
     }
 
     /// The next 16 kHz samples from the pipeline.
     pub fn push(&mut self, samples: &[i16]) {
         self.tail.extend_from_slice(samples);
-        let spec = Spectrogram::of(&self.tail);
-        let n = spec.columns.len();
+        let columns = self.stft.columns(&self.tail);
+        let n = columns.len();
         if n == 0 {
             return;
         }
@@ -600,7 +595,7 @@ impl LiveSpectrogram {
         // Scroll left by the new columns, then draw them at the right edge.
         let _ = ctx.draw_image_with_html_canvas_element(&self.canvas, -(n as f64), 0.0);
         let mut pixels = vec![0u8; n * BINS * 4];
-        for (x, column) in spec.columns.iter().enumerate() {
+        for (x, column) in columns.iter().enumerate() {
             for (b, &db) in column.iter().enumerate() {
                 let i = ((BINS - 1 - b) * n + x) * 4;
                 let [r, g, bl] = colour(db);
