@@ -39,6 +39,13 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let producer =
             Producer::start(config.kafka.clone(), config.memory_budget_bytes, Arc::clone(&metrics), shutdown.clone());
+        Self::with_producer(config, producer, shutdown)
+    }
+
+    /// Builds the state around a producer already made ([`Producer::by_hand`] in the router's tests); the
+    /// metrics are the producer's. The feed's fan-out connects to Kafka only when a subscriber first needs it.
+    pub fn with_producer(config: Config, producer: Producer, shutdown: CancellationToken) -> Self {
+        let metrics = Arc::clone(producer.metrics());
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let fanout = Fanout::new(config.clone(), Arc::clone(&metrics));
         Self {

@@ -3,8 +3,10 @@
 //! of them depends on it.
 //!
 //! `main` parses the configuration and calls [`run`]; tests call the same function on `127.0.0.1:0`
-//! (mini-redis's shape). [`app`] builds the router alone, without a listener (its state still starts a producer,
-//! so its tests need a broker).
+//! (mini-redis's shape). [`app`] builds the router alone, without a listener, over any [`AppState`]: with a
+//! producer driven by hand ([`crate::kafka::producer::Producer::by_hand`]) it needs no broker, so origin
+//! refusals, the page's headers, authentication and `/readyz` are tested in-process (`tests.rs`, with
+//! `tower::ServiceExt::oneshot`, or [`serve`] on a local port where a real WebSocket upgrade is needed).
 //!
 //! Routes:
 //! - `GET /ws/record`: recorder WebSocket ([`crate::ingest`]);
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -71,15 +74,20 @@ enum Endpoint {
 }
 
 /// The route of a WebSocket endpoint: the Origin check, the client's connection share, then the upgrade.
+/// A page of another site is refused before anything else, whether or not its request could upgrade.
 fn websocket(endpoint: Endpoint) -> MethodRouter<AppState> {
     get(
-        move |ws: WebSocketUpgrade,
+        move |ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
               State(state): State<AppState>,
               ConnectInfo(peer): ConnectInfo<SocketAddr>,
               headers: HeaderMap| async move {
             if let Some(refusal) = refuse_origin(&state, &headers) {
                 return refusal;
             }
+            let ws = match ws {
+                Ok(ws) => ws,
+                Err(rejection) => return rejection.into_response(),
+            };
             let limits = &state.config().limits;
             let client = crate::doors::limits::client_address(limits, &headers, peer);
             let Some(client_slot) = state.shared.clients.try_acquire(client, limits.connections_per_client) else {
@@ -233,7 +241,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 ///
 /// # Errors
 ///
-/// The listener failed.
+/// The TLS files could not be loaded.
 ///
 /// # Cancellation
 ///
@@ -243,8 +251,24 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let token = CancellationToken::new();
-    let state = AppState::new(config, token.clone());
+    serve(listener, AppState::new(config, CancellationToken::new()), shutdown).await
+}
+
+/// [`run`] over a state already built (its producer and shutdown token included).
+///
+/// # Errors
+///
+/// The TLS files could not be loaded.
+///
+/// # Cancellation
+///
+/// As [`run`].
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = state.shutdown().clone();
     let timeout = state.config().shutdown_timeout;
     let tracker = state.shared.tracker.clone();
     let signal = {
@@ -280,35 +304,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Thousands separated by a space, as docs/protocol.md writes numbers.
-    fn spaced(n: usize) -> String {
-        let digits = n.to_string();
-        let mut out = String::new();
-        for (i, d) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(' ');
-            }
-            out.push(d);
-        }
-        out
-    }
-
-    #[test]
-    fn the_protocol_doc_states_the_message_and_header_limits_the_relay_enforces() {
-        let doc = include_str!("../../../docs/protocol.md");
-        let message =
-            format!("A WebSocket message to the relay is at most {} bytes on both endpoints", spaced(MAX_TEXT_BYTES));
-        assert!(doc.contains(&message), "docs/protocol.md lacks {message:?}");
-        let default = crate::config::SETTINGS
-            .iter()
-            .find(|s| s.key == "max_header_bytes")
-            .and_then(|s| s.default)
-            .and_then(|d| d.parse::<usize>().ok())
-            .expect("max_header_bytes has a default");
-        let row = format!("| `max_header_bytes` | {}:", spaced(default));
-        assert!(doc.contains(&row), "docs/protocol.md lacks {row:?}");
-    }
-}
+mod tests;

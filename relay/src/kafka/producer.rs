@@ -28,6 +28,9 @@
 //!   ([`super::ThrottleWatch`] counts it; the worker warns). Waiting fills the budget: backpressure, not loss.
 //! - **Memory**: every record holds a permit of its size from a semaphore of `memory_budget_bytes` until Kafka
 //!   acked it. When the budget is spent, `reserve` waits, and the recorder's socket is not read meanwhile.
+//!
+//! [`Producer::by_hand`] is the seam: the same handle with no Kafka behind it, its records and its link state in
+//! a test's hands ([`ByHand`]), so the router can be built and tested in-process (`crate::http::app`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -182,8 +185,31 @@ impl Producer {
             cfg,
         });
         tokio::spawn(supervise(ctx, intake_rx, shutdown));
+        Self::handle(intake, link, memory_budget_bytes, metrics)
+    }
+
+    /// A producer with no Kafka behind it: what is sent comes out of the returned [`ByHand`], which also sets
+    /// the link state. Its link starts as `start`'s does, down with "connecting to Kafka".
+    pub fn by_hand(memory_budget_bytes: u64, metrics: Arc<Metrics>) -> (Self, ByHand) {
+        let (intake, intake_rx) = mpsc::unbounded_channel();
+        let (link_tx, link) = watch::channel(Link { up: false, detail: "connecting to Kafka".into() });
+        let hand = ByHand { intake: intake_rx, link: link_tx, metrics: Arc::clone(&metrics) };
+        (Self::handle(intake, link, memory_budget_bytes, metrics), hand)
+    }
+
+    fn handle(
+        intake: mpsc::UnboundedSender<Pending>,
+        link: watch::Receiver<Link>,
+        memory_budget_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let budget_bytes = usize::try_from(memory_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Self { intake, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes, link, metrics }
+    }
+
+    /// The metrics it counts into (shared with the rest of the relay).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The link state, to watch.
@@ -227,6 +253,53 @@ impl Producer {
         }
         rx
     }
+}
+
+/// The other end of a [`Producer::by_hand`]: takes the records sent to it and answers them, and sets the link.
+pub struct ByHand {
+    intake: mpsc::UnboundedReceiver<Pending>,
+    link: watch::Sender<Link>,
+    metrics: Arc<Metrics>,
+}
+
+/// One record sent to a [`ByHand`] producer, waiting for its answer.
+pub struct Handed {
+    /// The record as ingest built it.
+    pub record: Record,
+    pending: Pending,
+    metrics: Arc<Metrics>,
+}
+
+impl ByHand {
+    /// The next record sent, in the order it was sent; `None` once every [`Producer`] handle is gone.
+    pub async fn next(&mut self) -> Option<Handed> {
+        let mut pending = self.intake.recv().await?;
+        let record = std::mem::replace(&mut pending.record, empty_record());
+        Some(Handed { record, pending, metrics: Arc::clone(&self.metrics) })
+    }
+
+    /// Records sent and not yet taken by [`ByHand::next`].
+    pub fn pending(&self) -> usize {
+        self.intake.len()
+    }
+
+    /// Sets the link state, as the real producer's connection and partitions would.
+    pub fn set_link(&self, up: bool, detail: &str) {
+        self.metrics.kafka_up.store(i64::from(up), Relaxed);
+        self.link.send_replace(Link { up, detail: detail.to_owned() });
+    }
+}
+
+impl Handed {
+    /// Answers the record as Kafka would: stored at `Delivery`, or refused; releases its memory budget.
+    pub fn answer(self, result: Result<Delivery, ProduceError>) {
+        self.metrics.held_bytes.fetch_sub(self.pending.bytes as i64, Relaxed);
+        let _ = self.pending.done.send(result);
+    }
+}
+
+fn empty_record() -> Record {
+    Record { key: None, value: None, headers: BTreeMap::new(), timestamp: chrono::DateTime::UNIX_EPOCH }
 }
 
 /// Connects, makes sure the topic exists, starts the partition workers and routes records to them; follows
