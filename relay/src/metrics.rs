@@ -1,50 +1,26 @@
-//! The relay's counters, rendered at `/metrics` in the Prometheus text format.
+//! The relay's metrics, served at `/metrics` in the Prometheus text format (0.0.4), by `prometheus-client`.
 //!
-//! Plain atomics, updated on the hot path with `Relaxed` ordering (each value is independent; a scrape may see
-//! one counter a frame ahead of another, which Prometheus tolerates). No metrics library: the set is small and
-//! fixed, and this keeps the per-frame cost at a few uncontended atomic adds.
+//! Counters and gauges are `prometheus-client`'s atomics, updated on the hot path without locks (a scrape may
+//! see one counter a frame ahead of another, which Prometheus tolerates); labelled counters, bumped only on rare
+//! events (errors, refusals, throttling), are its `Family`s, every label value present from the start so that a
+//! rate over them is defined before the first event. What the feed's partition readers report is read at each
+//! scrape ([`FeedReaders`]). Each help text says exactly what is counted.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use soundline_shared::control::ErrorCode;
 
 /// Upper bounds (seconds) of the produce latency histogram's buckets.
 const LATENCY_BUCKETS_S: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-/// A Prometheus histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Why a feed record was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,250 +125,282 @@ pub struct FeedReaders {
     pub readers: i64,
 }
 
+/// A counter (`u64`).
+pub type Count = Counter<u64, AtomicU64>;
+/// A gauge (`i64`).
+pub type Level = Gauge<i64, AtomicI64>;
+/// One label's name and value.
+type Label = [(&'static str, &'static str); 1];
+
 /// Every metric the relay exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// Recorder connections open now.
-    pub connections_active: AtomicI64,
-    /// Recorder connections accepted since start.
-    pub connections_total: AtomicU64,
-    refused: [AtomicU64; Refused::ALL.len()],
-    throttled: [AtomicU64; 2],
+    registry: Registry,
+    /// WebSocket connections open now, on both endpoints (recorders and feed subscribers).
+    pub connections_active: Level,
+    /// WebSocket connections upgraded, on both endpoints, those refused for their token included.
+    pub connections_total: Count,
+    refused: Family<Label, Count>,
+    throttled: Family<Label, Count>,
     /// Keepalive pings sent.
-    pub pings_sent_total: AtomicU64,
+    pub pings_sent_total: Count,
     /// WebSocket requests refused because their `Origin` is not allowed.
-    pub origin_refused_total: AtomicU64,
-    /// Audio frames received and accepted.
-    pub frames_in_total: AtomicU64,
-    /// PCM bytes in accepted frames.
-    pub bytes_in_total: AtomicU64,
-    /// Frames acked to recorders.
-    pub acks_total: AtomicU64,
+    pub origin_refused_total: Count,
+    /// Audio frames validated and handed to the producer (not resends acked from the dedup window).
+    pub frames_in_total: Count,
+    /// PCM bytes in those frames.
+    pub bytes_in_total: Count,
+    /// Acks sent to recorders, resends acked again included.
+    pub acks_total: Count,
     /// Records Kafka acknowledged.
-    pub records_produced_total: AtomicU64,
+    pub records_produced_total: Count,
     /// Resent frames acked again from the dedup window instead of produced twice.
-    pub duplicates_total: AtomicU64,
-    /// Produce requests sent (one per batch).
-    pub batches_total: AtomicU64,
-    /// Produce requests that failed and were retried.
-    pub produce_retries_total: AtomicU64,
+    pub duplicates_total: Count,
+    /// Produce requests Kafka answered with offsets (one per batch).
+    pub batches_total: Count,
+    /// Produce requests that failed (and were sent again after a backoff).
+    pub produce_retries_total: Count,
     /// Produce requests held back to stay under `kafka_max_bytes_per_s`.
-    pub produce_paced_total: AtomicU64,
+    pub produce_paced_total: Count,
     /// Envelope bytes held in memory, not yet acked by Kafka.
-    pub held_bytes: AtomicI64,
-    /// Times a recorder had to wait because the memory budget was full.
-    pub backpressure_total: AtomicU64,
+    pub held_bytes: Level,
+    /// Frames that waited because the memory budget was full.
+    pub backpressure_total: Count,
     /// Time from a record entering the producer to Kafka's acknowledgement.
     pub produce_latency: Histogram,
-    /// 1 when the relay can reach Kafka and the topic exists.
-    pub kafka_up: AtomicI64,
+    /// 1 when the relay can reach Kafka, the topic exists and no partition fails.
+    pub kafka_up: Level,
     /// Feed subscribers connected now.
-    pub feed_subscribers: AtomicI64,
+    pub feed_subscribers: Level,
     /// Records sent to feed subscribers.
-    pub feed_delivered_total: AtomicU64,
+    pub feed_delivered_total: Count,
     /// Live records a subscriber's task woke up for (of its partitions), delivered or filtered out.
-    pub feed_considered_total: AtomicU64,
+    pub feed_considered_total: Count,
     /// Records subscribers' own history reads (bounded reads included) fetched from Kafka.
-    pub feed_history_records_total: AtomicU64,
+    pub feed_history_records_total: Count,
     /// Their bytes (keys and values).
-    pub feed_history_bytes_total: AtomicU64,
-    feed_dropped: [AtomicU64; FeedDrop::ALL.len()],
-    errors: [AtomicU64; ErrorCode::ALL.len()],
+    pub feed_history_bytes_total: Count,
+    feed_dropped: Family<Label, Count>,
+    errors: Family<Label, Count>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        fn add<M: prometheus_client::registry::Metric + Clone>(r: &mut Registry, name: &str, help: &str, m: &M) -> M {
+            r.register(name, help, m.clone());
+            m.clone()
+        }
+        let r = &mut registry;
+        let count = |r: &mut Registry, name: &str, help: &str| add(r, name, help, &Count::default());
+        let level = |r: &mut Registry, name: &str, help: &str| add(r, name, help, &Level::default());
+        let family = |r: &mut Registry, name: &str, help: &str, label: &'static str, values: &[&'static str]| {
+            let family = add(r, name, help, &Family::<Label, Count>::default());
+            for value in values {
+                let _ = family.get_or_create(&[(label, *value)]);
+            }
+            family
+        };
+        let codes: Vec<&'static str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let refusals: Vec<&'static str> = Refused::ALL.iter().map(|r| r.label()).collect();
+        let drops: Vec<&'static str> = FeedDrop::ALL.iter().map(|r| r.label()).collect();
+        let latency = Histogram::new(LATENCY_BUCKETS_S);
+        r.register(
+            "soundline_produce_latency_seconds",
+            "Time from a record entering the producer to Kafka's acknowledgement of its batch",
+            latency.clone(),
+        );
+        Self {
+            connections_active: level(
+                r,
+                "soundline_connections_active",
+                "WebSocket connections open now, on both endpoints (recorders and feed subscribers)",
+            ),
+            connections_total: count(
+                r,
+                "soundline_connections",
+                "WebSocket connections upgraded, on both endpoints (recorders and feed subscribers), those then refused for their token included",
+            ),
+            refused: family(
+                r,
+                "soundline_connections_refused",
+                "Connections refused before their WebSocket opened, by reason (a refused token is counted here too, though its WebSocket opens to say so)",
+                "reason",
+                &refusals,
+            ),
+            throttled: family(
+                r,
+                "soundline_throttled",
+                "Pauses of connections that sent faster than a limit, by limit",
+                "limit",
+                &["messages", "bytes"],
+            ),
+            pings_sent_total: count(r, "soundline_pings_sent", "Keepalive pings sent to WebSockets"),
+            origin_refused_total: count(
+                r,
+                "soundline_origin_refused",
+                "WebSocket requests refused because their Origin is not allowed",
+            ),
+            frames_in_total: count(
+                r,
+                "soundline_frames_in",
+                "Audio frames validated and handed to the producer (resends acked again from the dedup window are not counted)",
+            ),
+            bytes_in_total: count(
+                r,
+                "soundline_bytes_in",
+                "PCM bytes in the frames counted by soundline_frames_in_total",
+            ),
+            acks_total: count(
+                r,
+                "soundline_acks",
+                "Acks sent to recorders, each after Kafka stored the frame (resends acked again from the dedup window included)",
+            ),
+            records_produced_total: count(r, "soundline_records_produced", "Records Kafka acknowledged"),
+            duplicates_total: count(
+                r,
+                "soundline_duplicates",
+                "Resent frames acked again from the dedup window without producing them twice",
+            ),
+            batches_total: count(
+                r,
+                "soundline_produce_batches",
+                "Produce requests Kafka answered with offsets, one per batch (failed attempts are in soundline_produce_retries_total)",
+            ),
+            produce_retries_total: count(
+                r,
+                "soundline_produce_retries",
+                "Produce requests that failed and were sent again after a backoff",
+            ),
+            produce_paced_total: count(
+                r,
+                "soundline_produce_paced",
+                "Produce requests held back to stay under kafka_max_bytes_per_s",
+            ),
+            held_bytes: level(r, "soundline_held_bytes", "Envelope bytes held in memory until Kafka acks them"),
+            backpressure_total: count(
+                r,
+                "soundline_backpressure",
+                "Frames that waited because the memory budget was full (their recorder was not read meanwhile)",
+            ),
+            produce_latency: latency,
+            kafka_up: level(
+                r,
+                "soundline_kafka_up",
+                "1 when Kafka is reachable, the topic exists and no partition fails",
+            ),
+            feed_subscribers: level(
+                r,
+                "soundline_feed_subscribers",
+                "Feed subscribers connected now (bounded reads included)",
+            ),
+            feed_delivered_total: count(r, "soundline_feed_delivered", "Records sent to feed subscribers"),
+            feed_considered_total: count(
+                r,
+                "soundline_feed_considered",
+                "Live records feed subscribers woke up for, delivered or filtered out (a car's subscriber wakes for its car's records only)",
+            ),
+            feed_history_records_total: count(
+                r,
+                "soundline_feed_history_records",
+                "Records the feed read from Kafka for subscribers' history and bounded reads (each subscriber's own fetches, every record of the partitions read, wanted or not)",
+            ),
+            feed_history_bytes_total: count(
+                r,
+                "soundline_feed_history_bytes",
+                "Bytes of record keys and values read for subscribers' history and bounded reads",
+            ),
+            feed_dropped: family(
+                r,
+                "soundline_feed_dropped",
+                "Feed records not delivered, by reason (lagged: per subscriber that fell behind; malformed: with feed_malformed=skip)",
+                "reason",
+                &drops,
+            ),
+            errors: family(
+                r,
+                "soundline_errors",
+                "Errors sent to clients, by code (each followed by its close code)",
+                "code",
+                &codes,
+            ),
+            registry,
+        }
+    }
 }
 
 impl Metrics {
     /// Counts one error sent to a client.
     pub fn error(&self, code: ErrorCode) {
-        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
-            self.errors[i].fetch_add(1, Relaxed);
-        }
+        self.errors.get_or_create(&[("code", code.as_str())]).inc();
     }
 
     /// How many errors of `code` were sent.
     pub fn errors(&self, code: ErrorCode) -> u64 {
-        ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
+        self.errors.get(&[("code", code.as_str())]).map_or(0, |c| c.get())
     }
 
     /// Counts a connection refused before it became a WebSocket.
     pub fn refused(&self, why: Refused) {
-        if let Some(i) = Refused::ALL.iter().position(|r| *r == why) {
-            self.refused[i].fetch_add(1, Relaxed);
-        }
+        self.refused.get_or_create(&[("reason", why.label())]).inc();
     }
 
     /// Counts a pause of a connection that went over a rate.
     pub fn throttled(&self, which: Throttled) {
-        self.throttled[usize::from(which == Throttled::Bytes)].fetch_add(1, Relaxed);
+        let limit = match which {
+            Throttled::Messages => "messages",
+            Throttled::Bytes => "bytes",
+        };
+        self.throttled.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// Counts `n` feed records not delivered for `reason`.
     pub fn feed_dropped(&self, reason: FeedDrop, n: u64) {
-        if let Some(i) = FeedDrop::ALL.iter().position(|r| *r == reason) {
-            self.feed_dropped[i].fetch_add(n, Relaxed);
-        }
+        self.feed_dropped.get_or_create(&[("reason", reason.label())]).inc_by(n);
+    }
+
+    /// Records one produce latency.
+    pub fn observe_latency(&self, d: Duration) {
+        self.produce_latency.observe(d.as_secs_f64());
     }
 
     /// The Prometheus text exposition, with what the feed's live partition readers report.
     pub fn render(&self, feed: &FeedReaders) -> String {
-        let consumer_lag = &feed.lag;
-        let mut out = String::with_capacity(4096);
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter("soundline_connections_total", "Recorder connections accepted.", self.connections_total.load(Relaxed));
-        counter(
-            "soundline_pings_sent_total",
-            "Keepalive pings sent to WebSockets.",
-            self.pings_sent_total.load(Relaxed),
+        let mut scrape = Registry::default();
+        scrape.register(
+            "soundline_kafka_throttled",
+            "Produce responses in which Kafka asked the relay to slow down (a client quota): rskafka sends such a request again, which stores its records twice; keep kafka_max_bytes_per_s below the quota",
+            ConstCounter::new(crate::kafka::throttled_total()),
         );
-        counter("soundline_frames_in_total", "Audio frames received and accepted.", self.frames_in_total.load(Relaxed));
-        counter("soundline_bytes_in_total", "PCM bytes in accepted frames.", self.bytes_in_total.load(Relaxed));
-        counter(
-            "soundline_acks_total",
-            "Frames acked to recorders after Kafka stored them.",
-            self.acks_total.load(Relaxed),
+        scrape.register(
+            "soundline_feed_fetches",
+            "Fetch requests of the feed's live partition readers (two or three to get past a transaction marker)",
+            ConstCounter::new(feed.fetches),
         );
-        counter(
-            "soundline_records_produced_total",
-            "Records Kafka acknowledged.",
-            self.records_produced_total.load(Relaxed),
+        scrape.register(
+            "soundline_feed_fetched_bytes",
+            "Bytes of record keys and values the feed's live partition readers read from Kafka",
+            ConstCounter::new(feed.fetched_bytes),
         );
-        counter(
-            "soundline_origin_refused_total",
-            "WebSocket requests refused because their Origin is not allowed.",
-            self.origin_refused_total.load(Relaxed),
-        );
-        counter(
-            "soundline_duplicates_total",
-            "Resent frames acked again without producing them twice.",
-            self.duplicates_total.load(Relaxed),
-        );
-        counter(
-            "soundline_produce_batches_total",
-            "Produce requests that succeeded.",
-            self.batches_total.load(Relaxed),
-        );
-        counter(
-            "soundline_produce_retries_total",
-            "Produce requests that failed and were retried.",
-            self.produce_retries_total.load(Relaxed),
-        );
-        counter(
-            "soundline_produce_paced_total",
-            "Produce requests held back to stay under kafka_max_bytes_per_s.",
-            self.produce_paced_total.load(Relaxed),
-        );
-        counter(
-            "soundline_kafka_throttled_total",
-            "Produce responses in which Kafka asked the relay to slow down (a client quota): rskafka sends such a request again, which stores its records twice; keep kafka_max_bytes_per_s below the quota.",
-            crate::kafka::throttled_total(),
-        );
-        counter(
-            "soundline_feed_fetches_total",
-            "Fetch rounds of the feed's live partition consumers (one fetch request each; two or three to get past a transaction marker).",
-            feed.fetches,
-        );
-        counter(
-            "soundline_feed_considered_total",
-            "Live records feed subscribers woke up for, delivered or filtered out (a car's subscriber wakes for its car's records only).",
-            self.feed_considered_total.load(Relaxed),
-        );
-        counter(
-            "soundline_feed_fetched_bytes_total",
-            "Bytes of record keys and values the feed's live partition readers read from Kafka.",
-            feed.fetched_bytes,
-        );
-        counter(
-            "soundline_feed_history_records_total",
-            "Records the feed read from Kafka for subscribers' history and bounded reads (each subscriber's own fetches, every record of the partitions read, wanted or not).",
-            self.feed_history_records_total.load(Relaxed),
-        );
-        counter(
-            "soundline_feed_history_bytes_total",
-            "Bytes of record keys and values read for subscribers' history and bounded reads.",
-            self.feed_history_bytes_total.load(Relaxed),
-        );
-        counter(
-            "soundline_backpressure_total",
-            "Times a recorder waited because the memory budget was full.",
-            self.backpressure_total.load(Relaxed),
-        );
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge("soundline_connections_active", "Recorder connections open now.", self.connections_active.load(Relaxed));
-        gauge(
-            "soundline_held_bytes",
-            "Envelope bytes held in memory until Kafka acks them.",
-            self.held_bytes.load(Relaxed),
-        );
-        gauge("soundline_kafka_up", "1 when Kafka is reachable and the topic exists.", self.kafka_up.load(Relaxed));
-        gauge("soundline_feed_subscribers", "Feed subscribers connected now.", self.feed_subscribers.load(Relaxed));
-        gauge(
+        scrape.register(
             "soundline_feed_partition_readers",
-            "Partitions the feed reads live now (those some subscriber needs, or needed within feed_reader_idle_s).",
-            feed.readers,
+            "Partitions the feed reads live now (those some subscriber needs, or needed within feed_reader_idle_s)",
+            ConstGauge::new(feed.readers),
         );
-        labelled(
-            &mut out,
-            "soundline_errors_total",
-            "Errors sent to clients, by code.",
-            "code",
-            ErrorCode::ALL.iter().zip(&self.errors),
-        );
-        labelled(
-            &mut out,
-            "soundline_connections_refused_total",
-            "Connections refused before the WebSocket opened, by reason.",
-            "reason",
-            Refused::ALL.iter().map(|r| r.label()).zip(&self.refused),
-        );
-        labelled(
-            &mut out,
-            "soundline_throttled_total",
-            "Pauses of connections that sent faster than a limit, by limit.",
-            "limit",
-            ["messages", "bytes"].into_iter().zip(&self.throttled),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP soundline_feed_delivered_total Records sent to feed subscribers.\n# TYPE soundline_feed_delivered_total counter\nsoundline_feed_delivered_total {}",
-            self.feed_delivered_total.load(Relaxed)
-        );
-        labelled(
-            &mut out,
-            "soundline_feed_dropped_total",
-            "Feed records not delivered, by reason.",
-            "reason",
-            FeedDrop::ALL.iter().map(|r| r.label()).zip(&self.feed_dropped),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP soundline_consumer_lag Records between the feed consumer and the partition's end.\n# TYPE soundline_consumer_lag gauge"
-        );
-        for (topic, partition, lag) in consumer_lag {
-            let _ = writeln!(out, "soundline_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}");
+        let lag = Family::<Vec<(&'static str, String)>, Level>::default();
+        for (topic, partition, behind) in &feed.lag {
+            lag.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(*behind);
         }
-        self.produce_latency.render(
-            "soundline_produce_latency_seconds",
-            "Time from a record entering the producer to Kafka's acknowledgement.",
-            &mut out,
+        scrape.register(
+            "soundline_consumer_lag",
+            "Records between a live partition reader and the partition's end, per topic and partition read",
+            lag,
         );
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &scrape);
         out
-    }
-}
-
-/// One counter with one label: its HELP and TYPE lines, then a line per label value.
-fn labelled<'a, V: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: impl Iterator<Item = (V, &'a AtomicU64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (value, n) in values {
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", n.load(Relaxed));
     }
 }
 
@@ -403,19 +411,55 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        m.produce_latency.observe(Duration::from_micros(500));
-        m.produce_latency.observe(Duration::from_millis(30));
+        m.observe_latency(Duration::from_micros(500));
+        m.observe_latency(Duration::from_millis(30));
         let text = m.render(&FeedReaders::default());
-        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
-        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2"), "{text}");
-        assert!(text.contains("soundline_produce_latency_seconds_count 2"), "{text}");
+        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2\n"), "{text}");
+        assert!(text.contains("soundline_produce_latency_seconds_count 2\n"), "{text}");
     }
 
     #[test]
-    fn errors_are_labelled_by_code() {
+    fn errors_are_labelled_by_code_and_every_code_is_there_from_the_start() {
         let m = Metrics::default();
         m.error(ErrorCode::BadFrame);
-        assert!(m.render(&FeedReaders::default()).contains("soundline_errors_total{code=\"bad_frame\"} 1"));
+        let text = m.render(&FeedReaders::default());
+        assert!(text.contains("soundline_errors_total{code=\"bad_frame\"} 1\n"), "{text}");
         assert_eq!(m.errors(ErrorCode::BadFrame), 1);
+        for code in ErrorCode::ALL {
+            assert!(text.contains(&format!("soundline_errors_total{{code=\"{}\"}} ", code.as_str())), "{code:?}");
+        }
+        for why in Refused::ALL {
+            let line = format!("soundline_connections_refused_total{{reason=\"{}\"}} 0\n", why.label());
+            assert!(text.contains(&line), "{line}");
+        }
+    }
+
+    #[test]
+    fn every_metric_has_help_and_a_type_and_the_readers_report_is_included() {
+        let m = Metrics::default();
+        m.frames_in_total.inc_by(3);
+        m.held_bytes.inc_by(6_400);
+        let feed = FeedReaders { lag: vec![("aicp-sound".into(), 2, 17)], fetches: 5, fetched_bytes: 900, readers: 1 };
+        let text = m.render(&feed);
+        for line in [
+            "# HELP soundline_frames_in_total Audio frames validated and handed to the producer (resends acked again from the dedup window are not counted).",
+            "# TYPE soundline_frames_in_total counter",
+            "soundline_frames_in_total 3",
+            "# TYPE soundline_held_bytes gauge",
+            "soundline_held_bytes 6400",
+            "soundline_feed_fetches_total 5",
+            "soundline_feed_fetched_bytes_total 900",
+            "soundline_feed_partition_readers 1",
+            "soundline_consumer_lag{topic=\"aicp-sound\",partition=\"2\"} 17",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        let samples = text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(['{', ' ']).next().unwrap_or(""));
+        for name in samples {
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            assert!(text.contains(&format!("# HELP {family} ")), "{name} has no help");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no type");
+        }
     }
 }

@@ -52,17 +52,6 @@ pub enum AuthError {
     Expired,
 }
 
-impl AuthError {
-    /// The label of `soundline_auth_refused_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Unknown | Self::InvalidJwt(_) => "invalid",
-            Self::Expired => "expired",
-        }
-    }
-}
-
 /// The configured tokens, ready to check requests against.
 pub struct Authenticator {
     /// SHA-256 of each static token -> its name. Looking up a digest keeps the comparison independent of where

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -177,7 +176,7 @@ impl Keepalive {
 
 /// Counts a keepalive ping sent.
 pub fn count_ping(metrics: &Metrics) {
-    metrics.pings_sent_total.fetch_add(1, Relaxed);
+    metrics.pings_sent_total.inc();
 }
 
 #[cfg(test)]

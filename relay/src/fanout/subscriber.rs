@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -51,12 +50,12 @@ type Sink = SplitSink<WebSocket, Message>;
 /// Serves one feed connection until it ends.
 pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     let (mut sink, mut stream) = socket.split();
-    state.metrics().feed_subscribers.fetch_add(1, Relaxed);
+    state.metrics().feed_subscribers.inc();
     let outcome = tokio::select! {
         r = subscribe_and_deliver(&mut sink, &mut stream, &state) => r,
         () = state.shutdown().cancelled() => Err(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; subscribe again".into())),
     };
-    state.metrics().feed_subscribers.fetch_sub(1, Relaxed);
+    state.metrics().feed_subscribers.dec();
     match outcome {
         // The subscriber closed (or left): echo its close frame.
         Ok(()) => answer_close(&mut sink).await,
@@ -243,14 +242,14 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
             None => Some(next.entry(published.partition).or_insert(0)),
         };
         let Some(slot) = slot else { continue };
-        metrics.feed_considered_total.fetch_add(1, Relaxed);
+        metrics.feed_considered_total.inc();
         if published.offset < *slot {
             continue;
         }
         *slot = published.offset + 1;
         if published.matches(car, segment) {
             send(sink, published.text(sub.pcm).clone(), state).await?;
-            metrics.feed_delivered_total.fetch_add(1, Relaxed);
+            metrics.feed_delivered_total.inc();
         }
     }
 }
@@ -347,12 +346,12 @@ async fn history(
             offset = fetched.next;
             continue;
         }
-        metrics.feed_history_records_total.fetch_add(records.len() as u64, Relaxed);
+        metrics.feed_history_records_total.inc_by(records.len() as u64);
         let bytes: usize = records
             .iter()
             .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
             .sum();
-        metrics.feed_history_bytes_total.fetch_add(bytes as u64, Relaxed);
+        metrics.feed_history_bytes_total.inc_by(bytes as u64);
         for r in records {
             if r.offset >= until {
                 return Ok(());
@@ -366,7 +365,7 @@ async fn history(
             };
             if published.matches(car, segment) {
                 send(sink, published.text(sub.pcm).clone(), state).await?;
-                metrics.feed_delivered_total.fetch_add(1, Relaxed);
+                metrics.feed_delivered_total.inc();
             }
         }
     }

@@ -27,7 +27,6 @@ pub mod web;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -124,7 +123,7 @@ fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if (!own_host.is_empty() && origin_host == own_host) || allowed.iter().any(|a| a == "*" || a == origin) {
         return None;
     }
-    state.metrics().origin_refused_total.fetch_add(1, Relaxed);
+    state.metrics().origin_refused_total.inc();
     tracing::info!(origin, "refused a WebSocket from another origin");
     Some(
         (
@@ -169,14 +168,14 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, client: Client, endpoint: Endp
         tracker.track_future(
             async move {
                 let metrics = Arc::clone(&state.shared.metrics);
-                metrics.connections_total.fetch_add(1, Relaxed);
-                metrics.connections_active.fetch_add(1, Relaxed);
+                metrics.connections_total.inc();
+                metrics.connections_active.inc();
                 match (identity, endpoint) {
                     (Err(refusal), _) => unauthorized(socket, &state, &refusal).await,
                     (Ok(_), Endpoint::Record) => crate::ingest::serve(socket, state, peer.to_string()).await,
                     (Ok(_), Endpoint::Feed) => crate::fanout::subscriber::serve(socket, state, peer.to_string()).await,
                 }
-                metrics.connections_active.fetch_sub(1, Relaxed);
+                metrics.connections_active.dec();
                 drop((slot, client_slot));
             }
             .instrument(span),
@@ -223,7 +222,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics().render(&{
             let health = state.fanout().health();
             crate::metrics::FeedReaders {

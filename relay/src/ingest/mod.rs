@@ -202,7 +202,7 @@ async fn frame(
 
     // A resend of a frame this process already produced: ack it again where it landed, produce nothing.
     if let Some(landed) = state.dedup().lookup(&session.dedup_key, frame.seq) {
-        state.metrics().duplicates_total.fetch_add(1, Relaxed);
+        state.metrics().duplicates_total.inc();
         let (done, delivery) = oneshot::channel();
         let _ = done.send(Ok(landed));
         let segment = Arc::clone(&session.dedup_key);
@@ -252,7 +252,7 @@ async fn frame(
     let permit = match producer.try_reserve(size) {
         Some(p) => p,
         None => {
-            state.metrics().backpressure_total.fetch_add(1, Relaxed);
+            state.metrics().backpressure_total.inc();
             let status = |state, message: &str| {
                 Outbound::Message(ServerMessage::Status {
                     state,
@@ -273,8 +273,8 @@ async fn frame(
     };
     held.fetch_add(size as u64, Relaxed);
     let metrics = state.metrics();
-    metrics.frames_in_total.fetch_add(1, Relaxed);
-    metrics.bytes_in_total.fetch_add(frame.pcm_le.len() as u64, Relaxed);
+    metrics.frames_in_total.inc();
+    metrics.bytes_in_total.inc_by(frame.pcm_le.len() as u64);
     let delivery = producer.send(record, permit);
     out.send(Outbound::Ack { seq: frame.seq, bytes: size, delivery, segment: Arc::clone(&session.dedup_key) })
         .await
@@ -393,7 +393,7 @@ async fn deliver(
             send(sink, ServerMessage::Ack { seq, partition: d.partition, offset: d.offset })
                 .await
                 .map_err(|_| Stop::SocketGone)?;
-            state.metrics().acks_total.fetch_add(1, Relaxed);
+            state.metrics().acks_total.inc();
             Ok(())
         }
         Err(ProduceError::TooLarge { bytes }) => {

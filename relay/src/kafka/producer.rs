@@ -34,7 +34,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use rskafka::client::Client;
@@ -139,7 +138,7 @@ impl Ctx {
     }
 
     fn publish(&self, link: Link) {
-        self.metrics.kafka_up.store(i64::from(link.up), Relaxed);
+        self.metrics.kafka_up.set(i64::from(link.up));
         self.link.send_if_modified(|cur| {
             if *cur == link {
                 return false;
@@ -245,10 +244,10 @@ impl Producer {
     ) -> oneshot::Receiver<Result<Delivery, ProduceError>> {
         let (done, rx) = oneshot::channel();
         let bytes = permit.num_permits();
-        self.metrics.held_bytes.fetch_add(bytes as i64, Relaxed);
+        self.metrics.held_bytes.inc_by(bytes as i64);
         let pending = Pending { record, bytes, enqueued: Instant::now(), done, _permit: permit };
         if let Err(mpsc::error::SendError(p)) = self.intake.send(pending) {
-            self.metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+            self.metrics.held_bytes.dec_by(p.bytes as i64);
             let _ = p.done.send(Err(ProduceError::Stopped));
         }
         rx
@@ -285,7 +284,7 @@ impl ByHand {
 
     /// Sets the link state, as the real producer's connection and partitions would.
     pub fn set_link(&self, up: bool, detail: &str) {
-        self.metrics.kafka_up.store(i64::from(up), Relaxed);
+        self.metrics.kafka_up.set(i64::from(up));
         self.link.send_replace(Link { up, detail: detail.to_owned() });
     }
 }
@@ -293,7 +292,7 @@ impl ByHand {
 impl Handed {
     /// Answers the record as Kafka would: stored at `Delivery`, or refused; releases its memory budget.
     pub fn answer(self, result: Result<Delivery, ProduceError>) {
-        self.metrics.held_bytes.fetch_sub(self.pending.bytes as i64, Relaxed);
+        self.metrics.held_bytes.dec_by(self.pending.bytes as i64);
         let _ = self.pending.done.send(result);
     }
 }
@@ -463,11 +462,11 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
             Ok(offsets) if offsets.len() == batch.len() => {
                 ctx.set_partition(partition, None);
                 backoff.reset();
-                metrics.batches_total.fetch_add(1, Relaxed);
-                metrics.records_produced_total.fetch_add(batch.len() as u64, Relaxed);
+                metrics.batches_total.inc();
+                metrics.records_produced_total.inc_by(batch.len() as u64);
                 for (p, offset) in batch.into_iter().zip(offsets) {
-                    metrics.produce_latency.observe(p.enqueued.elapsed());
-                    metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+                    metrics.observe_latency(p.enqueued.elapsed());
+                    metrics.held_bytes.dec_by(p.bytes as i64);
                     let _ = p.done.send(Ok(Delivery { partition, offset }));
                 }
             }
@@ -489,7 +488,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
                 if batch.len() == 1 {
                     for p in batch {
                         tracing::warn!(partition, bytes = p.bytes, "Kafka refused a record as too large");
-                        metrics.held_bytes.fetch_sub(p.bytes as i64, Relaxed);
+                        metrics.held_bytes.dec_by(p.bytes as i64);
                         let _ = p.done.send(Err(ProduceError::TooLarge { bytes: p.bytes }));
                     }
                 } else {
@@ -500,7 +499,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
                 }
             }
             Err(e) => {
-                metrics.produce_retries_total.fetch_add(1, Relaxed);
+                metrics.produce_retries_total.inc();
                 ctx.set_partition(partition, Some(e.to_string()));
                 work.push_front(batch);
                 tokio::time::sleep(backoff.next_delay(jitter())).await;
@@ -517,7 +516,7 @@ async fn pace(ctx: &Ctx, bytes: usize) {
         Err(_) => Duration::ZERO,
     };
     if !wait.is_zero() {
-        ctx.metrics.produce_paced_total.fetch_add(1, Relaxed);
+        ctx.metrics.produce_paced_total.inc();
         tokio::time::sleep(wait).await;
     }
 }
