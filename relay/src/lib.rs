@@ -25,7 +25,8 @@
 //! - [`ws`]: the WebSocket session toolkit both endpoints share (failures, error and close, close handshake).
 //! - [`state`]: what every connection shares (config, producer, fan-out, metrics, doors, shutdown).
 //! - [`kafka`]: connecting (SASL/TLS), the topic, the Java-compatible partitioner, the producer and consumer.
-//! - [`config`]: file (the existing uploader's JSON), `SOUNDLINE_*` variables and flags, into one typed config.
+//! - [`config`]: every setting declared once ([`config::settings`], clap derive); the file (the existing
+//!   uploader's JSON, [`config::file`]), `SOUNDLINE_*` variables and flags, into one typed config.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`tail`]: the command-line consumer (`soundline-relay tail`), reading through [`kafka::consumer`].
 #![deny(unsafe_code)]

@@ -12,115 +12,96 @@
 
 use std::process::ExitCode;
 
-use clap::{Arg, ArgAction, ArgMatches, Command};
-use soundline_relay::config::{Config, RawConfig, SETTINGS};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use soundline_relay::config::settings::{SETTINGS, Settings};
+use soundline_relay::config::{Config, RawConfig};
 
-/// Settings whose flag takes no value: `--debug` means true.
-const SWITCHES: [&str; 2] = ["debug", "log_json"];
-
-/// Adds `--config` and every setting's flag: `serve` and `tail` read the same configuration.
-fn with_config_args(mut cmd: Command) -> Command {
-    cmd = cmd.arg(
-        Arg::new("config")
-            .long("config")
-            .value_name("FILE")
-            .help("JSON config file (the existing uploader's format, plus a \"relay\" object); also SOUNDLINE_CONFIG"),
-    );
-    for s in SETTINGS {
-        let Some(flag) = s.flag else { continue };
-        let arg = Arg::new(s.key).long(flag).help(format!("{} [env: {}]", s.help, s.env));
-        cmd = cmd.arg(if SWITCHES.contains(&s.key) { arg.action(ArgAction::SetTrue) } else { arg.value_name("VALUE") });
-    }
-    cmd
+/// Soundline relay: browser recordings into Kafka, and Kafka back out to browsers
+#[derive(Parser)]
+#[command(name = "soundline-relay", version, subcommand_required = true, arg_required_else_help = true)]
+#[command(disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-fn cli() -> Command {
-    let serve = with_config_args(
-        Command::new("serve").about("Serve recorders: WebSocket frames in, AICP_SOUND envelopes to Kafka, acks out"),
-    );
-    let tail_cmd = with_config_args(
-        Command::new("tail").about("Print the topic's records: topic:partition:offset: key=... value=..."),
-    )
-    .arg(
-        Arg::new("from")
-            .long("from")
-            .value_name("earliest|latest|MS")
-            .default_value("latest")
-            .help("where to start reading"),
-    )
-    .arg(Arg::new("car").long("car").value_name("CAR_ID").help("only envelopes of this carID"))
-    .arg(Arg::new("segment").long("segment").value_name("SEGMENT_ID").help("only envelopes of this segmentId"))
-    .arg(Arg::new("full").long("full").action(ArgAction::SetTrue).help("print whole values instead of a summary"))
-    .arg(
-        Arg::new("json")
-            .long("json")
-            .action(ArgAction::SetTrue)
-            .conflicts_with("full")
-            .help("one JSON object per record"),
-    )
-    .arg(
-        Arg::new("count")
-            .long("count")
-            .value_name("N")
-            .value_parser(clap::value_parser!(u64))
-            .help("stop after N records"),
-    );
-    let check = with_config_args(
-        Command::new("check-config")
-            .about("Load the configuration (file, SOUNDLINE_* variables, flags) and say if it is valid"),
-    );
-    let token_cmd = with_config_args(
-        Command::new("token").about("Print an HS256 JWT for a recorder or subscriber, signed with the configured key"),
-    )
-    .arg(
-        Arg::new("sub")
-            .long("sub")
-            .value_name("NAME")
-            .required(true)
-            .help("the identity (JWT sub) in the relay's logs"),
-    )
-    .arg(
-        Arg::new("ttl-s")
-            .long("ttl-s")
-            .value_name("SECONDS")
-            .default_value("3600")
-            .value_parser(clap::value_parser!(u64).range(1..=31_536_000))
-            .help("how long the token is valid"),
-    );
-    let healthcheck = Command::new("healthcheck")
-        .about("Exit 0 if the relay on this machine answers /healthz (for container HEALTHCHECKs: no curl needed)")
-        .arg(Arg::new("addr").long("addr").value_name("HOST:PORT").default_value("127.0.0.1:8080"));
-    Command::new("soundline-relay")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("Soundline relay: browser recordings into Kafka, and Kafka back out to browsers")
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .subcommand(serve)
-        .subcommand(tail_cmd)
-        .subcommand(token_cmd)
-        .subcommand(check)
-        .subcommand(healthcheck)
-        .disable_help_subcommand(true)
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve recorders: WebSocket frames in, AICP_SOUND envelopes to Kafka, acks out
+    #[command(after_help = secrets_help())]
+    Serve(Configured),
+    /// Print the topic's records: topic:partition:offset: key=... value=...
+    #[command(after_help = secrets_help())]
+    Tail {
+        #[command(flatten)]
+        configured: Configured,
+        /// where to start reading
+        #[arg(long, value_name = "earliest|latest|MS", default_value = "latest")]
+        from: String,
+        /// only envelopes of this carID
+        #[arg(long, value_name = "CAR_ID")]
+        car: Option<String>,
+        /// only envelopes of this segmentId
+        #[arg(long, value_name = "SEGMENT_ID")]
+        segment: Option<String>,
+        /// print whole values instead of a summary
+        #[arg(long)]
+        full: bool,
+        /// one JSON object per record
+        #[arg(long, conflicts_with = "full")]
+        json: bool,
+        /// stop after N records
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Print an HS256 JWT for a recorder or subscriber, signed with the configured key
+    #[command(after_help = secrets_help())]
+    Token {
+        #[command(flatten)]
+        configured: Configured,
+        /// the identity (JWT sub) in the relay's logs
+        #[arg(long, value_name = "NAME")]
+        sub: String,
+        /// how long the token is valid
+        #[arg(long = "ttl-s", value_name = "SECONDS", default_value = "3600", value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+        ttl_s: u64,
+    },
+    /// Load the configuration (file, SOUNDLINE_* variables, flags) and say if it is valid
+    #[command(after_help = secrets_help())]
+    CheckConfig(Configured),
+    /// Exit 0 if the relay on this machine answers /healthz (for container HEALTHCHECKs: no curl needed)
+    Healthcheck {
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+        addr: String,
+    },
 }
 
-fn load(m: &ArgMatches) -> Result<Config, String> {
+/// The configuration's sources: the file, and every setting as a flag and a variable.
+#[derive(Args)]
+struct Configured {
+    /// JSON config file (the existing uploader's format, plus a "relay" object)
+    #[arg(long, env = "SOUNDLINE_CONFIG", value_name = "FILE")]
+    config: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Names the settings that are variables (or file keys) only, below each command's flags.
+fn secrets_help() -> String {
+    let secrets: Vec<String> =
+        SETTINGS.iter().filter(|s| s.flag.is_none()).map(|s| format!("  {:<32} {}", s.env, s.help)).collect();
+    format!("Secrets: the config file or the environment only, never a flag:\n{}", secrets.join("\n"))
+}
+
+/// The configuration from the file (`--config` or `SOUNDLINE_CONFIG`), then the variables and flags clap parsed
+/// into `m`.
+fn load(configured: &Configured, m: &ArgMatches) -> Result<Config, String> {
     let mut raw = RawConfig::default();
-    let file = m.get_one::<String>("config").cloned().or_else(|| std::env::var("SOUNDLINE_CONFIG").ok());
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("config file {path}: cannot read it: {e}"))?;
-        raw.apply_file(&path, &text).map_err(|e| e.to_string())?;
+    if let Some(path) = &configured.config {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {path}: cannot read it: {e}"))?;
+        raw.apply_file(path, &text).map_err(|e| e.to_string())?;
     }
-    raw.apply_env(|k| std::env::var(k).ok());
-    for s in SETTINGS {
-        let Some(flag) = s.flag else { continue };
-        if SWITCHES.contains(&s.key) {
-            if m.get_flag(s.key) {
-                raw.set(s.key, format!("--{flag}"), "true".into());
-            }
-        } else if let Some(v) = m.get_one::<String>(s.key) {
-            raw.set(s.key, format!("--{flag}"), v.clone());
-        }
-    }
+    raw.apply_matches(m);
     raw.resolve().map_err(|e| e.to_string())
 }
 
@@ -168,29 +149,32 @@ fn auth_summary(config: &Config) -> String {
     }
 }
 
-/// Prints an HS256 JWT for `--sub`, valid for `--ttl-s`, signed with the configured key.
-fn token(config: &Config, m: &ArgMatches) -> ExitCode {
+/// Prints an HS256 JWT for `sub`, valid for `ttl_s`, signed with the configured key.
+fn token(config: &Config, sub: &str, ttl_s: u64) -> ExitCode {
     let Some(key) = &config.auth.jwt_secret else {
         eprintln!("soundline-relay: no JWT key: set SOUNDLINE_AUTH_JWT_SECRET or SOUNDLINE_AUTH_JWT_SECRET_FILE");
         return ExitCode::from(2);
     };
-    let sub = m.get_one::<String>("sub").map_or("", String::as_str);
-    let ttl = m.get_one::<u64>("ttl-s").copied().unwrap_or(3600);
     let now = soundline_relay::since_epoch().as_secs();
-    let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl });
+    let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl_s });
     println!("{}", soundline_relay::doors::auth::sign_jwt(key.expose().as_bytes(), &claims));
     ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
-    let matches = cli().get_matches();
-    let Some((command, m)) = matches.subcommand() else {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let Some((_, m)) = matches.subcommand() else {
         return ExitCode::from(2);
     };
-    if command == "healthcheck" {
-        return healthcheck(m.get_one::<String>("addr").map_or("127.0.0.1:8080", String::as_str));
-    }
-    let config = match load(m) {
+    let configured = match &cli.command {
+        Cmd::Healthcheck { addr } => return healthcheck(addr),
+        Cmd::Serve(c) | Cmd::CheckConfig(c) | Cmd::Tail { configured: c, .. } | Cmd::Token { configured: c, .. } => c,
+    };
+    let config = match load(configured, m) {
         Ok(c) => c,
         Err(line) => {
             eprintln!("soundline-relay: {line}");
@@ -203,7 +187,7 @@ fn main() -> ExitCode {
         eprintln!("soundline-relay: TLS: {e}");
         return ExitCode::from(2);
     }
-    if command == "check-config" {
+    if matches!(cli.command, Cmd::CheckConfig(_)) {
         println!(
             "configuration ok: brokers {} ({:?}), topic {}, listen {} ({}), authentication {}",
             config.kafka.brokers.join(","),
@@ -215,8 +199,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if command == "token" {
-        return token(&config, m);
+    if let Cmd::Token { sub, ttl_s, .. } = &cli.command {
+        return token(&config, sub, *ttl_s);
     }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -226,8 +210,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if command == "tail" {
-        return runtime.block_on(tail(config, m));
+    if let Cmd::Tail { from, car, segment, full, json, count, .. } = cli.command {
+        let format = if json {
+            soundline_relay::tail::Format::Json
+        } else if full {
+            soundline_relay::tail::Format::Full
+        } else {
+            soundline_relay::tail::Format::Summary
+        };
+        return runtime.block_on(tail(config, &from, car, segment, format, count));
     }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -259,27 +250,20 @@ fn main() -> ExitCode {
     })
 }
 
-async fn tail(config: Config, m: &ArgMatches) -> ExitCode {
-    let from = m.get_one::<String>("from").map_or("latest", String::as_str);
+async fn tail(
+    config: Config,
+    from: &str,
+    car: Option<String>,
+    segment: Option<String>,
+    format: soundline_relay::tail::Format,
+    count: Option<u64>,
+) -> ExitCode {
     let Some(start) = soundline_relay::tail::parse_start(from) else {
         eprintln!("soundline-relay: --from: expected earliest, latest or milliseconds since the epoch, got {from:?}");
         return ExitCode::from(2);
     };
-    let format = if m.get_flag("json") {
-        soundline_relay::tail::Format::Json
-    } else if m.get_flag("full") {
-        soundline_relay::tail::Format::Full
-    } else {
-        soundline_relay::tail::Format::Summary
-    };
-    let options = soundline_relay::tail::Options {
-        topic: config.kafka.topic.clone(),
-        start,
-        car: m.get_one::<String>("car").cloned(),
-        segment: m.get_one::<String>("segment").cloned(),
-        format,
-        count: m.get_one::<u64>("count").copied(),
-    };
+    let options =
+        soundline_relay::tail::Options { topic: config.kafka.topic.clone(), start, car, segment, format, count };
     let stdout = std::io::stdout().lock();
     match soundline_relay::tail::run(&config, &options, stdout, shutdown_signal()).await {
         Ok(_) => ExitCode::SUCCESS,

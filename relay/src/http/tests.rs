@@ -288,7 +288,7 @@ fn the_protocol_doc_states_the_message_and_header_limits_the_relay_enforces() {
     let default = crate::config::SETTINGS
         .iter()
         .find(|s| s.key == "max_header_bytes")
-        .and_then(|s| s.default)
+        .and_then(|s| s.default.clone())
         .and_then(|d| d.parse::<usize>().ok())
         .expect("max_header_bytes has a default");
     let row = format!("| `max_header_bytes` | {}:", spaced(default));

@@ -1,107 +1,30 @@
-//! The relay's configuration: one table of settings, three sources, one typed [`Config`].
+//! The relay's configuration: three sources, one typed [`Config`].
 //!
 //! Sources, in rising precedence:
-//! 1. the JSON config file (`--config FILE` or `SOUNDLINE_CONFIG`), in the existing uploader's format
-//!    (`{"isDebug":..,"version":..,"kafka":{"urls":[{"host":..,"port":..}],"weight_topic":..,"uname":..,
-//!    "upassword":..,"communication_protocol":..,"security_protocol":..,"sasl_mechanism":..}}`), so operators keep
-//!    their file, extended with a `"relay"` object for the relay's own keys;
+//! 1. the JSON config file (`--config FILE` or `SOUNDLINE_CONFIG`), in the existing uploader's format, so
+//!    operators keep their file, extended with a `"relay"` object for the relay's own keys ([`file`]);
 //! 2. environment variables `SOUNDLINE_*`;
 //! 3. command-line flags.
 //!
-//! Every setting is a row of [`SETTINGS`]; the README's configuration table is checked against it by a test.
-//! A wrong or missing value is one [`ConfigError`] line naming where the value came from (file key, variable or
-//! flag) and what is expected; `main` prints it and exits with code 2. Kafka credentials come from the file or
-//! the environment only, never from a flag (flags show up in `ps`), and never appear in logs: [`Secret`] prints
-//! as `***`.
+//! Every setting is declared once, in [`settings`] (clap-derive: flags, variables, help, defaults); `--help` and
+//! the README's configuration table come from there. [`RawConfig`] gathers the texts with where each came from,
+//! [`RawConfig::resolve`] checks them into a [`Config`]. A wrong or missing value is one [`ConfigError`] line
+//! naming where the value came from (file key, variable or flag) and what is expected; `main` prints it and exits
+//! with code 2. Kafka credentials come from the file or the environment only, never from a flag (flags show up
+//! in `ps`), and never appear in logs: [`Secret`] prints as `***`.
+
+pub mod file;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use clap::ArgMatches;
 use soundline_shared::envelope::Stamp;
 
-/// One setting: its canonical key and where each source spells it.
-#[derive(Debug, Clone, Copy)]
-pub struct Setting {
-    /// Canonical key.
-    pub key: &'static str,
-    /// Dotted path in the JSON config file.
-    pub file: &'static str,
-    /// Environment variable.
-    pub env: &'static str,
-    /// Command-line flag (without `--`), if any.
-    pub flag: Option<&'static str>,
-    /// Default, if any.
-    pub default: Option<&'static str>,
-    /// One line of help.
-    pub help: &'static str,
-}
-
-const fn s(
-    key: &'static str,
-    file: &'static str,
-    env: &'static str,
-    flag: Option<&'static str>,
-    default: Option<&'static str>,
-    help: &'static str,
-) -> Setting {
-    Setting { key, file, env, flag, default, help }
-}
-
-/// Every setting the relay reads.
-#[rustfmt::skip]
-pub const SETTINGS: &[Setting] = &[
-    s("listen", "relay.listen", "SOUNDLINE_LISTEN", Some("listen"), Some("127.0.0.1:8080"), "address:port the HTTP/WebSocket server binds"),
-    s("static_dir", "relay.static_dir", "SOUNDLINE_STATIC_DIR", Some("static-dir"), None, "directory of the built web app (trunk's dist/) to serve at /"),
-    s("debug", "isDebug", "SOUNDLINE_DEBUG", Some("debug"), Some("false"), "debug logging: one line per frame (size, topic, timestamp)"),
-    s("log_json", "relay.log_json", "SOUNDLINE_LOG_JSON", Some("log-json"), Some("false"), "log as JSON lines instead of human-readable text"),
-    s("brokers", "kafka.urls", "SOUNDLINE_KAFKA_BROKERS", Some("brokers"), None, "Kafka bootstrap brokers, host:port[,host:port...] (file: [{\"host\":..,\"port\":..}])"),
-    s("topic", "kafka.weight_topic", "SOUNDLINE_TOPIC", Some("topic"), Some("aicp-sound"), "Kafka topic the envelopes are produced to"),
-    s("security_protocol", "kafka.security_protocol", "SOUNDLINE_KAFKA_SECURITY_PROTOCOL", Some("security-protocol"), Some("PLAINTEXT"), "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL"),
-    s("sasl_mechanism", "kafka.sasl_mechanism", "SOUNDLINE_KAFKA_SASL_MECHANISM", Some("sasl-mechanism"), Some("PLAIN"), "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)"),
-    s("username", "kafka.uname", "SOUNDLINE_KAFKA_USERNAME", None, None, "SASL user name (file or environment only)"),
-    s("password", "kafka.upassword", "SOUNDLINE_KAFKA_PASSWORD", None, None, "SASL password (file or environment only; or SOUNDLINE_KAFKA_PASSWORD_FILE)"),
-    s("password_file", "relay.kafka_password_file", "SOUNDLINE_KAFKA_PASSWORD_FILE", None, None, "file whose first line is the SASL password"),
-    s("ca_file", "relay.kafka_ca_file", "SOUNDLINE_KAFKA_CA_FILE", Some("kafka-ca-file"), None, "PEM file of CA certificates for SSL/SASL_SSL (default: the Mozilla roots)"),
-    s("ver", "kafka.communication_protocol", "SOUNDLINE_VER", Some("ver"), Some("1.0"), "the envelope's \"ver\" string"),
-    s("sys_type", "relay.sys_type", "SOUNDLINE_SYS_TYPE", None, Some("3"), "the envelope's \"sysType\""),
-    s("sys_tag", "relay.sys_tag", "SOUNDLINE_SYS_TAG", None, Some("AICP_SOUND"), "the envelope's \"sysTag\""),
-    s("create_topic", "relay.create_topic", "SOUNDLINE_CREATE_TOPIC", Some("create-topic"), Some("true"), "create the topic when it is missing (false: a missing topic is an error)"),
-    s("partitions", "relay.partitions", "SOUNDLINE_PARTITIONS", Some("partitions"), Some("6"), "partitions of a topic the relay creates"),
-    s("replication_factor", "relay.replication_factor", "SOUNDLINE_REPLICATION_FACTOR", Some("replication-factor"), Some("1"), "replication factor of a topic the relay creates"),
-    s("compression", "relay.compression", "SOUNDLINE_COMPRESSION", Some("compression"), Some("none"), "record batch compression: none, gzip, lz4, snappy or zstd"),
-    s("linger_ms", "relay.linger_ms", "SOUNDLINE_LINGER_MS", Some("linger-ms"), Some("5"), "how long a partition's batch waits for more records before it is sent"),
-    s("batch_max_bytes", "relay.batch_max_bytes", "SOUNDLINE_BATCH_MAX_BYTES", None, Some("1000000"), "largest record batch sent in one produce request"),
-    s("kafka_max_bytes_per_s", "relay.kafka_max_bytes_per_s", "SOUNDLINE_KAFKA_MAX_BYTES_PER_S", None, Some("0"), "record bytes the relay produces per second at most (0: no cap); set it below the broker's producer_byte_rate quota, divided by the relay replicas sharing it"),
-    s("max_message_bytes", "relay.max_message_bytes", "SOUNDLINE_MAX_MESSAGE_BYTES", None, Some("1048588"), "the broker's/topic's max message size; larger envelopes are refused, never truncated"),
-    s("memory_budget_bytes", "relay.memory_budget_bytes", "SOUNDLINE_MEMORY_BUDGET_BYTES", None, Some("268435456"), "bytes of envelopes held before Kafka acked them; when full, the relay stops reading recorders"),
-    s("max_frame_ms", "relay.max_frame_ms", "SOUNDLINE_MAX_FRAME_MS", None, Some("2000"), "longest accepted audio frame, in ms of 16 kHz audio"),
-    s("max_connections", "relay.max_connections", "SOUNDLINE_MAX_CONNECTIONS", None, Some("10000"), "WebSocket connections served at once; more are refused with HTTP 503"),
-    s("allowed_origins", "relay.allowed_origins", "SOUNDLINE_ALLOWED_ORIGINS", Some("allowed-origins"), Some(""), "browser origins (scheme://host[:port]) besides the relay's own that may open its WebSockets, comma-separated; * for any"),
-    s("dedup_window_frames", "relay.dedup_window_frames", "SOUNDLINE_DEDUP_WINDOW_FRAMES", None, Some("100000"), "frames remembered per process to ack a resend again instead of producing it twice (0: off)"),
-    s("feed_topics", "relay.feed_topics", "SOUNDLINE_FEED_TOPICS", Some("feed-topics"), Some(""), "other topics /ws/feed may serve besides the audio topic, comma-separated (e.g. analysis results)"),
-    s("feed_buffer_records", "relay.feed_buffer_records", "SOUNDLINE_FEED_BUFFER_RECORDS", None, Some("1024"), "live records a feed subscriber may fall behind before it is told it lagged"),
-    s("feed_send_timeout_s", "relay.feed_send_timeout_s", "SOUNDLINE_FEED_SEND_TIMEOUT_S", None, Some("10"), "a feed subscriber that reads nothing for this long is disconnected (too_slow)"),
-    s("feed_reader_idle_s", "relay.feed_reader_idle_s", "SOUNDLINE_FEED_READER_IDLE_S", None, Some("30"), "a partition's live reader stops when no feed subscriber has needed it for this long (a subscriber to one car needs only that car's partition)"),
-    s("feed_malformed", "relay.feed_malformed", "SOUNDLINE_FEED_MALFORMED", None, Some("opaque"), "records neither envelope nor JSON: opaque (delivered as base64) or skip (counted, dropped)"),
-    s("shutdown_timeout_s", "relay.shutdown_timeout_s", "SOUNDLINE_SHUTDOWN_TIMEOUT_S", None, Some("20"), "on SIGTERM, how long to wait for Kafka to ack what is in flight"),
-    s("auth_tokens", "relay.auth_tokens", "SOUNDLINE_AUTH_TOKENS", None, None, "static bearer tokens, name:token[,name:token...] (file or environment only); any auth_* setting turns authentication on"),
-    s("auth_tokens_file", "relay.auth_tokens_file", "SOUNDLINE_AUTH_TOKENS_FILE", Some("auth-tokens-file"), None, "file of static bearer tokens, one name:token per line (lines starting with # are comments)"),
-    s("auth_jwt_secret", "relay.auth_jwt_secret", "SOUNDLINE_AUTH_JWT_SECRET", None, None, "HS256 key of JWT bearer tokens (exp required, sub = the identity in logs; file or environment only)"),
-    s("auth_jwt_secret_file", "relay.auth_jwt_secret_file", "SOUNDLINE_AUTH_JWT_SECRET_FILE", Some("auth-jwt-secret-file"), None, "file whose first line is the HS256 key"),
-    s("max_connections_per_client", "relay.max_connections_per_client", "SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT", None, Some("200"), "WebSocket connections one client address may hold at once; more are refused with HTTP 429"),
-    s("client_ip_header", "relay.client_ip_header", "SOUNDLINE_CLIENT_IP_HEADER", Some("client-ip-header"), None, "header in which the ingress in front names the client (e.g. X-Forwarded-For: its last address counts); set it only when every connection comes through that ingress; unset: the TCP peer"),
-    s("max_messages_per_s", "relay.max_messages_per_s", "SOUNDLINE_MAX_MESSAGES_PER_S", None, Some("200"), "WebSocket messages (frames, pings, text) one connection may send per second; faster senders are throttled"),
-    s("max_bytes_per_s", "relay.max_bytes_per_s", "SOUNDLINE_MAX_BYTES_PER_S", None, Some("1048576"), "bytes one connection may send per second (32x real time, room for resends); faster senders are throttled"),
-    s("hello_timeout_s", "relay.hello_timeout_s", "SOUNDLINE_HELLO_TIMEOUT_S", None, Some("10"), "time a new connection has for each step: TLS handshake, HTTP request headers, then the hello or subscribe"),
-    s("idle_timeout_s", "relay.idle_timeout_s", "SOUNDLINE_IDLE_TIMEOUT_S", None, Some("60"), "a connection that sends nothing, not even a pong, for this long is closed (idle_timeout, 4015)"),
-    s("max_header_bytes", "relay.max_header_bytes", "SOUNDLINE_MAX_HEADER_BYTES", None, Some("16384"), "request line and headers of one HTTP request, in bytes; larger requests get 431 (a browser sends a few KiB, a JWT is about 1 KiB)"),
-    s("ping_interval_s", "relay.ping_interval_s", "SOUNDLINE_PING_INTERVAL_S", None, Some("20"), "how often the relay pings each WebSocket (browsers answer by themselves); at most half of idle_timeout_s"),
-    s("tls_cert_file", "relay.tls_cert_file", "SOUNDLINE_TLS_CERT_FILE", Some("tls-cert-file"), None, "PEM certificate chain: the relay serves HTTPS/WSS itself (with tls_key_file); unset: plain HTTP, e.g. behind an ingress"),
-    s("tls_key_file", "relay.tls_key_file", "SOUNDLINE_TLS_KEY_FILE", Some("tls-key-file"), None, "PEM private key of tls_cert_file"),
-];
+pub use settings::{SETTINGS, Setting};
 
 /// A configuration value that is wrong or missing: one line, naming where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +36,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn err(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { origin: origin.into(), message: message.into() }
 }
 
@@ -324,61 +247,47 @@ pub struct Config {
 /// Raw values by setting key, each with a description of its origin.
 #[derive(Debug, Default, Clone)]
 pub struct RawConfig {
-    values: HashMap<&'static str, (String, String)>,
+    values: HashMap<String, (String, String)>,
 }
 
 impl RawConfig {
     /// Sets `key` from `origin` (later calls win: apply sources in rising precedence).
-    pub fn set(&mut self, key: &'static str, origin: String, value: String) {
-        self.values.insert(key, (origin, value));
+    pub fn set(&mut self, key: &str, origin: String, value: String) {
+        self.values.insert(key.to_owned(), (origin, value));
     }
 
-    /// Reads the JSON config file's text.
+    /// Reads the JSON config file's text ([`file::UploaderFile`]).
     ///
     /// # Errors
     ///
     /// Not JSON, not an object, a known key with the wrong JSON type, or an unknown key in the `relay` object.
     pub fn apply_file(&mut self, path: &str, text: &str) -> Result<(), ConfigError> {
-        let root: Value = serde_json::from_str(text)
-            .map_err(|e| err(format!("config file {path}"), format!("not valid JSON: {e}")))?;
-        if !root.is_object() {
-            return Err(err(format!("config file {path}"), "must be a JSON object"));
-        }
-        if let Some(relay) = root.get("relay") {
-            let Some(relay) = relay.as_object() else {
-                return Err(err(format!("config file {path}: key relay"), "must be an object"));
-            };
-            for k in relay.keys() {
-                let dotted = format!("relay.{k}");
-                if !SETTINGS.iter().any(|s| s.file == dotted) {
-                    return Err(err(
-                        format!("config file {path}: key {dotted}"),
-                        "is not a relay setting (see the README's configuration table)",
-                    ));
-                }
-            }
-        }
-        for setting in SETTINGS {
-            let mut node = Some(&root);
-            for part in setting.file.split('.') {
-                node = node.and_then(|n| n.get(part));
-            }
-            let Some(value) = node else { continue };
-            let origin = format!("config file {path}: key {}", setting.file);
-            let text =
-                if setting.key == "brokers" { urls_to_text(&origin, value)? } else { scalar_text(&origin, value)? };
-            if let Some(text) = text {
-                self.set(setting.key, origin, text);
-            }
+        let known: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
+        for (key, origin, text) in file::UploaderFile::parse(path, text)?.values(path, &known)? {
+            self.set(&key, origin, text);
         }
         Ok(())
     }
 
-    /// Reads `SOUNDLINE_*` variables through `get` (`std::env::var` in production).
+    /// Reads what clap parsed: the flags and `SOUNDLINE_*` variables of [`settings::Settings`] (in `matches`) and
+    /// the [`settings::Secrets`] from the environment. Defaults are left to [`RawConfig::resolve`], below the file.
+    pub fn apply_matches(&mut self, matches: &ArgMatches) {
+        let secrets = settings::secrets_from_env();
+        for setting in SETTINGS.iter() {
+            if let Some((origin, value)) =
+                settings::given(matches, &setting.key).or_else(|| settings::given(&secrets, &setting.key))
+            {
+                self.set(&setting.key, origin, value.clone());
+            }
+        }
+    }
+
+    /// Reads `SOUNDLINE_*` variables through `get`, as clap would from the environment (tests build a
+    /// configuration this way without touching the process's environment).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        for setting in SETTINGS {
-            if let Some(v) = get(setting.env) {
-                self.set(setting.key, setting.env.to_owned(), v);
+        for setting in SETTINGS.iter() {
+            if let Some(v) = get(&setting.env) {
+                self.set(&setting.key, setting.env.clone(), v);
             }
         }
     }
@@ -386,7 +295,7 @@ impl RawConfig {
     fn get(&self, key: &str) -> Option<(&str, &str)> {
         self.values.get(key).map(|(o, v)| (o.as_str(), v.as_str())).or_else(|| {
             let setting = SETTINGS.iter().find(|s| s.key == key)?;
-            setting.default.map(|d| ("default", d))
+            setting.default.as_deref().map(|d| ("default", d))
         })
     }
 
@@ -437,24 +346,25 @@ impl RawConfig {
         })?;
         let credentials = if security.sasl() {
             let user = self.parse("username", "a SASL user name", |v| (!v.is_empty()).then(|| v.to_owned()))?;
-            let password = match self.optional("password_file", "a readable file path", |v| Some(PathBuf::from(v)))? {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        err("SOUNDLINE_KAFKA_PASSWORD_FILE", format!("cannot read {}: {e}", path.display()))
-                    })?;
-                    text.lines().next().unwrap_or_default().to_owned()
-                }
-                None => self.parse("password", "a SASL password", |v| Some(v.to_owned()))?,
-            };
+            let password =
+                match self.optional("kafka_password_file", "a readable file path", |v| Some(PathBuf::from(v)))? {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            err(self.origin("kafka_password_file"), format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        text.lines().next().unwrap_or_default().to_owned()
+                    }
+                    None => self.parse("password", "a SASL password", |v| Some(v.to_owned()))?,
+                };
             Some((user, Secret(password)))
         } else {
             None
         };
-        let ca_file = self.optional("ca_file", "a PEM file path", |v| Some(PathBuf::from(v)))?;
+        let ca_file = self.optional("kafka_ca_file", "a PEM file path", |v| Some(PathBuf::from(v)))?;
         if let Some(path) = &ca_file
             && !path.is_file()
         {
-            let origin = self.get("ca_file").map(|(o, _)| o.to_owned()).unwrap_or_default();
+            let origin = self.get("kafka_ca_file").map(|(o, _)| o.to_owned()).unwrap_or_default();
             return Err(err(origin, format!("{} is not a readable file", path.display())));
         }
         let compression =
@@ -707,35 +617,6 @@ fn static_token(entry: &str) -> Result<(String, Secret), String> {
     Ok((name.to_owned(), Secret(token.to_owned())))
 }
 
-fn scalar_text(origin: &str, value: &Value) -> Result<Option<String>, ConfigError> {
-    match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        Value::Bool(b) => Ok(Some(b.to_string())),
-        Value::Array(_) | Value::Object(_) => Err(err(origin, "expected a string, number or boolean")),
-    }
-}
-
-fn urls_to_text(origin: &str, value: &Value) -> Result<Option<String>, ConfigError> {
-    let Some(items) = value.as_array() else {
-        return Err(err(origin, "expected a list like [{\"host\":\"kafka-1\",\"port\":9092}]"));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let host = item.get("host").and_then(Value::as_str).filter(|h| !h.is_empty());
-        let port = item.get("port").and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())));
-        match (host, port) {
-            (Some(h), Some(p)) if (1..=65_535).contains(&p) => out.push(format!("{h}:{p}")),
-            _ => return Err(err(format!("{origin}[{i}]"), "expected {\"host\": \"name\", \"port\": 1-65535}")),
-        }
-    }
-    if out.is_empty() {
-        return Err(err(origin, "lists no broker"));
-    }
-    Ok(Some(out.join(",")))
-}
-
 fn valid_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
@@ -844,33 +725,101 @@ mod tests {
         assert_eq!(c.kafka.batch_max_bytes, 100_000);
     }
 
-    #[test]
-    fn the_readme_documents_every_setting() {
-        let readme = include_str!("../../README.md");
-        for s in SETTINGS {
-            let row = format!("| {} | `{}` | `{}` |", s.key, s.file, s.env);
-            assert!(readme.contains(&row), "README's configuration table lacks {row}");
+    /// The README's configuration table, as the settings declare it.
+    fn readme_table() -> String {
+        let code = |v: &str| format!("`{v}`");
+        let mut out = String::from(
+            "| setting | config file key | environment | flag | default | meaning |\n|---|---|---|---|---|---|\n",
+        );
+        for s in SETTINGS.iter() {
+            let flag = s.flag.as_deref().map_or("—".into(), |f| code(&format!("--{f}")));
+            let default = match s.default.as_deref() {
+                None => "—".into(),
+                Some("") => "(none)".into(),
+                Some(d) => code(d),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {flag} | {default} | {} |\n",
+                s.key,
+                code(&s.file),
+                code(&s.env),
+                s.help
+            ));
         }
+        out
     }
 
     #[test]
-    fn every_setting_has_a_distinct_key_variable_and_flag() {
+    fn the_readme_table_is_the_settings_as_declared() {
+        let readme = include_str!("../../../README.md");
+        let table = readme_table();
+        assert!(
+            readme.contains(&table),
+            "README's configuration table differs from the settings; it should be:\n{table}"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_a_distinct_key_variable_and_flag_and_secrets_have_no_flag() {
         let (mut keys, mut envs, mut files, mut flags) = Default::default();
-        let fresh = |set: &mut std::collections::HashSet<&'static str>, v| set.insert(v);
-        for s in SETTINGS {
+        let fresh = |set: &mut std::collections::HashSet<String>, v: &str| set.insert(v.to_owned());
+        for s in SETTINGS.iter() {
             assert!(
-                fresh(&mut keys, s.key) && fresh(&mut envs, s.env) && fresh(&mut files, s.file),
+                fresh(&mut keys, &s.key) && fresh(&mut envs, &s.env) && fresh(&mut files, &s.file),
                 "{} repeats",
                 s.key
             );
-            assert!(s.env.starts_with("SOUNDLINE_"));
-            if let Some(f) = s.flag {
+            assert!(s.env.starts_with("SOUNDLINE_"), "{}", s.key);
+            assert!(!s.help.is_empty(), "{} has no help", s.key);
+            if let Some(f) = &s.flag {
                 assert!(fresh(&mut flags, f), "flag {f} repeats");
             }
         }
-        for secret in ["username", "password", "password_file", "auth_tokens", "auth_jwt_secret"] {
+        for secret in ["username", "password", "auth_tokens", "auth_jwt_secret"] {
             let s = SETTINGS.iter().find(|s| s.key == secret).expect("exists");
             assert!(s.flag.is_none(), "{secret} must not be settable on the command line");
         }
+        assert_eq!(SETTINGS.iter().filter(|s| s.flag.is_none()).count(), 4, "only the secrets lack a flag");
+    }
+
+    /// What `serve` parses: the settings as flags and variables.
+    fn command() -> clap::Command {
+        <settings::Settings as clap::Args>::augment_args(clap::Command::new("serve").no_binary_name(true))
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_a_default_never_hides_the_file() {
+        let matches = command()
+            .try_get_matches_from(["--linger-ms", "7", "--debug", "--kafka-ca-file", "/nonexistent/ca.pem"])
+            .expect("valid flags");
+        let mut raw = RawConfig::default();
+        raw.apply_file("relay.json", LEGACY).expect("valid file");
+        raw.apply_matches(&matches);
+        let e = raw.resolve().unwrap_err();
+        assert_eq!(e.to_string(), "--kafka-ca-file: /nonexistent/ca.pem is not a readable file");
+        let matches = command().try_get_matches_from(["--linger-ms", "7", "--debug"]).expect("valid flags");
+        raw = RawConfig::default();
+        raw.apply_file("relay.json", LEGACY).expect("valid file");
+        raw.apply_matches(&matches);
+        let c = raw.resolve().expect("valid");
+        assert_eq!(c.kafka.linger, Duration::from_millis(7), "the flag");
+        assert!(c.debug, "--debug alone means true");
+        assert_eq!(c.kafka.topic, "aicp_sound_topic", "the file's topic, not the flag's default");
+        let matches = command().try_get_matches_from(["--linger-ms", "soon"]).expect("clap takes any text");
+        raw = RawConfig::default();
+        raw.apply_file("relay.json", LEGACY).expect("valid file");
+        raw.apply_matches(&matches);
+        assert_eq!(
+            raw.resolve().unwrap_err().to_string(),
+            "--linger-ms: expected milliseconds between 0 and 10000, got \"soon\""
+        );
+    }
+
+    #[test]
+    fn a_secret_is_no_flag() {
+        let e = command().try_get_matches_from(["--kafka-password", "hunter2"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let e = command().try_get_matches_from(["hunter2"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "nor a positional argument");
     }
 }
