@@ -22,6 +22,8 @@ struct State {
     sentinel: Option<JsValue>,
     requesting: bool,
     shown: Element,
+    /// Takes the lock again when the page is visible again; holds this wake lock weakly.
+    on_visible: Option<gloo_events::EventListener>,
 }
 
 /// The page's wake lock; cheap to clone.
@@ -31,22 +33,23 @@ pub struct Awake(Rc<RefCell<State>>);
 impl Awake {
     /// A wake lock that shows its state in `shown`; taken again when the page becomes visible.
     pub fn new(shown: Element) -> Self {
-        let awake = Self(Rc::new(RefCell::new(State { wanted: false, sentinel: None, requesting: false, shown })));
-        let again = awake.clone();
-        let on_visible = Closure::<dyn FnMut()>::new(move || {
-            let visible = web_sys::window()
-                .and_then(|w| w.document())
-                .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
-            if visible {
-                // The browser released it when the page was hidden.
-                again.0.borrow_mut().sentinel = None;
-                again.sync();
-            }
-        });
+        let state = State { wanted: false, sentinel: None, requesting: false, shown, on_visible: None };
+        let awake = Self(Rc::new(RefCell::new(state)));
+        let weak = Rc::downgrade(&awake.0);
         if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
-            let _ = doc.add_event_listener_with_callback("visibilitychange", on_visible.as_ref().unchecked_ref());
+            let listener = gloo_events::EventListener::new(&doc, "visibilitychange", move |_| {
+                let visible = web_sys::window()
+                    .and_then(|w| w.document())
+                    .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
+                if let (true, Some(state)) = (visible, weak.upgrade()) {
+                    // The browser released it when the page was hidden.
+                    let again = Awake(state);
+                    again.0.borrow_mut().sentinel = None;
+                    again.sync();
+                }
+            });
+            awake.0.borrow_mut().on_visible = Some(listener);
         }
-        on_visible.forget(); // the page's lifetime
         awake
     }
 

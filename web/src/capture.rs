@@ -6,6 +6,7 @@
 //! that starts recording, as autoplay policies require. Echo cancellation, noise suppression and automatic gain
 //! are off unless the technician turns them on: inspection audio must be raw.
 
+use gloo_events::EventListener;
 use js_sys::{Array, Float32Array, Object, Reflect};
 
 use crate::i18n::{Key, t, tf};
@@ -23,8 +24,9 @@ pub struct Capture {
     stream: MediaStream,
     node: AudioWorkletNode,
     _source: MediaStreamAudioSourceNode,
-    _on_block: Closure<dyn FnMut(MessageEvent)>,
-    on_state: Option<Closure<dyn FnMut()>>,
+    /// The worklet's blocks, and the context's state changes; [`Capture::stop`] drops them.
+    on_block: Option<EventListener>,
+    on_state: Option<EventListener>,
 }
 
 /// Why the microphone could not start, in the words the page shows.
@@ -97,7 +99,8 @@ impl Capture {
         let port = node.port()?;
         let return_port = port.clone();
         let mut samples = Vec::with_capacity(block_frames as usize);
-        let on_block = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+        let on_block = EventListener::new(&port, "message", move |e| {
+            let Some(e) = e.dyn_ref::<MessageEvent>() else { return };
             let Ok(block) = e.data().dyn_into::<Float32Array>() else { return };
             samples.resize(block.length() as usize, 0.0);
             block.copy_to(&mut samples);
@@ -105,18 +108,19 @@ impl Capture {
             let _ = return_port.post_message_with_transferable(&block, &Array::of1(&block.buffer()));
             on_block(&samples);
         });
-        port.set_onmessage(Some(on_block.as_ref().unchecked_ref()));
+        // A listener added with addEventListener (unlike `onmessage`) needs the port started.
+        port.start();
         source.connect_with_audio_node(&node)?;
-        Ok(Self { context, stream, node, _source: source, _on_block: on_block, on_state: None })
+        Ok(Self { context, stream, node, _source: source, on_block: Some(on_block), on_state: None })
     }
 
     /// Calls `f` with whether capture runs, each time the browser suspends or resumes the AudioContext (an iOS
     /// interruption, a phone call, the system taking the microphone).
     pub fn on_running_change(&mut self, mut f: impl FnMut(bool) + 'static) {
         let context = self.context.clone();
-        let closure = Closure::<dyn FnMut()>::new(move || f(context.state() == web_sys::AudioContextState::Running));
-        self.context.set_onstatechange(Some(closure.as_ref().unchecked_ref()));
-        self.on_state = Some(closure);
+        self.on_state = Some(EventListener::new(&self.context, "statechange", move |_| {
+            f(context.state() == web_sys::AudioContextState::Running);
+        }));
     }
 
     /// The capture rate (the device's).
@@ -125,9 +129,9 @@ impl Capture {
     }
 
     /// Stops the microphone and the audio graph.
-    pub fn stop(&self) {
-        self.context.set_onstatechange(None);
-        self.node.port().map(|p| p.set_onmessage(None)).ok();
+    pub fn stop(&mut self) {
+        self.on_state = None;
+        self.on_block = None;
         let _ = self.node.disconnect();
         for track in self.stream.get_tracks().iter() {
             if let Ok(track) = track.dyn_into::<web_sys::MediaStreamTrack>() {

@@ -43,11 +43,34 @@ pub(crate) fn by_id<T: JsCast>(doc: &web_sys::Document, id: &str) -> Result<T, J
         .map_err(|_| format!("#{id} has the wrong type").into())
 }
 
-/// Runs `f` once after `delay_ms` (0: as soon as the current call has returned), on the page's event loop.
-pub(crate) fn later(delay_ms: u32, f: impl FnOnce() + 'static) {
-    let callback = Closure::once_into_js(f);
-    if let Some(w) = web_sys::window() {
-        let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(callback.unchecked_ref(), delay_ms as i32);
+/// A WebSocket's handlers, as `gloo` listeners: dropping it unhooks them, so that a socket given up on (replaced,
+/// closed, timed out) never reaches its owner again.
+pub(crate) struct SocketHooks {
+    _open: gloo_events::EventListener,
+    _message: gloo_events::EventListener,
+    _close: gloo_events::EventListener,
+}
+
+impl SocketHooks {
+    /// Hooks `on_open`, `on_text` (text messages; binary ones are not expected) and `on_close` (the close code).
+    pub(crate) fn new(
+        ws: &web_sys::WebSocket,
+        mut on_open: impl FnMut() + 'static,
+        mut on_text: impl FnMut(String) + 'static,
+        mut on_close: impl FnMut(u16) + 'static,
+    ) -> Self {
+        use gloo_events::EventListener;
+        Self {
+            _open: EventListener::new(ws, "open", move |_| on_open()),
+            _message: EventListener::new(ws, "message", move |e| {
+                if let Some(text) = e.dyn_ref::<web_sys::MessageEvent>().and_then(|m| m.data().as_string()) {
+                    on_text(text);
+                }
+            }),
+            _close: EventListener::new(ws, "close", move |e| {
+                on_close(e.dyn_ref::<web_sys::CloseEvent>().map_or(1006, web_sys::CloseEvent::code));
+            }),
+        }
     }
 }
 
@@ -55,12 +78,18 @@ pub(crate) fn later(delay_ms: u32, f: impl FnOnce() + 'static) {
 /// token as a second subprotocol `bearer.<token>`: the one header a page may set on a WebSocket, so the token
 /// stays out of the URL (and out of access logs). The relay selects `soundline.v1`.
 pub(crate) fn open_socket(url: &str, token: &str) -> Result<web_sys::WebSocket, JsValue> {
-    let protocols = js_sys::Array::of1(&JsValue::from_str("soundline.v1"));
-    let token = token.trim();
-    if !token.is_empty() {
-        protocols.push(&JsValue::from_str(&format!("bearer.{token}")));
-    }
+    let protocols: js_sys::Array = socket_protocols(token).iter().map(|p| JsValue::from_str(p)).collect();
     web_sys::WebSocket::new_with_str_sequence(url, &protocols)
+}
+
+/// The subprotocols [`open_socket`] offers.
+pub(crate) fn socket_protocols(token: &str) -> Vec<String> {
+    let token = token.trim();
+    let mut protocols = vec!["soundline.v1".to_owned()];
+    if !token.is_empty() {
+        protocols.push(format!("bearer.{token}"));
+    }
+    protocols
 }
 
 /// Entry point, run by the Trunk-generated loader once the module is instantiated.

@@ -8,18 +8,30 @@
 //!  page load ─► Recovery: earlier pages' recordings in the outbox ─► uploaded, listed under "Waiting to upload"
 //! ```
 //!
+//! # One state, one queue
+//!
+//! The page's state is one [`State`], owned by one task ([`run`]). Everything that happens to the page is a
+//! [`Msg`] sent into that task's queue: a click, an audio block, what the uplink, the writer and the recovery
+//! report, the result of an asynchronous step. The task takes them one at a time: [`update`] changes the state,
+//! [`render`] writes what changed to the DOM. Nothing else holds the state, so nothing borrows it; and since the
+//! uplink, writer and recovery report into the queue, a report never arrives inside the call that caused it.
+//!
 //! Metadata fields are remembered in localStorage. The relay is the page's own origin (`/ws/record`, `/ws/feed`),
 //! or `?relay=ws://host:port` for development; `?outboxCapKb=N` caps the storage waiting audio may use.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures_util::StreamExt as _;
+use gloo_events::EventListener;
 use soundline_shared::control::LinkState;
 use soundline_shared::recording::{DeviceInfo, LocationInfo, Recording};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{
-    Document, Element, HtmlButtonElement, HtmlInputElement, HtmlSelectElement, HtmlTextAreaElement, MediaDeviceInfo,
+    AudioContext, Document, Element, HtmlButtonElement, HtmlInputElement, HtmlSelectElement, HtmlTextAreaElement,
+    MediaDeviceInfo,
 };
 
 use crate::awake::Awake;
@@ -31,7 +43,7 @@ use crate::outbox::quota::{self, Level};
 use crate::outbox::writer::{Saved, Writer};
 use crate::outbox::{self as store, Outbox, Stored};
 use crate::pipeline::{Frame, Pipeline, peak_dbfs};
-use crate::recordings::subscription::Since;
+use crate::recordings::subscription::{FeedPanel, Since};
 use crate::recordings::view::{LiveSpectrogram, View};
 use crate::uplink::recover::{Recovery, Report, Row, RowState};
 use crate::uplink::socket::{Event, Uplink};
@@ -40,9 +52,60 @@ use crate::uplink::{Flow, WINDOW_BYTES};
 /// Default frame length.
 const FRAME_MS: u32 = 200;
 const FIELDS: [&str; 7] = ["carId", "railType", "unitId", "sty", "notes", "frameMs", "token"];
+/// How often the meter and counters are redrawn while recording.
+const METER_MS: f64 = 100.0;
+/// How often storage is looked at while recording.
+const STORAGE_CHECK_MS: f64 = 1_000.0;
 
-/// The elements the page updates; cheap to clone (DOM handles).
+/// Everything that happens to the page.
+enum Msg {
+    /// The Record/Stop button; when it starts a recording, the AudioContext made inside the click (autoplay
+    /// policies allow one only there).
+    Toggle(Option<Result<AudioContext, JsValue>>),
+    /// A recording's capture, pipeline, writer and uplink are running.
+    Started(Box<Active>, Option<String>),
+    /// A recording could not start: why.
+    StartFailed(String),
+    /// A block of samples from the microphone.
+    Block(Vec<f32>),
+    /// The browser paused (true) or resumed capture.
+    Paused(bool),
+    /// How full the device's storage is.
+    Storage(Level),
+    /// Whether the browser keeps the outbox when it is short of space.
+    Persisted(bool),
+    /// What the live recording's writer saved.
+    Saved(Saved),
+    /// What the live recording's uplink reports.
+    Uplink(Event),
+    /// The outbox opened, or why not.
+    Outbox(Result<Outbox, String>),
+    /// What the recovery of earlier pages' recordings reports.
+    Recovery(Report),
+    /// "All devices" ticked or not.
+    FeedAll(bool),
+    /// How far back the list starts.
+    Since(Since),
+    /// A new access token.
+    Token(String),
+    /// Another language.
+    Lang(Lang),
+    /// The page will not open offline: why.
+    NoOffline(String),
+}
+
+/// Where the page's messages go; cheap to clone.
 #[derive(Clone)]
+struct Tx(UnboundedSender<Msg>);
+
+impl Tx {
+    fn send(&self, msg: Msg) {
+        // Fails only when the page's task is gone, and then there is nothing to tell.
+        let _ = self.0.unbounded_send(msg);
+    }
+}
+
+/// The elements the page updates (DOM handles).
 struct Ui {
     record: HtmlButtonElement,
     mic: HtmlSelectElement,
@@ -62,6 +125,31 @@ struct Ui {
     error: Element,
     status: Element,
     live: web_sys::HtmlCanvasElement,
+}
+
+/// What the page shows: [`update`] sets it, [`render`] writes what differs from what it last wrote.
+#[derive(Clone, PartialEq, Default)]
+struct Shown {
+    button: String,
+    button_on: bool,
+    button_disabled: bool,
+    level: String,
+    level_width: String,
+    elapsed: String,
+    link: String,
+    sent: String,
+    acked: String,
+    pending: String,
+    clipped: String,
+    saved: String,
+    storage: String,
+    storage_warn: bool,
+    error: String,
+    status: String,
+    /// The "Waiting to upload" line before there are rows (looking, or no outbox).
+    outbox: String,
+    /// The "Waiting to upload" rows, once the outbox has been looked at.
+    waiting: Option<Vec<Row>>,
 }
 
 struct Active {
@@ -95,6 +183,12 @@ impl Active {
             self.sent += 1;
         }
     }
+
+    /// Recorded time, as the meter shows it.
+    fn elapsed(&self) -> String {
+        let seconds = self.samples_in as f64 / f64::from(self.rate);
+        format!("{}:{:04.1}", (seconds / 60.0) as u64, seconds % 60.0)
+    }
 }
 
 /// A stopped recording, kept alive until every frame is acked.
@@ -102,15 +196,30 @@ struct Finishing {
     _uplink: Rc<RefCell<Uplink>>,
     _writer: Rc<RefCell<Writer>>,
     lock: Option<Held>,
+    /// Frames still waiting for their ack.
+    pending: u64,
 }
 
-struct App {
-    feed: Rc<crate::recordings::subscription::FeedPanel>,
-    doc: Document,
+/// Where the recorder is.
+enum Phase {
+    Idle,
+    /// The microphone and the outbox row are being set up for this segment.
+    Starting(String),
+    Recording(Box<Active>),
+}
+
+/// The page's state: owned by [`run`], changed by [`update`] only.
+struct State {
     ui: Ui,
+    doc: Document,
+    base: String,
+    tx: Tx,
+    feed: FeedPanel,
+    /// Shared with the recordings list, which groups by it.
     own_car: Rc<RefCell<String>>,
+    /// Shared with the feed and the recovery, which connect with it.
     token: Rc<RefCell<String>>,
-    active: Option<Active>,
+    phase: Phase,
     finishing: Option<Finishing>,
     /// The device's outbox (`None` until it opens, or if this browser has none).
     outbox: Option<Outbox>,
@@ -125,13 +234,11 @@ struct App {
     awake: Awake,
     /// An earlier page's recording is uploading.
     uploading_earlier: bool,
-}
-
-impl App {
-    /// Holds the screen on while anything records or uploads.
-    fn keep_awake(&self) {
-        self.awake.set(self.active.is_some() || self.finishing.is_some() || self.uploading_earlier);
-    }
+    shown: Shown,
+    rendered: Shown,
+    /// The page's own listeners (the button, the feed's controls, the language, the microphones), removed with
+    /// the state.
+    _listeners: Vec<EventListener>,
 }
 
 fn relay_base() -> Result<String, JsValue> {
@@ -148,10 +255,6 @@ fn relay_base() -> Result<String, JsValue> {
 fn query(name: &str) -> Option<String> {
     let search = web_sys::window()?.location().search().ok()?;
     search.trim_start_matches('?').split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
-}
-
-fn storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.local_storage().ok()?
 }
 
 fn field_value(doc: &Document, id: &str) -> String {
@@ -174,10 +277,13 @@ fn set_field(doc: &Document, id: &str, value: &str) {
     }
 }
 
-/// Builds the page's behaviour; called once the module loads.
+/// Builds the page and starts its task; called once the module loads.
 pub fn init() -> Result<(), JsValue> {
     let doc = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
-    choose_language(&doc)?;
+    let (sender, queue) = futures_channel::mpsc::unbounded();
+    let tx = Tx(sender);
+    let mut listeners = Vec::new();
+    listeners.push(choose_language(&doc, &tx)?);
     let ui = Ui {
         record: by_id(&doc, "record")?,
         mic: by_id(&doc, "mic")?,
@@ -198,10 +304,7 @@ pub fn init() -> Result<(), JsValue> {
         status: by_id(&doc, "status")?,
         live: by_id(&doc, "live-spectrogram")?,
     };
-    // The texts that change as the page runs start in the page's language.
-    ui.record.set_text_content(Some(t(Key::StartRecording)));
-    ui.link.set_text_content(Some(t(Key::LinkIdle)));
-    ui.outbox.set_text_content(Some(t(Key::LookingForWaiting)));
+    // Texts the panels write themselves start in the page's language.
     if let Ok(p) = by_id::<Element>(&doc, "play") {
         p.set_text_content(Some(t(Key::Play)));
     }
@@ -223,91 +326,288 @@ pub fn init() -> Result<(), JsValue> {
     let filter = (!feed_all.checked() && !car.is_empty()).then_some(car);
     let view = View::new(&doc, format!("{base}/ws/feed"), Rc::clone(&token), Rc::clone(&own_car))?;
     view.reset(filter.is_none());
-    let feed = Rc::new(crate::recordings::subscription::start(
+    let feed = crate::recordings::subscription::start(
         format!("{base}/ws/feed"),
         Rc::clone(&token),
-        view.clone(),
+        view,
         by_id(&doc, "feed-status")?,
         filter,
+    );
+
+    // Each control says what happened; the page's task decides what it means.
+    let to = |msg: fn(&Element) -> Msg| {
+        let tx = tx.clone();
+        move |e: &web_sys::Event| {
+            if let Some(el) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) {
+                tx.send(msg(&el));
+            }
+        }
+    };
+    listeners.push(EventListener::new(&feed_all, "change", to(|el| Msg::FeedAll(is_checked(el)))));
+    listeners.push(EventListener::new(
+        &by_id::<web_sys::EventTarget>(&doc, "feed-since")?,
+        "change",
+        to(|el| Msg::Since(if value_of(el) == "today" { Since::Today } else { Since::Hour })),
+    ));
+    listeners.push(EventListener::new(
+        &by_id::<web_sys::EventTarget>(&doc, "token")?,
+        "change",
+        to(|el| Msg::Token(value_of(el))),
     ));
     {
-        // "All devices" switches between this car's recordings and everyone's, grouped by car.
-        let (feed, own_car, all) = (Rc::clone(&feed), Rc::clone(&own_car), feed_all.clone());
-        let on_change = Closure::<dyn FnMut()>::new(move || {
-            let car = own_car.borrow().clone();
-            feed.set_filter((!all.checked() && !car.is_empty()).then_some(car));
-        });
-        feed_all.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
-        on_change.forget(); // the page's lifetime
+        // The AudioContext must come to life inside the click itself, before anything is awaited. The button
+        // is "on" while recording: a click then stops, and needs no context.
+        let (tx, button) = (tx.clone(), ui.record.clone());
+        listeners.push(EventListener::new(&ui.record, "click", move |_| {
+            let starting = button.class_name() != "on";
+            tx.send(Msg::Toggle(starting.then(Capture::context_in_gesture)));
+        }));
     }
-
-    {
-        // The last hour, or today.
-        let (feed, select) = (Rc::clone(&feed), by_id::<HtmlSelectElement>(&doc, "feed-since")?);
-        let field = select.clone();
-        let on_change = Closure::<dyn FnMut()>::new(move || {
-            feed.set_since(if field.value() == "today" { Since::Today } else { Since::Hour });
-        });
-        select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
-        on_change.forget(); // the page's lifetime
+    wasm_bindgen_futures::spawn_local(list_microphones(ui.mic.clone()));
+    if let Ok(devices) = web_sys::window().ok_or("no window")?.navigator().media_devices() {
+        let mic = ui.mic.clone();
+        listeners.push(EventListener::new(&devices, "devicechange", move |_| {
+            wasm_bindgen_futures::spawn_local(list_microphones(mic.clone()));
+        }));
     }
+    wasm_bindgen_futures::spawn_local(register_service_worker(tx.clone()));
+    wasm_bindgen_futures::spawn_local(open_outbox(tx.clone()));
 
-    {
-        // A new access token: remember it, and let a refused feed try again with it.
-        let (feed, token, input) = (Rc::clone(&feed), Rc::clone(&token), by_id::<HtmlInputElement>(&doc, "token")?);
-        let field = input.clone();
-        let on_change = Closure::<dyn FnMut()>::new(move || {
-            *token.borrow_mut() = field.value();
-            if let Some(store) = storage() {
-                let _ = store.set_item("soundline.token", &field.value());
-            }
-            feed.token_changed();
-        });
-        input.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
-        on_change.forget(); // the page's lifetime
-    }
-
+    let shown = Shown {
+        button: t(Key::StartRecording).to_owned(),
+        level: "-∞ dBFS".into(),
+        level_width: "0%".into(),
+        elapsed: "0:00.0".into(),
+        link: t(Key::LinkIdle).to_owned(),
+        sent: "0".into(),
+        acked: "0".into(),
+        pending: "0".into(),
+        clipped: "0".into(),
+        saved: "0".into(),
+        status: tf(Key::Ready, &[&base]),
+        outbox: t(Key::LookingForWaiting).to_owned(),
+        ..Shown::default()
+    };
     let cap = query("outboxCapKb").and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024);
-    let app = Rc::new(RefCell::new(App {
+    let mut state = State {
+        awake: Awake::new(by_id(&doc, "awake")?),
+        ui,
+        doc,
+        base,
+        tx,
         feed,
-        doc: doc.clone(),
-        ui: ui.clone(),
         own_car,
-        token: Rc::clone(&token),
-        active: None,
+        token,
+        phase: Phase::Idle,
         finishing: None,
         outbox: None,
         recovery: None,
         waiting_bytes: 0,
         cap,
         asked_persist: false,
-        awake: Awake::new(by_id(&doc, "awake")?),
         uploading_earlier: false,
-    }));
-    wasm_bindgen_futures::spawn_local(register_service_worker(ui.status.clone()));
-    wasm_bindgen_futures::spawn_local(open_outbox(Rc::clone(&app), format!("{base}/ws/record")));
-    // The click handler owns the app, and lives as long as the page.
-    let on_click = Closure::<dyn FnMut()>::new(move || toggle(&app));
-    ui.record.add_event_listener_with_callback("click", on_click.as_ref().unchecked_ref())?;
-    on_click.forget();
-
-    wasm_bindgen_futures::spawn_local(list_microphones(ui.mic.clone()));
-    let mic = ui.mic.clone();
-    let on_devices =
-        Closure::<dyn FnMut()>::new(move || wasm_bindgen_futures::spawn_local(list_microphones(mic.clone())));
-    if let Ok(devices) = web_sys::window().ok_or("no window")?.navigator().media_devices() {
-        devices.add_event_listener_with_callback("devicechange", on_devices.as_ref().unchecked_ref())?;
-    }
-    on_devices.forget();
-
-    ui.record.set_disabled(false);
-    ui.status.set_text_content(Some(&tf(Key::Ready, &[&base])));
+        shown,
+        rendered: Shown::default(),
+        _listeners: listeners,
+    };
+    render(&mut state);
+    wasm_bindgen_futures::spawn_local(run(state, queue));
     Ok(())
 }
 
+fn is_checked(el: &Element) -> bool {
+    el.dyn_ref::<HtmlInputElement>().is_some_and(HtmlInputElement::checked)
+}
+
+fn value_of(el: &Element) -> String {
+    el.dyn_ref::<HtmlInputElement>()
+        .map(HtmlInputElement::value)
+        .or_else(|| el.dyn_ref::<HtmlSelectElement>().map(HtmlSelectElement::value))
+        .unwrap_or_default()
+}
+
+/// The page's task: every message, in order, into the state; then the page shows what changed.
+async fn run(mut state: State, mut queue: UnboundedReceiver<Msg>) {
+    while let Some(msg) = queue.next().await {
+        update(&mut state, msg);
+        render(&mut state);
+    }
+}
+
+fn update(state: &mut State, msg: Msg) {
+    match msg {
+        Msg::Toggle(context) => match (&state.phase, &state.finishing) {
+            (Phase::Recording(_), _) => stop(state),
+            (Phase::Idle, None) => start(state, context),
+            // A click while starting or finishing (the button is disabled then): nothing to do.
+            _ => {
+                if let Some(Ok(c)) = context {
+                    let _ = c.close();
+                }
+            }
+        },
+        Msg::Started(active, not_kept) => {
+            let kept = not_kept.is_none() && state.outbox.is_some();
+            if let Some(line) = not_kept {
+                state.shown.storage = line;
+            }
+            let rate = active.rate;
+            if kept && !state.asked_persist {
+                state.asked_persist = true;
+                let tx = state.tx.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    tx.send(Msg::Persisted(quota::persist().await == Some(true)));
+                });
+            }
+            state.phase = Phase::Recording(active);
+            state.shown.status = tf(Key::RecordingAt, &[&rate]);
+            keep_awake(state);
+        }
+        Msg::StartFailed(message) => {
+            state.phase = Phase::Idle;
+            state.shown.error = message;
+        }
+        Msg::Block(block) => on_block(state, &block),
+        Msg::Paused(paused) => capture_paused(state, paused),
+        Msg::Storage(level) => show_storage(state, level),
+        Msg::Persisted(kept) => {
+            state.shown.storage = t(if kept { Key::Persisted } else { Key::NotPersisted }).to_owned();
+        }
+        Msg::Saved(Saved::Saved { frames, .. }) => state.shown.saved = frames.to_string(),
+        Msg::Saved(Saved::Failed { message, quota, ms }) => {
+            state.shown.storage_warn = true;
+            state.shown.storage = tf(Key::NotSaved, &[&format!("{:.1}", f64::from(ms) / 1000.0), &message]);
+            if quota {
+                stop(state);
+            }
+        }
+        Msg::Uplink(event) => on_uplink(state, event),
+        Msg::Outbox(Ok(outbox)) => {
+            let tx = state.tx.clone();
+            let on_report = Rc::new(move |report: Report| tx.send(Msg::Recovery(report)));
+            let recovery = Recovery::start(
+                outbox.clone(),
+                format!("{}/ws/record", state.base),
+                Rc::clone(&state.token),
+                on_report,
+            );
+            match &state.phase {
+                Phase::Starting(segment_id) => recovery.borrow_mut().own(segment_id),
+                Phase::Recording(active) => recovery.borrow_mut().own(active.uplink.borrow().segment_id()),
+                Phase::Idle => {}
+            }
+            state.outbox = Some(outbox);
+            state.recovery = Some(recovery);
+        }
+        Msg::Outbox(Err(why)) => state.shown.outbox = tf(Key::NoOutbox, &[&why]),
+        Msg::Recovery(Report::Rows(rows)) => {
+            state.waiting_bytes =
+                rows.iter().map(|r| r.ms * 32 + r.frames * soundline_shared::frame::HEADER_LEN as u64).sum();
+            state.uploading_earlier = rows.iter().any(|r| matches!(r.state, RowState::Uploading { .. }));
+            state.shown.waiting = Some(rows);
+            keep_awake(state);
+        }
+        Msg::Recovery(Report::Problem(p)) => state.shown.storage = p,
+        Msg::FeedAll(all) => {
+            let car = state.own_car.borrow().clone();
+            state.feed.set_filter((!all && !car.is_empty()).then_some(car));
+        }
+        Msg::Since(since) => state.feed.set_since(since),
+        Msg::Token(token) => {
+            if let Some(store) = storage() {
+                let _ = store.set_item("soundline.token", &token);
+            }
+            *state.token.borrow_mut() = token;
+            state.feed.token_changed();
+        }
+        Msg::Lang(lang) => {
+            i18n::set(lang);
+            i18n::apply(&state.doc);
+            if let Some(s) = storage() {
+                let _ = s.set_item("soundline.lang", lang.tag());
+            }
+            // The button speaks the new language at once; other lines as they are next written.
+            state.shown.button = button_text(state);
+        }
+        Msg::NoOffline(why) => {
+            let line = format!("{} {}", state.shown.status, tf(Key::NoOffline, &[&why]));
+            state.shown.status = line;
+        }
+    }
+}
+
+/// Holds the screen on while anything records or uploads.
+fn keep_awake(state: &State) {
+    let busy = !matches!(state.phase, Phase::Idle) || state.finishing.is_some() || state.uploading_earlier;
+    state.awake.set(busy);
+}
+
+/// What the Record button says in the state the page is in.
+fn button_text(state: &State) -> String {
+    match (&state.phase, &state.finishing) {
+        (Phase::Recording(_), _) => t(Key::StopRecording).to_owned(),
+        (Phase::Starting(_), _) => t(Key::Starting).to_owned(),
+        (Phase::Idle, Some(f)) => tf(Key::Finishing, &[&f.pending]),
+        (Phase::Idle, None) => t(Key::StartRecording).to_owned(),
+    }
+}
+
+/// Writes to the page what [`update`] changed since the last time.
+fn render(state: &mut State) {
+    state.shown.button = button_text(state);
+    state.shown.button_on = matches!(state.phase, Phase::Recording(_));
+    state.shown.button_disabled =
+        !matches!(state.phase, Phase::Recording(_) | Phase::Idle) || state.finishing.is_some();
+    let (shown, old, ui) = (&state.shown, &state.rendered, &state.ui);
+    if *shown == *old {
+        return;
+    }
+    let text = |el: &Element, new: &String, old: &String| {
+        if new != old {
+            el.set_text_content(Some(new));
+        }
+    };
+    text(&ui.record, &shown.button, &old.button);
+    if shown.button_on != old.button_on || old.button.is_empty() {
+        ui.record.set_class_name(if shown.button_on { "on" } else { "" });
+    }
+    if shown.button_disabled != old.button_disabled || old.button.is_empty() {
+        ui.record.set_disabled(shown.button_disabled);
+    }
+    text(&ui.level, &shown.level, &old.level);
+    if shown.level_width != old.level_width {
+        // Through the CSSOM: a `style` attribute would be an inline style, which the page's CSP forbids.
+        let _ = ui.level_bar.style().set_property("width", &shown.level_width);
+    }
+    text(&ui.elapsed, &shown.elapsed, &old.elapsed);
+    text(&ui.link, &shown.link, &old.link);
+    text(&ui.sent, &shown.sent, &old.sent);
+    text(&ui.acked, &shown.acked, &old.acked);
+    text(&ui.pending, &shown.pending, &old.pending);
+    text(&ui.clipped, &shown.clipped, &old.clipped);
+    text(&ui.saved, &shown.saved, &old.saved);
+    text(&ui.storage, &shown.storage, &old.storage);
+    if shown.storage_warn != old.storage_warn {
+        ui.storage.set_class_name(if shown.storage_warn { "warn" } else { "" });
+    }
+    text(&ui.error, &shown.error, &old.error);
+    text(&ui.status, &shown.status, &old.status);
+    text(&ui.outbox, &shown.outbox, &old.outbox);
+    if shown.waiting != old.waiting
+        && let Some(rows) = &shown.waiting
+    {
+        show_waiting(ui, rows);
+    }
+    state.rendered = state.shown.clone();
+}
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
 /// Registers `sw.js`, which makes the page open with no network. A browser that refuses (no service workers, a
-/// private window) still records; it says the page will not open offline.
-async fn register_service_worker(status: Element) {
+/// private window) still records; the page says it will not open offline.
+async fn register_service_worker(tx: Tx) {
     let Some(window) = web_sys::window() else { return };
     let container = window.navigator().service_worker();
     let offline_ready = container.controller().is_some();
@@ -316,69 +616,282 @@ async fn register_service_worker(status: Element) {
         && !offline_ready
     {
         let why = js_sys::Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
-        let line = status.text_content().unwrap_or_default();
-        status.set_text_content(Some(&format!("{line} {}", tf(Key::NoOffline, &[&why]))));
+        tx.send(Msg::NoOffline(why));
     }
 }
 
 /// The page's language: the one chosen earlier (localStorage), else `navigator.language`; the selector switches
-/// it (static labels at once, everything else as it is next written).
-fn choose_language(doc: &Document) -> Result<(), JsValue> {
+/// it (static labels at once, everything else as it is next written). Returns the selector's listener.
+fn choose_language(doc: &Document, tx: &Tx) -> Result<EventListener, JsValue> {
     let stored = storage().and_then(|s| s.get_item("soundline.lang").ok().flatten());
     let tag = stored.or_else(|| web_sys::window().and_then(|w| w.navigator().language())).unwrap_or_default();
     i18n::set(Lang::from_tag(&tag));
     i18n::apply(doc);
     let select: HtmlSelectElement = by_id(doc, "lang")?;
     select.set_value(i18n::lang().tag());
-    let (field, doc) = (select.clone(), doc.clone());
-    let on_change = Closure::<dyn FnMut()>::new(move || {
-        let lang = Lang::from_tag(&field.value());
-        i18n::set(lang);
-        i18n::apply(&doc);
-        if let Some(s) = storage() {
-            let _ = s.set_item("soundline.lang", lang.tag());
-        }
-    });
-    select.add_event_listener_with_callback("change", on_change.as_ref().unchecked_ref())?;
-    on_change.forget(); // the page's lifetime
-    Ok(())
+    let (tx, field) = (tx.clone(), select.clone());
+    Ok(EventListener::new(&select, "change", move |_| tx.send(Msg::Lang(Lang::from_tag(&field.value())))))
 }
 
-/// Opens the outbox and starts uploading what earlier pages left in it.
-async fn open_outbox(app: Rc<RefCell<App>>, url: String) {
-    let ui = app.borrow().ui.clone();
-    let outbox = match Outbox::open().await {
-        Ok(o) => o,
-        Err(e) => {
-            ui.outbox.set_text_content(Some(&tf(Key::NoOutbox, &[&store::describe(&e)])));
+/// Opens the outbox; the page then starts uploading what earlier pages left in it.
+async fn open_outbox(tx: Tx) {
+    tx.send(Msg::Outbox(Outbox::open().await.map_err(|e| store::describe(&e))));
+}
+
+/// A click on Start: checks the form, then sets up the recording ([`starting`]) while the button says so.
+fn start(state: &mut State, context: Option<Result<AudioContext, JsValue>>) {
+    state.shown.error.clear();
+    let recording = match recording_from_form(&state.doc) {
+        Ok(r) => r,
+        Err(message) => {
+            if let Some(Ok(c)) = context {
+                let _ = c.close();
+            }
+            state.shown.error = message;
             return;
         }
     };
-    let token = Rc::clone(&app.borrow().token);
-    let weak = Rc::downgrade(&app);
-    let on_report = Rc::new(move |report: Report| {
-        let Some(app) = weak.upgrade() else { return };
-        match report {
-            Report::Rows(rows) => {
-                let bytes =
-                    rows.iter().map(|r| r.ms * 32 + r.frames * soundline_shared::frame::HEADER_LEN as u64).sum();
-                if let Ok(mut a) = app.try_borrow_mut() {
-                    a.waiting_bytes = bytes;
-                    a.uploading_earlier = rows.iter().any(|r| matches!(r.state, RowState::Uploading { .. }));
-                    a.keep_awake();
-                }
-                show_waiting(&ui, &rows);
-            }
-            Report::Problem(p) => ui.storage.set_text_content(Some(&p)),
+    if let Some(store) = storage() {
+        for id in FIELDS {
+            let _ = store.set_item(&format!("soundline.{id}"), &field_value(&state.doc, id));
         }
-    });
-    let recovery = Recovery::start(outbox.clone(), url, token, on_report);
-    let mut a = app.borrow_mut();
-    if let Some(active) = &a.active {
-        recovery.borrow_mut().own(active.uplink.borrow().segment_id());
     }
-    a.outbox = Some(outbox);
-    a.recovery = Some(recovery);
+    *state.own_car.borrow_mut() = recording.device.car_id.clone();
+    let all = by_id::<HtmlInputElement>(&state.doc, "feed-all").map(|b| b.checked()).unwrap_or(false);
+    if !all {
+        state.feed.set_filter(Some(recording.device.car_id.clone()));
+    }
+    let Some(Ok(context)) = context else {
+        state.shown.error = t(Key::NoWebAudio).to_owned();
+        return;
+    };
+    let url = match relay_base() {
+        Ok(base) => format!("{base}/ws/record"),
+        Err(e) => {
+            let _ = context.close();
+            state.shown.error = tf(Key::BadRelay, &[&format!("{e:?}")]);
+            return;
+        }
+    };
+    let frame_ms =
+        by_id::<HtmlSelectElement>(&state.doc, "frameMs").ok().and_then(|s| s.value().parse().ok()).unwrap_or(FRAME_MS);
+    let segment_id = recording.segment_id.clone();
+    if let Some(r) = &state.recovery {
+        r.borrow_mut().own(&segment_id);
+    }
+    state.phase = Phase::Starting(segment_id);
+    let setup = Setup {
+        tx: state.tx.clone(),
+        context,
+        recording,
+        frame_ms,
+        url,
+        token: field_value(&state.doc, "token"),
+        outbox: state.outbox.clone(),
+        device: state.ui.mic.value(),
+        processing: state.ui.processing.checked(),
+        live: LiveSpectrogram::new(state.ui.live.clone()),
+    };
+    wasm_bindgen_futures::spawn_local(starting(setup));
+}
+
+/// What setting up a recording needs.
+struct Setup {
+    tx: Tx,
+    context: AudioContext,
+    recording: Recording,
+    frame_ms: u32,
+    url: String,
+    token: String,
+    outbox: Option<Outbox>,
+    device: String,
+    processing: bool,
+    live: LiveSpectrogram,
+}
+
+/// The recording's lock and its row in the outbox first (no other tab may take it for an earlier page's, and its
+/// frames are never in the outbox without the metadata to send them), then the microphone, the pipeline, the
+/// uplink and the writer. Ends with [`Msg::Started`] or [`Msg::StartFailed`], having undone what it did.
+async fn starting(setup: Setup) {
+    let Setup { tx, context, recording, frame_ms, url, token, outbox, device, processing, live } = setup;
+    let segment_id = recording.segment_id.clone();
+    let lock = lock::try_lock(&segment_id).await.ok().flatten();
+    let stored = Stored { recording: recording.clone(), frame_ms, started_ms: js_sys::Date::now() };
+    let mut not_kept = None;
+    let outbox = match outbox {
+        Some(o) => match o.begin(&stored).await {
+            Ok(()) => Some(o),
+            Err(e) if store::is_quota(&e) => {
+                let _ = context.close();
+                if let Some(l) = lock {
+                    l.release();
+                }
+                return tx.send(Msg::StartFailed(t(Key::FullBeforeStart).to_owned()));
+            }
+            Err(e) => {
+                not_kept = Some(tf(Key::NotKept, &[&store::describe(&e)]));
+                None
+            }
+        },
+        None => None,
+    };
+    let blocks = tx.clone();
+    let on_block = move |block: &[f32]| blocks.send(Msg::Block(block.to_vec()));
+    let mut capture = match Capture::start(context.clone(), Some(&device), processing, on_block).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = context.close();
+            forget_recording(outbox.as_ref(), &segment_id, lock).await;
+            return tx.send(Msg::StartFailed(describe_error(&e)));
+        }
+    };
+    let rate = capture.sample_rate();
+    let pipeline = match Pipeline::new(rate, frame_ms, js_sys::Date::now()) {
+        Ok(p) => p,
+        Err(e) => {
+            capture.stop();
+            forget_recording(outbox.as_ref(), &segment_id, lock).await;
+            return tx.send(Msg::StartFailed(tf(Key::UnsupportedRate, &[&e])));
+        }
+    };
+    let paused = tx.clone();
+    capture.on_running_change(move |running| paused.send(Msg::Paused(!running)));
+    let events = tx.clone();
+    let on_event = Rc::new(move |event| events.send(Msg::Uplink(event)));
+    let uplink = Uplink::start(url, token, recording, frame_ms, Flow::new(WINDOW_BYTES), outbox.clone(), on_event);
+    let saved = tx.clone();
+    let writer = Writer::new(outbox, segment_id, Rc::clone(&uplink), Rc::new(move |s| saved.send(Msg::Saved(s))));
+    let active = Active {
+        capture,
+        pipeline,
+        uplink,
+        writer,
+        lock,
+        frames: Vec::new(),
+        sent: 0,
+        samples_in: 0,
+        rate,
+        frame_ms,
+        last_ui_ms: 0.0,
+        last_storage_ms: 0.0,
+        paused_at: None,
+        live,
+    };
+    tx.send(Msg::Started(Box::new(active), not_kept));
+}
+
+fn on_block(state: &mut State, block: &[f32]) {
+    let (waiting_bytes, cap, tx) = (state.waiting_bytes, state.cap, state.tx.clone());
+    let Phase::Recording(active) = &mut state.phase else { return };
+    active.samples_in += block.len() as u64;
+    active.frames.clear();
+    active.pipeline.push(block, &mut active.frames);
+    active.save_frames();
+    let now = js_sys::Date::now();
+    if now - active.last_ui_ms >= METER_MS {
+        active.last_ui_ms = now;
+        let db = peak_dbfs(block);
+        state.shown.level = if db.is_finite() { format!("{db:.1} dBFS") } else { "-∞ dBFS".into() };
+        state.shown.level_width = format!("{:.0}%", ((db + 60.0) / 60.0 * 100.0).clamp(0.0, 100.0));
+        state.shown.elapsed = active.elapsed();
+        state.shown.sent = active.sent.to_string();
+        state.shown.clipped = active.pipeline.clipped().to_string();
+    }
+    if now - active.last_storage_ms >= STORAGE_CHECK_MS {
+        active.last_storage_ms = now;
+        let own = active.uplink.borrow().pending() * store::frame_bytes(active.frame_ms);
+        wasm_bindgen_futures::spawn_local(async move {
+            let (usage, quota_bytes) = quota::estimate().await;
+            tx.send(Msg::Storage(quota::level(own + waiting_bytes, usage, quota_bytes, cap, store::frame_bytes(1000))));
+        });
+    }
+}
+
+/// The browser paused (or resumed) capture: the recording marks the hole (the frames' timestamps skip it) and the
+/// page says how long it was.
+fn capture_paused(state: &mut State, paused: bool) {
+    let Phase::Recording(active) = &mut state.phase else { return };
+    let now = js_sys::Date::now();
+    if paused {
+        active.paused_at.get_or_insert(now);
+        state.shown.status = t(Key::Paused).to_owned();
+        return;
+    }
+    let Some(since) = active.paused_at.take() else { return };
+    active.frames.clear();
+    active.pipeline.gap(now - since, &mut active.frames);
+    active.save_frames();
+    state.shown.status = tf(Key::PausedFor, &[&format!("{:.1}", (now - since) / 1000.0)]);
+}
+
+/// The storage line while recording; a full outbox stops the recording.
+fn show_storage(state: &mut State, level: Level) {
+    match level {
+        Level::Ok { .. } => {
+            if state.shown.storage_warn {
+                state.shown.storage_warn = false;
+                state.shown.storage = t(Key::StorageRoom).to_owned();
+            }
+        }
+        Level::Warn { left_ms } => {
+            state.shown.storage_warn = true;
+            state.shown.storage = tf(Key::StorageWarn, &[&spoken(left_ms)]);
+        }
+        Level::Full => {
+            if matches!(state.phase, Phase::Recording(_)) {
+                stop(state);
+                state.shown.storage_warn = true;
+                state.shown.storage = t(Key::StorageFull).to_owned();
+            }
+        }
+    }
+}
+
+/// Stops the microphone; the recording finishes (its last frames saved and sent) until every frame is acked.
+fn stop(state: &mut State) {
+    let Phase::Recording(mut active) = std::mem::replace(&mut state.phase, Phase::Idle) else { return };
+    active.capture.stop();
+    active.frames.clear();
+    active.pipeline.finish(&mut active.frames);
+    active.save_frames();
+    // The final length and count, exactly (the meter's updates are throttled).
+    state.shown.elapsed = active.elapsed();
+    state.shown.sent = active.sent.to_string();
+    let pending = active.uplink.borrow().pending();
+    active.writer.borrow_mut().stop();
+    state.finishing =
+        Some(Finishing { _uplink: active.uplink, _writer: active.writer, lock: active.lock.take(), pending });
+}
+
+/// What the live recording's uplink reports.
+fn on_uplink(state: &mut State, event: Event) {
+    match event {
+        Event::Live | Event::Relay(LinkState::Ok, _) => state.shown.link = t(Key::LinkLive).to_owned(),
+        Event::Reconnecting { retry_ms } => {
+            state.shown.link = tf(Key::LinkRetrying, &[&format!("{:.1}", f64::from(retry_ms) / 1000.0)]);
+        }
+        Event::Relay(_, message) => state.shown.link = tf(Key::LinkBuffering, &[&message]),
+        Event::Counts { acked, pending, pending_ms } => {
+            state.shown.acked = acked.to_string();
+            state.shown.pending = tf(Key::PendingAudio, &[&pending, &format!("{:.1}", pending_ms as f64 / 1000.0)]);
+            if let Some(f) = &mut state.finishing {
+                f.pending = pending;
+            }
+        }
+        Event::Problem(p) => state.shown.storage = p,
+        Event::Refused(message) => state.shown.error = message,
+        Event::Done => {
+            state.shown.link = t(Key::LinkDone).to_owned();
+            if state.shown.storage_warn {
+                state.shown.storage_warn = false;
+                state.shown.storage = t(Key::StorageFreed).to_owned();
+            }
+            if let Some(lock) = state.finishing.take().and_then(|f| f.lock) {
+                lock.release();
+            }
+            keep_awake(state);
+        }
+    }
 }
 
 /// `m:ss` (or `h:mm:ss`) of a duration in ms.
@@ -470,15 +983,6 @@ async fn list_microphones(select: HtmlSelectElement) {
     select.set_value(&current);
 }
 
-fn toggle(app: &Rc<RefCell<App>>) {
-    let recording = app.borrow().active.is_some();
-    if recording {
-        stop(app);
-    } else if app.borrow().finishing.is_none() {
-        start(app);
-    }
-}
-
 fn recording_from_form(doc: &Document) -> Result<Recording, String> {
     let car_id = field_value(doc, "carId").trim().to_owned();
     if car_id.is_empty() {
@@ -502,145 +1006,6 @@ fn recording_from_form(doc: &Document) -> Result<Recording, String> {
     Ok(recording)
 }
 
-fn start(app: &Rc<RefCell<App>>) {
-    let (doc, ui) = {
-        let a = app.borrow();
-        (a.doc.clone(), a.ui.clone())
-    };
-    ui.error.set_text_content(None);
-    let recording = match recording_from_form(&doc) {
-        Ok(r) => r,
-        Err(message) => return ui.error.set_text_content(Some(&message)),
-    };
-    if let Some(store) = storage() {
-        for id in FIELDS {
-            let _ = store.set_item(&format!("soundline.{id}"), &field_value(&doc, id));
-        }
-    }
-    *app.borrow().own_car.borrow_mut() = recording.device.car_id.clone();
-    let all = by_id::<HtmlInputElement>(&doc, "feed-all").map(|b| b.checked()).unwrap_or(false);
-    if !all {
-        app.borrow().feed.set_filter(Some(recording.device.car_id.clone()));
-    }
-    // The AudioContext must come to life inside the click itself, before anything is awaited.
-    let context = match Capture::context_in_gesture() {
-        Ok(c) => c,
-        Err(_) => return ui.error.set_text_content(Some(t(Key::NoWebAudio))),
-    };
-    let frame_ms =
-        by_id::<HtmlSelectElement>(&doc, "frameMs").ok().and_then(|s| s.value().parse().ok()).unwrap_or(FRAME_MS);
-    ui.record.set_disabled(true);
-    ui.record.set_text_content(Some(t(Key::Starting)));
-    let app = Rc::clone(app);
-    wasm_bindgen_futures::spawn_local(async move {
-        let fail = |message: &str| {
-            ui.error.set_text_content(Some(message));
-            ui.record.set_text_content(Some(t(Key::StartRecording)));
-            ui.record.set_class_name("");
-            ui.record.set_disabled(false);
-        };
-        let url = match relay_base() {
-            Ok(base) => format!("{base}/ws/record"),
-            Err(e) => {
-                let _ = context.close();
-                return fail(&tf(Key::BadRelay, &[&format!("{e:?}")]));
-            }
-        };
-        // The recording's lock and its row in the outbox come first: no other tab may take it for an earlier
-        // page's, and its frames are never in the outbox without the metadata to send them.
-        let segment_id = recording.segment_id.clone();
-        let lock = lock::try_lock(&segment_id).await.ok().flatten();
-        let outbox = app.borrow().outbox.clone();
-        if let Some(r) = &app.borrow().recovery {
-            r.borrow_mut().own(&segment_id);
-        }
-        let stored = Stored { recording: recording.clone(), frame_ms, started_ms: js_sys::Date::now() };
-        let outbox = match outbox {
-            Some(o) => match o.begin(&stored).await {
-                Ok(()) => Some(o),
-                Err(e) if store::is_quota(&e) => {
-                    let _ = context.close();
-                    if let Some(l) = lock {
-                        l.release();
-                    }
-                    return fail(t(Key::FullBeforeStart));
-                }
-                Err(e) => {
-                    ui.storage.set_text_content(Some(&tf(Key::NotKept, &[&store::describe(&e)])));
-                    None
-                }
-            },
-            None => None,
-        };
-        if outbox.is_some() && !app.borrow().asked_persist {
-            app.borrow_mut().asked_persist = true;
-            let storage_line = ui.storage.clone();
-            wasm_bindgen_futures::spawn_local(async move {
-                storage_line.set_text_content(Some(match quota::persist().await {
-                    Some(true) => t(Key::Persisted),
-                    _ => t(Key::NotPersisted),
-                }));
-            });
-        }
-        let weak = Rc::downgrade(&app);
-        let on_block = move |block: &[f32]| {
-            if let Some(app) = weak.upgrade() {
-                on_block(&app, block);
-            }
-        };
-        let device = ui.mic.value();
-        let mut capture = match Capture::start(context.clone(), Some(&device), ui.processing.checked(), on_block).await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = context.close();
-                forget_recording(outbox.as_ref(), &segment_id, lock).await;
-                return fail(&describe_error(&e));
-            }
-        };
-        let rate = capture.sample_rate();
-        let pipeline = match Pipeline::new(rate, frame_ms, js_sys::Date::now()) {
-            Ok(p) => p,
-            Err(e) => {
-                capture.stop();
-                forget_recording(outbox.as_ref(), &segment_id, lock).await;
-                return fail(&tf(Key::UnsupportedRate, &[&e]));
-            }
-        };
-        let weak = Rc::downgrade(&app);
-        capture.on_running_change(move |running| {
-            if let Some(app) = weak.upgrade() {
-                capture_paused(&app, !running);
-            }
-        });
-        let on_event = uplink_events(&app, ui.clone());
-        let token = field_value(&doc, "token");
-        let uplink = Uplink::start(url, token, recording, frame_ms, Flow::new(WINDOW_BYTES), outbox.clone(), on_event);
-        let writer = Writer::new(outbox, segment_id, Rc::clone(&uplink), writer_events(&app, ui.clone()));
-        app.borrow_mut().active = Some(Active {
-            capture,
-            pipeline,
-            uplink,
-            writer,
-            lock,
-            frames: Vec::new(),
-            sent: 0,
-            samples_in: 0,
-            rate,
-            frame_ms,
-            last_ui_ms: 0.0,
-            last_storage_ms: 0.0,
-            paused_at: None,
-            live: LiveSpectrogram::new(ui.live.clone()),
-        });
-        app.borrow().keep_awake();
-        ui.record.set_text_content(Some(t(Key::StopRecording)));
-        ui.record.set_class_name("on");
-        ui.record.set_disabled(false);
-        ui.status.set_text_content(Some(&tf(Key::RecordingAt, &[&rate])));
-    });
-}
-
 /// A recording that never started: its row leaves the outbox and its lock is released.
 async fn forget_recording(outbox: Option<&Outbox>, segment_id: &str, lock: Option<Held>) {
     if let Some(o) = outbox {
@@ -649,184 +1014,4 @@ async fn forget_recording(outbox: Option<&Outbox>, segment_id: &str, lock: Optio
     if let Some(l) = lock {
         l.release();
     }
-}
-
-fn on_block(app: &Rc<RefCell<App>>, block: &[f32]) {
-    let mut a = app.borrow_mut();
-    let ui = a.ui.clone();
-    let (waiting_bytes, cap) = (a.waiting_bytes, a.cap);
-    let Some(active) = a.active.as_mut() else { return };
-    active.samples_in += block.len() as u64;
-    active.frames.clear();
-    active.pipeline.push(block, &mut active.frames);
-    active.save_frames();
-    let now = js_sys::Date::now();
-    if now - active.last_ui_ms >= 100.0 {
-        active.last_ui_ms = now;
-        let db = peak_dbfs(block);
-        let shown = if db.is_finite() { format!("{db:.1} dBFS") } else { "-∞ dBFS".into() };
-        ui.level.set_text_content(Some(&shown));
-        let width = ((db + 60.0) / 60.0 * 100.0).clamp(0.0, 100.0);
-        // Through the CSSOM: a `style` attribute would be an inline style, which the page's CSP forbids.
-        let _ = ui.level_bar.style().set_property("width", &format!("{width:.0}%"));
-        show_elapsed(&ui, active);
-        ui.sent.set_text_content(Some(&active.sent.to_string()));
-        ui.clipped.set_text_content(Some(&active.pipeline.clipped().to_string()));
-    }
-    if now - active.last_storage_ms >= STORAGE_CHECK_MS {
-        active.last_storage_ms = now;
-        let own = active.uplink.borrow().pending() * store::frame_bytes(active.frame_ms);
-        let weak = Rc::downgrade(app);
-        wasm_bindgen_futures::spawn_local(async move {
-            let (usage, quota_bytes) = quota::estimate().await;
-            let level = quota::level(own + waiting_bytes, usage, quota_bytes, cap, store::frame_bytes(1000));
-            if let Some(app) = weak.upgrade() {
-                show_storage(&app, level);
-            }
-        });
-    }
-}
-
-/// The browser paused (or resumed) capture: the recording marks the hole (the frames' timestamps skip it) and the
-/// page says how long it was.
-fn capture_paused(app: &Rc<RefCell<App>>, paused: bool) {
-    let mut a = app.borrow_mut();
-    let ui = a.ui.clone();
-    let Some(active) = a.active.as_mut() else { return };
-    let now = js_sys::Date::now();
-    if paused {
-        active.paused_at.get_or_insert(now);
-        ui.status.set_text_content(Some(t(Key::Paused)));
-        return;
-    }
-    let Some(since) = active.paused_at.take() else { return };
-    active.frames.clear();
-    active.pipeline.gap(now - since, &mut active.frames);
-    active.save_frames();
-    ui.status.set_text_content(Some(&tf(Key::PausedFor, &[&format!("{:.1}", (now - since) / 1000.0)])));
-}
-
-/// How often storage is looked at while recording.
-const STORAGE_CHECK_MS: f64 = 1_000.0;
-
-/// The storage line while recording; a full outbox stops the recording.
-fn show_storage(app: &Rc<RefCell<App>>, level: Level) {
-    let ui = app.borrow().ui.clone();
-    match level {
-        Level::Ok { .. } => {
-            if ui.storage.class_name() == "warn" {
-                ui.storage.set_class_name("");
-                ui.storage.set_text_content(Some(t(Key::StorageRoom)));
-            }
-        }
-        Level::Warn { left_ms } => {
-            ui.storage.set_class_name("warn");
-            ui.storage.set_text_content(Some(&tf(Key::StorageWarn, &[&spoken(left_ms)])));
-        }
-        Level::Full => {
-            let recording = app.borrow().active.is_some();
-            if recording {
-                stop(app);
-                ui.storage.set_class_name("warn");
-                ui.storage.set_text_content(Some(t(Key::StorageFull)));
-            }
-        }
-    }
-}
-
-fn show_elapsed(ui: &Ui, active: &Active) {
-    let seconds = active.samples_in as f64 / f64::from(active.rate);
-    ui.elapsed.set_text_content(Some(&format!("{}:{:04.1}", (seconds / 60.0) as u64, seconds % 60.0)));
-}
-
-fn stop(app: &Rc<RefCell<App>>) {
-    let mut a = app.borrow_mut();
-    let ui = a.ui.clone();
-    let Some(mut active) = a.active.take() else { return };
-    a.finishing = Some(Finishing {
-        _uplink: Rc::clone(&active.uplink),
-        _writer: Rc::clone(&active.writer),
-        lock: active.lock.take(),
-    });
-    drop(a);
-    active.capture.stop();
-    // The final length, exactly (the meter's updates are throttled).
-    show_elapsed(&ui, &active);
-    active.frames.clear();
-    active.pipeline.finish(&mut active.frames);
-    ui.record.set_disabled(true);
-    ui.record.set_class_name("");
-    ui.record.set_text_content(Some(&tf(Key::Finishing, &[&active.uplink.borrow().pending()])));
-    active.save_frames();
-    ui.sent.set_text_content(Some(&active.sent.to_string()));
-    active.writer.borrow_mut().stop();
-}
-
-/// What the writer reports: frames saved on the device, or a batch it could not save.
-fn writer_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Saved)> {
-    let weak = Rc::downgrade(app);
-    Rc::new(move |saved| match saved {
-        Saved::Saved { frames, .. } => ui.saved.set_text_content(Some(&frames.to_string())),
-        Saved::Failed { message, quota, ms } => {
-            ui.storage.set_class_name("warn");
-            ui.storage
-                .set_text_content(Some(&tf(Key::NotSaved, &[&format!("{:.1}", f64::from(ms) / 1000.0), &message])));
-            if quota {
-                // Outside the writer's call (it is borrowed): stop as the Stop button does.
-                let weak = weak.clone();
-                crate::later(0, move || {
-                    if let Some(app) = weak.upgrade() {
-                        stop(&app);
-                    }
-                });
-            }
-        }
-    })
-}
-
-/// The uplink's events, shown on the page. Runs without borrowing the app (events can fire inside its calls).
-fn uplink_events(app: &Rc<RefCell<App>>, ui: Ui) -> Rc<dyn Fn(Event)> {
-    let weak = Rc::downgrade(app);
-    Rc::new(move |event| match event {
-        Event::Live => ui.link.set_text_content(Some(t(Key::LinkLive))),
-        Event::Reconnecting { retry_ms } => {
-            ui.link.set_text_content(Some(&tf(Key::LinkRetrying, &[&format!("{:.1}", f64::from(retry_ms) / 1000.0)])));
-        }
-        Event::Relay(LinkState::Ok, _) => ui.link.set_text_content(Some(t(Key::LinkLive))),
-        Event::Relay(_, message) => ui.link.set_text_content(Some(&tf(Key::LinkBuffering, &[&message]))),
-        Event::Counts { acked, pending, pending_ms } => {
-            ui.acked.set_text_content(Some(&acked.to_string()));
-            ui.pending.set_text_content(Some(&tf(
-                Key::PendingAudio,
-                &[&pending, &format!("{:.1}", pending_ms as f64 / 1000.0)],
-            )));
-            if let Some(app) = weak.upgrade()
-                && let Ok(a) = app.try_borrow()
-                && a.finishing.is_some()
-            {
-                ui.record.set_text_content(Some(&tf(Key::Finishing, &[&pending])));
-            }
-        }
-        Event::Problem(p) => ui.storage.set_text_content(Some(&p)),
-        Event::Refused(message) => ui.error.set_text_content(Some(&message)),
-        Event::Done => {
-            ui.link.set_text_content(Some(t(Key::LinkDone)));
-            ui.record.set_text_content(Some(t(Key::StartRecording)));
-            ui.record.set_disabled(false);
-            // Outside any borrow of the app: let the current call return first.
-            let weak = weak.clone();
-            if ui.storage.class_name() == "warn" {
-                ui.storage.set_class_name("");
-                ui.storage.set_text_content(Some(t(Key::StorageFreed)));
-            }
-            crate::later(0, move || {
-                let Some(app) = weak.upgrade() else { return };
-                let finished = app.borrow_mut().finishing.take();
-                if let Some(lock) = finished.and_then(|f| f.lock) {
-                    lock.release();
-                }
-                app.borrow().keep_awake();
-            });
-        }
-    })
 }

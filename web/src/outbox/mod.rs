@@ -19,13 +19,14 @@ pub mod lock;
 pub mod quota;
 pub mod writer;
 
-use js_sys::{Array, Promise, Uint8Array};
+use std::rc::Rc;
+
+use js_sys::{Array, Uint8Array};
 use serde::{Deserialize, Serialize};
 use soundline_shared::frame::{self, AudioFrame};
 use soundline_shared::recording::Recording;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::JsFuture;
 use web_sys::{IdbDatabase, IdbKeyRange, IdbOpenDbRequest, IdbRequest, IdbTransaction};
 
 /// The database the page uses.
@@ -97,32 +98,26 @@ pub struct Outbox {
     db: IdbDatabase,
 }
 
-/// Waits until one of two callbacks fires: `hook` installs them (`Some`) and removes them afterwards (`None`).
-/// Returns whether the first (success) fired.
-async fn either(hook: impl Fn(Option<&js_sys::Function>, Option<&js_sys::Function>)) -> Result<bool, JsValue> {
-    let mut settle = None;
-    let promise = Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
-    let (resolve, reject) = settle.ok_or("no promise executor")?;
-    let on_ok = Closure::<dyn FnMut()>::new(move || {
-        let _ = resolve.call0(&JsValue::NULL);
-    });
-    let on_err = Closure::<dyn FnMut()>::new(move || {
-        let _ = reject.call0(&JsValue::NULL);
-    });
-    hook(Some(on_ok.as_ref().unchecked_ref()), Some(on_err.as_ref().unchecked_ref()));
-    let outcome = JsFuture::from(promise).await;
-    hook(None, None);
-    Ok(outcome.is_ok())
+/// Waits until `target` fires `ok` (true) or one of `failures` (false); the listeners go when it returns.
+async fn either(target: &web_sys::EventTarget, ok: &'static str, failures: &[&'static str]) -> bool {
+    let (done, outcome) = futures_channel::oneshot::channel();
+    let done = Rc::new(std::cell::Cell::new(Some(done)));
+    let listen = |event: &'static str, success: bool| {
+        let done = Rc::clone(&done);
+        gloo_events::EventListener::new(target, event, move |_| {
+            if let Some(d) = done.take() {
+                let _ = d.send(success);
+            }
+        })
+    };
+    let _listeners: Vec<gloo_events::EventListener> =
+        std::iter::once(listen(ok, true)).chain(failures.iter().map(|f| listen(f, false))).collect();
+    outcome.await.unwrap_or(false)
 }
 
 /// Waits for a request's `success` (its result) or `error` (its error).
 async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
-    let ok = either(|ok, err| {
-        req.set_onsuccess(ok);
-        req.set_onerror(err);
-    })
-    .await?;
-    if ok {
+    if either(req, "success", &["error"]).await {
         req.result()
     } else {
         Err(req.error().ok().flatten().map(JsValue::from).unwrap_or_else(|| "request failed".into()))
@@ -131,13 +126,11 @@ async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
 
 /// Waits until a transaction commits (`complete`), or fails with why it aborted.
 async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
-    let ok = either(|ok, err| {
-        tx.set_oncomplete(ok);
-        tx.set_onerror(err);
-        tx.set_onabort(err);
-    })
-    .await?;
-    if ok { Ok(()) } else { Err(tx.error().map(JsValue::from).unwrap_or_else(|| "transaction aborted".into())) }
+    if either(tx, "complete", &["error", "abort"]).await {
+        Ok(())
+    } else {
+        Err(tx.error().map(JsValue::from).unwrap_or_else(|| "transaction aborted".into()))
+    }
 }
 
 fn frame_key(segment_id: &str, seq: u32) -> JsValue {
@@ -180,7 +173,7 @@ impl Outbox {
     pub async fn open_named(name: &str) -> Result<Self, JsValue> {
         let factory = web_sys::window().ok_or("no window")?.indexed_db()?.ok_or("this browser has no IndexedDB")?;
         let open: IdbOpenDbRequest = factory.open_with_u32(name, VERSION)?;
-        let upgrade = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+        let _upgrade = gloo_events::EventListener::new(&open, "upgradeneeded", move |e| {
             let Some(db) = e
                 .target()
                 .and_then(|t| t.dyn_into::<IdbOpenDbRequest>().ok())
@@ -196,9 +189,7 @@ impl Outbox {
                 }
             }
         });
-        open.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
         let db = request(&open).await;
-        open.set_onupgradeneeded(None);
         Ok(Self { db: db?.dyn_into()? })
     }
 

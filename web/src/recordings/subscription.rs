@@ -12,12 +12,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use gloo_timers::callback::Timeout;
 use soundline_shared::backoff::Backoff;
 use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedRecord, FeedServerMessage, From, Subscribe};
-use wasm_bindgen::JsCast;
-use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, Element, MessageEvent, WebSocket};
+use web_sys::{Element, WebSocket};
 
 use crate::i18n::{Key, t};
 use crate::recordings::FrameRef;
@@ -74,8 +73,10 @@ struct Feed {
     /// Reconnecting: 1 s doubling to 30 s, with jitter.
     backoff: Backoff,
     next: BTreeMap<i32, i64>,
-    ws: Option<WebSocket>,
-    handlers: Vec<Box<dyn std::any::Any>>,
+    /// The socket and its handlers (dropped together: a replaced socket's events never arrive).
+    ws: Option<(WebSocket, crate::SocketHooks)>,
+    /// The next attempt, while waiting for it (dropping it cancels it).
+    retry: Option<Timeout>,
 }
 
 /// The running panel; keep it for as long as the page shows it (its socket handlers hold only weak references).
@@ -149,7 +150,7 @@ impl Feed {
             backoff: Backoff::FEED,
             next: BTreeMap::new(),
             ws: None,
-            handlers: Vec::new(),
+            retry: None,
         }))
     }
 
@@ -157,9 +158,9 @@ impl Feed {
     /// `connect` subscribes afresh.
     fn restart(&mut self) {
         self.next.clear();
-        if let Some(old) = self.ws.take() {
-            old.set_onclose(None);
-            old.set_onmessage(None);
+        self.retry = None;
+        if let Some((old, hooks)) = self.ws.take() {
+            drop(hooks);
             let _ = old.close();
         }
     }
@@ -213,18 +214,20 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
     })
     .to_json();
     let socket = ws.clone();
-    let on_open = Closure::<dyn FnMut()>::new(move || {
+    let on_open = move || {
         let _ = socket.send_with_str(&subscribe);
-    });
+    };
     let weak = Rc::downgrade(feed);
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-        let (Some(text), Some(feed)) = (e.data().as_string(), weak.upgrade()) else { return };
-        on_text(&feed, &text);
-    });
-    let weak = Rc::downgrade(feed);
-    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+    let on_message = move |text: String| {
         if let Some(feed) = weak.upgrade() {
-            if e.code() == ErrorCode::Unauthorized.close_code() {
+            on_text(&feed, &text);
+        }
+    };
+    let weak = Rc::downgrade(feed);
+    let on_close = move |code: u16| {
+        if let Some(feed) = weak.upgrade() {
+            feed.borrow_mut().ws = None;
+            if code == ErrorCode::Unauthorized.close_code() {
                 // A token typed while this connection was opening: try it now.
                 let entered = feed.borrow().token.borrow().trim().to_owned();
                 if !entered.is_empty() && entered != feed.borrow().token_used {
@@ -239,22 +242,21 @@ fn connect(feed: &Rc<RefCell<Feed>>) {
             feed.borrow().show(t(Key::FeedReconnecting));
             retry(&feed);
         }
-    });
-    ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-    ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-    f.handlers = vec![Box::new(on_open), Box::new(on_message), Box::new(on_close)];
-    f.ws = Some(ws);
+    };
+    let hooks = crate::SocketHooks::new(&ws, on_open, on_message, on_close);
+    f.retry = None;
+    f.ws = Some((ws, hooks));
 }
 
 fn retry(feed: &Rc<RefCell<Feed>>) {
     let weak = Rc::downgrade(feed);
-    let delay_ms = feed.borrow_mut().backoff.next_delay(js_sys::Math::random()).as_millis() as u32;
-    crate::later(delay_ms, move || {
+    let mut f = feed.borrow_mut();
+    let delay_ms = f.backoff.next_delay(js_sys::Math::random()).as_millis() as u32;
+    f.retry = Some(Timeout::new(delay_ms, move || {
         if let Some(feed) = weak.upgrade() {
             connect(&feed);
         }
-    });
+    }));
 }
 
 fn on_text(feed: &Rc<RefCell<Feed>>, text: &str) {

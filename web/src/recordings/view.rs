@@ -72,6 +72,8 @@ struct ViewState {
     render_due: bool,
     selected: Option<Selected>,
     player: Option<Player>,
+    /// The rows', Play's and the slider's listeners (removed with the view).
+    listeners: Vec<gloo_events::EventListener>,
 }
 
 /// The panel; cheap to clone.
@@ -115,36 +117,42 @@ impl View {
             render_due: false,
             selected: None,
             player: None,
+            listeners: Vec::new(),
         })));
         view.listen()?;
         Ok(view)
     }
 
     /// One click listener for every row's Listen button, one each for Play and the position slider: no closure
-    /// per row or per record.
+    /// per row or per record. They hold the view weakly and live as long as it does.
     fn listen(&self) -> Result<(), JsValue> {
-        let s = self.0.borrow();
-        let me = self.clone();
-        let on_list = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
-            let segment = e
-                .target()
-                .and_then(|t| t.dyn_into::<Element>().ok())
-                .and_then(|el| el.closest("button[data-segment]").ok().flatten())
-                .and_then(|b| b.get_attribute("data-segment"));
-            if let Some(segment) = segment {
-                me.open(&segment);
-            }
-        });
-        s.list.add_event_listener_with_callback("click", on_list.as_ref().unchecked_ref())?;
-        on_list.forget(); // the page's lifetime: one listener for all rows
-        let me = self.clone();
-        let on_play = Closure::<dyn FnMut()>::new(move || me.toggle_play());
-        s.play.add_event_listener_with_callback("click", on_play.as_ref().unchecked_ref())?;
-        on_play.forget(); // the page's lifetime
-        let me = self.clone();
-        let on_seek = Closure::<dyn FnMut()>::new(move || me.seek());
-        s.position.add_event_listener_with_callback("input", on_seek.as_ref().unchecked_ref())?;
-        on_seek.forget(); // the page's lifetime
+        use gloo_events::EventListener;
+        let weak = Rc::downgrade(&self.0);
+        let me = move || weak.upgrade().map(View);
+        let mut s = self.0.borrow_mut();
+        let (open, play, seek) = (me.clone(), me.clone(), me);
+        s.listeners = vec![
+            EventListener::new(&s.list, "click", move |e| {
+                let segment = e
+                    .target()
+                    .and_then(|t| t.dyn_into::<Element>().ok())
+                    .and_then(|el| el.closest("button[data-segment]").ok().flatten())
+                    .and_then(|b| b.get_attribute("data-segment"));
+                if let (Some(segment), Some(view)) = (segment, open()) {
+                    view.open(&segment);
+                }
+            }),
+            EventListener::new(&s.play, "click", move |_| {
+                if let Some(view) = play() {
+                    view.toggle_play();
+                }
+            }),
+            EventListener::new(&s.position, "input", move |_| {
+                if let Some(view) = seek() {
+                    view.seek();
+                }
+            }),
+        ];
         Ok(())
     }
 
@@ -178,7 +186,8 @@ impl View {
             return;
         }
         let me = self.clone();
-        crate::later(250, move || {
+        wasm_bindgen_futures::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(250).await;
             me.0.borrow_mut().render_due = false;
             let live = me.render();
             if live {
@@ -254,17 +263,10 @@ impl View {
         drop(s);
         let me = self.clone();
         let segment = segment_id.to_owned();
-        super::fetch::recording(
-            &url,
-            &token,
-            segment_id,
-            partition,
-            first,
-            last,
-            Box::new(move |result| {
-                me.fetched(&segment, recording, result);
-            }),
-        );
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = super::fetch::recording(&url, &token, &segment, partition, first, last).await;
+            me.fetched(&segment, recording, result);
+        });
     }
 
     fn fetched(&self, segment_id: &str, mut recording: Recording, result: Result<super::fetch::Fetched, String>) {
@@ -370,7 +372,8 @@ impl View {
     /// Moves the position slider while playing; back to the start at the end.
     fn follow(&self) {
         let me = self.clone();
-        crate::later(100, move || {
+        wasm_bindgen_futures::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(100).await;
             let mut s = me.0.borrow_mut();
             if !s.player.as_ref().is_some_and(|p| p.playing) {
                 return;

@@ -6,6 +6,9 @@
 //! [`RESCAN_MS`] (a recording another tab held becomes free when that tab goes away); it uploads a recording only
 //! under its Web Lock ([`crate::outbox::lock`]), so two tabs never send the same one at once.
 
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures_util::StreamExt as _;
+use gloo_timers::callback::Timeout;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::{Rc, Weak};
@@ -83,8 +86,10 @@ pub struct Recovery {
     rows: Vec<Row>,
     current: Option<Current>,
     scanning: bool,
-    /// A rescan is scheduled.
-    rescan_due: bool,
+    /// The next scan, while one is scheduled (one timer at a time).
+    rescan: Option<Timeout>,
+    /// Where uploads' events are queued ([`Recovery::events`]).
+    events: UnboundedSender<(String, u64, Event)>,
     on_report: Rc<dyn Fn(Report)>,
     me: Weak<RefCell<Recovery>>,
 }
@@ -97,6 +102,7 @@ impl Recovery {
         token: Rc<RefCell<String>>,
         on_report: Rc<dyn Fn(Report)>,
     ) -> Rc<RefCell<Self>> {
+        let (events, queued) = futures_channel::mpsc::unbounded();
         let r = Rc::new_cyclic(|me| {
             RefCell::new(Self {
                 outbox,
@@ -107,11 +113,13 @@ impl Recovery {
                 rows: Vec::new(),
                 current: None,
                 scanning: false,
-                rescan_due: false,
+                rescan: None,
+                events,
                 on_report,
                 me: me.clone(),
             })
         });
+        wasm_bindgen_futures::spawn_local(Self::drain(Rc::downgrade(&r), queued));
         r.borrow_mut().scan();
         r
     }
@@ -158,14 +166,15 @@ impl Recovery {
             r.borrow_mut().scanning = false;
             r.borrow().report();
             // One timer at a time: a scan started by an upload's end does not start a second chain of them.
-            if !std::mem::replace(&mut r.borrow_mut().rescan_due, true) {
+            if r.borrow().rescan.is_none() {
                 let me = Rc::downgrade(&r);
-                crate::later(RESCAN_MS, move || {
+                r.borrow_mut().rescan = Some(Timeout::new(RESCAN_MS, move || {
                     if let Some(r) = me.upgrade() {
-                        r.borrow_mut().rescan_due = false;
-                        r.borrow_mut().scan();
+                        let mut r = r.borrow_mut();
+                        r.rescan = None;
+                        r.scan();
                     }
-                });
+                }));
             }
         });
     }
@@ -243,7 +252,7 @@ impl Recovery {
             return;
         }
         let flow = Flow::recovered(super::WINDOW_BYTES, first, w.frames, total * u64::from(w.stored.frame_ms));
-        let on_event = Self::events(Rc::downgrade(r), segment_id.clone(), total);
+        let on_event = r.borrow().events(segment_id.clone(), total);
         let (url, token) = {
             let r = r.borrow();
             (r.url.clone(), r.token.borrow().clone())
@@ -255,59 +264,67 @@ impl Recovery {
         rec.set_state(&segment_id, RowState::Uploading { acked: 0, total, live: false });
     }
 
-    fn events(me: Weak<RefCell<Self>>, segment_id: String, total: u64) -> Rc<dyn Fn(Event)> {
+    /// What an upload's uplink reports, queued: it is handled after the uplink's own call has returned, never
+    /// inside it (the uplink and this recovery may be borrowed then).
+    fn events(&self, segment_id: String, total: u64) -> Rc<dyn Fn(Event)> {
+        let events = self.events.clone();
         Rc::new(move |event| {
-            let Some(r) = me.upgrade() else { return };
-            // Events can fire inside a call of this recovery (which borrows it): let that call return first.
-            let (me, segment_id) = (Rc::downgrade(&r), segment_id.clone());
-            crate::later(0, move || {
-                let Some(r) = me.upgrade() else { return };
-                let mut rec = r.borrow_mut();
-                let live = matches!(event, Event::Live | Event::Counts { .. } | Event::Relay(..));
-                match event {
-                    Event::Counts { acked, pending, pending_ms } => {
-                        if let Some(row) = rec.rows.iter_mut().find(|row| row.segment_id == segment_id) {
-                            row.frames = pending;
-                            row.ms = pending_ms;
-                        }
-                        rec.set_state(&segment_id, RowState::Uploading { acked, total, live });
-                    }
-                    Event::Live | Event::Relay(..) | Event::Reconnecting { .. } => {
-                        let acked = match rec.rows.iter().find(|row| row.segment_id == segment_id).map(|r| &r.state) {
-                            Some(RowState::Uploading { acked, .. }) => *acked,
-                            _ => 0,
-                        };
-                        rec.set_state(&segment_id, RowState::Uploading { acked, total, live });
-                    }
-                    Event::Problem(p) => (rec.on_report)(Report::Problem(p)),
-                    Event::Refused(message) => {
-                        // The relay refuses this recording for good (its hello, its token): say so and leave it
-                        // on the device; the next page load tries again (with the token entered by then).
-                        (rec.on_report)(Report::Problem(tf(Key::WaitingRefused, &[&message])));
-                        rec.refused.insert(segment_id.clone());
-                        if let Some(c) = rec.current.take()
-                            && let Some(l) = c.lock
-                        {
-                            l.release();
-                        }
-                        rec.set_state(&segment_id, RowState::Waiting);
-                    }
-                    Event::Done => {
-                        if let Some(row) = rec.rows.iter_mut().find(|row| row.segment_id == segment_id) {
-                            row.frames = 0;
-                            row.ms = 0;
-                        }
-                        if let Some(mut c) = rec.current.take()
-                            && c.segment_id == segment_id
-                            && let Some(l) = c.lock.take()
-                        {
-                            l.release();
-                        }
-                        rec.set_state(&segment_id, RowState::InKafka);
-                        rec.scan();
-                    }
-                }
-            });
+            let _ = events.unbounded_send((segment_id.clone(), total, event));
         })
+    }
+
+    /// Handles the queued events of uploads, one at a time, for as long as the recovery lives.
+    async fn drain(me: Weak<RefCell<Self>>, mut events: UnboundedReceiver<(String, u64, Event)>) {
+        while let Some((segment_id, total, event)) = events.next().await {
+            let Some(r) = me.upgrade() else { return };
+            r.borrow_mut().on_upload_event(&segment_id, total, event);
+        }
+    }
+
+    fn on_upload_event(&mut self, segment_id: &str, total: u64, event: Event) {
+        let live = matches!(event, Event::Live | Event::Counts { .. } | Event::Relay(..));
+        match event {
+            Event::Counts { acked, pending, pending_ms } => {
+                if let Some(row) = self.rows.iter_mut().find(|row| row.segment_id == segment_id) {
+                    row.frames = pending;
+                    row.ms = pending_ms;
+                }
+                self.set_state(segment_id, RowState::Uploading { acked, total, live });
+            }
+            Event::Live | Event::Relay(..) | Event::Reconnecting { .. } => {
+                let acked = match self.rows.iter().find(|row| row.segment_id == segment_id).map(|r| &r.state) {
+                    Some(RowState::Uploading { acked, .. }) => *acked,
+                    _ => 0,
+                };
+                self.set_state(segment_id, RowState::Uploading { acked, total, live });
+            }
+            Event::Problem(p) => (self.on_report)(Report::Problem(p)),
+            Event::Refused(message) => {
+                // The relay refuses this recording for good (its hello, its token): say so and leave it
+                // on the device; the next page load tries again (with the token entered by then).
+                (self.on_report)(Report::Problem(tf(Key::WaitingRefused, &[&message])));
+                self.refused.insert(segment_id.to_owned());
+                if let Some(c) = self.current.take()
+                    && let Some(l) = c.lock
+                {
+                    l.release();
+                }
+                self.set_state(segment_id, RowState::Waiting);
+            }
+            Event::Done => {
+                if let Some(row) = self.rows.iter_mut().find(|row| row.segment_id == segment_id) {
+                    row.frames = 0;
+                    row.ms = 0;
+                }
+                if let Some(mut c) = self.current.take()
+                    && c.segment_id == segment_id
+                    && let Some(l) = c.lock.take()
+                {
+                    l.release();
+                }
+                self.set_state(segment_id, RowState::InKafka);
+                self.scan();
+            }
+        }
     }
 }

@@ -14,11 +14,10 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
+use gloo_timers::callback::Timeout;
 use soundline_shared::control::{ClientMessage, Hello, LinkState, ServerMessage};
 use soundline_shared::recording::Recording;
-use wasm_bindgen::JsCast;
-use wasm_bindgen::prelude::*;
-use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+use web_sys::{BinaryType, WebSocket};
 
 use super::{Backoff, Flow, reconnect_backoff};
 use crate::i18n::{Key, tf};
@@ -66,31 +65,26 @@ pub struct Uplink {
     /// Where spilled frames are read back from and acked ones deleted (`None`: this browser has no outbox).
     outbox: Option<Outbox>,
     backoff: Backoff,
-    ws: Option<WebSocket>,
-    /// Counts connection attempts, so a late timer knows whether its attempt is still the current one.
-    attempt: u32,
+    /// The socket and its handlers, dropped together: a socket given up on never reaches this uplink again.
+    ws: Option<(WebSocket, crate::SocketHooks)>,
+    /// The one timer of the connection: the handshake's deadline while connecting, the next attempt while
+    /// waiting for it. Replacing or dropping it cancels it.
+    timer: Option<Timeout>,
+    /// Deleting acked frames, about a second after the first of them; retrying a failed read-back.
+    delete_timer: Option<Timeout>,
+    pump_retry: Option<Timeout>,
     live: bool,
     refused: bool,
     /// A read from the outbox is under way.
     loading: bool,
-    /// A deletion of acked frames is scheduled.
-    deleting: bool,
     /// The recording is done and being removed from the outbox.
     closing: bool,
     on_event: Rc<dyn Fn(Event)>,
-    handlers: Vec<Box<dyn std::any::Any>>,
     me: Weak<RefCell<Uplink>>,
 }
 
 /// How long a connection attempt may take to reach `ready`.
 const HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
-
-/// Unhooks a socket's handlers, so that its late events never reach closures this uplink has dropped.
-fn detach(ws: &WebSocket) {
-    ws.set_onopen(None);
-    ws.set_onmessage(None);
-    ws.set_onclose(None);
-}
 
 impl Uplink {
     /// Connects to `url` (`ws(s)://host/ws/record`) for `recording`, whose frames (`frame_ms` long) are in `flow`
@@ -117,14 +111,14 @@ impl Uplink {
                 outbox,
                 backoff: reconnect_backoff(),
                 ws: None,
-                attempt: 0,
+                timer: None,
+                delete_timer: None,
+                pump_retry: None,
                 live: false,
                 refused: false,
                 loading: false,
-                deleting: false,
                 closing: false,
                 on_event,
-                handlers: Vec::new(),
                 me: me.clone(),
             })
         });
@@ -166,7 +160,7 @@ impl Uplink {
 
     fn send(&self, seq: u32) {
         if self.live
-            && let Some(ws) = &self.ws
+            && let Some((ws, _)) = &self.ws
             && let Some(encoded) = self.flow.encoded(seq)
         {
             let _ = ws.send_with_u8_array(encoded);
@@ -210,11 +204,11 @@ impl Uplink {
                 Err(e) => {
                     (u.on_event)(Event::Problem(tf(Key::ReadBack, &[&outbox::describe(&e)])));
                     let me = u.me.clone();
-                    crate::later(2_000, move || {
+                    u.pump_retry = Some(Timeout::new(2_000, move || {
                         if let Some(u) = me.upgrade() {
                             u.borrow_mut().pump();
                         }
-                    });
+                    }));
                 }
             }
         });
@@ -222,16 +216,15 @@ impl Uplink {
 
     /// Deletes acked frames from the outbox, about once a second.
     fn schedule_deletes(&mut self) {
-        if self.deleting || self.outbox.is_none() {
+        if self.delete_timer.is_some() || self.outbox.is_none() {
             return;
         }
-        self.deleting = true;
         let me = self.me.clone();
-        crate::later(1_000, move || {
+        self.delete_timer = Some(Timeout::new(1_000, move || {
             let Some(u) = me.upgrade() else { return };
             let (outbox, segment, seqs) = {
                 let mut u = u.borrow_mut();
-                u.deleting = false;
+                u.delete_timer = None;
                 (u.outbox.clone(), u.segment_id.clone(), u.flow.take_deletes())
             };
             let Some(outbox) = outbox else { return };
@@ -243,7 +236,7 @@ impl Uplink {
                     (u.borrow().on_event)(Event::Problem(tf(Key::CleanUp, &[&seqs.len(), &outbox::describe(&e)])));
                 }
             });
-        });
+        }));
     }
 
     fn finish_if_done(&mut self) {
@@ -251,8 +244,9 @@ impl Uplink {
             return;
         }
         self.closing = true;
-        if let Some(ws) = self.ws.take() {
-            detach(&ws);
+        self.timer = None;
+        if let Some((ws, hooks)) = self.ws.take() {
+            drop(hooks);
             let _ = ws.close_with_code(1000);
         }
         self.live = false;
@@ -273,52 +267,47 @@ impl Uplink {
     }
 
     fn connect(&mut self) {
-        if let Some(old) = self.ws.take() {
-            detach(&old);
-        }
+        // The previous socket's handlers go with it.
+        self.ws = None;
         let ws = match crate::open_socket(&self.url, &self.token) {
             Ok(ws) => ws,
             Err(_) => return self.schedule_reconnect(),
         };
         ws.set_binary_type(BinaryType::Arraybuffer);
-        let hello = self.hello.clone();
-        let socket = ws.clone();
-        let on_open = Closure::<dyn FnMut()>::new(move || {
+        let (hello, socket) = (self.hello.clone(), ws.clone());
+        let on_open = move || {
             let _ = socket.send_with_str(&hello);
-        });
+        };
         let me = self.me.clone();
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            let Some(text) = e.data().as_string() else { return };
+        let on_text = move |text: String| {
             if let Some(u) = me.upgrade() {
                 u.borrow_mut().on_text(&text);
             }
-        });
+        };
         let me = self.me.clone();
-        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
+        let on_close = move |_code: u16| {
             if let Some(u) = me.upgrade() {
                 u.borrow_mut().on_close();
             }
-        });
-        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        self.handlers = vec![Box::new(on_open), Box::new(on_message), Box::new(on_close)];
-        self.ws = Some(ws);
+        };
+        let hooks = crate::SocketHooks::new(&ws, on_open, on_text, on_close);
+        self.ws = Some((ws, hooks));
         // A network that swallows packets leaves a connection attempt hanging for minutes: give up on one that
-        // is not ready within the handshake timeout and try again (frames stay in the resend buffer).
-        self.attempt = self.attempt.wrapping_add(1);
-        let (me, attempt) = (self.me.clone(), self.attempt);
-        crate::later(HANDSHAKE_TIMEOUT_MS, move || {
+        // is not ready within the handshake timeout and try again (frames stay in the resend buffer). Reaching
+        // `ready` or closing cancels this timer.
+        let me = self.me.clone();
+        self.timer = Some(Timeout::new(HANDSHAKE_TIMEOUT_MS, move || {
             let Some(u) = me.upgrade() else { return };
             let mut u = u.borrow_mut();
-            if u.attempt == attempt && !u.live && !u.refused && u.ws.is_some() {
-                if let Some(ws) = u.ws.take() {
-                    detach(&ws);
-                    let _ = ws.close();
-                }
-                u.schedule_reconnect();
+            if u.live || u.refused {
+                return;
             }
-        });
+            if let Some((ws, hooks)) = u.ws.take() {
+                drop(hooks);
+                let _ = ws.close();
+            }
+            u.schedule_reconnect();
+        }));
     }
 
     fn on_text(&mut self, text: &str) {
@@ -326,8 +315,9 @@ impl Uplink {
         match msg {
             ServerMessage::Ready { .. } => {
                 self.live = true;
+                self.timer = None;
                 self.backoff.reset();
-                if let Some(ws) = &self.ws {
+                if let Some((ws, _)) = &self.ws {
                     for (_, encoded) in self.flow.in_flight() {
                         let _ = ws.send_with_u8_array(encoded);
                     }
@@ -357,6 +347,7 @@ impl Uplink {
     fn on_close(&mut self) {
         self.live = false;
         self.ws = None;
+        self.timer = None;
         if self.refused || self.closing {
             return;
         }
@@ -367,10 +358,10 @@ impl Uplink {
         let delay = self.backoff.next_delay(js_sys::Math::random()).as_millis() as u32;
         (self.on_event)(Event::Reconnecting { retry_ms: delay });
         let me = self.me.clone();
-        crate::later(delay, move || {
+        self.timer = Some(Timeout::new(delay, move || {
             if let Some(u) = me.upgrade() {
                 u.borrow_mut().connect();
             }
-        });
+        }));
     }
 }
