@@ -271,8 +271,17 @@ async fn garbage_on_the_topic_is_delivered_as_opaque_and_the_feed_goes_on() {
 async fn a_subscriber_that_never_reads_is_cut_off_or_told_while_others_and_ingestion_carry_on() {
     const FRAMES: u32 = 1500;
     let topic = random_topic("feed-slow");
-    let relay =
-        relay_for(&topic, &[("SOUNDLINE_FEED_BUFFER_RECORDS", "512"), ("SOUNDLINE_FEED_SEND_TIMEOUT_S", "2")]).await;
+    // The recorder sends 8 MB/s, far past the per-connection default of 1 MiB/s, which would stretch the test
+    // to 50 s of waiting; recorders' limits are not what this test is about.
+    let relay = relay_for(
+        &topic,
+        &[
+            ("SOUNDLINE_FEED_BUFFER_RECORDS", "512"),
+            ("SOUNDLINE_FEED_SEND_TIMEOUT_S", "2"),
+            ("SOUNDLINE_MAX_BYTES_PER_S", "16777216"),
+        ],
+    )
+    .await;
     let mut slow = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
     let mut fast = Subscriber::start(&relay.ws("/ws/feed"), &subscription(None, From::Live)).await;
 

@@ -16,8 +16,9 @@
 //! Joining starts a reader at the partition's end where none runs; leaving (the [`Membership`] dropped) lets it
 //! stop once nobody has needed it for `feed_reader_idle_s`. So a relay replica reads from Kafka what its own
 //! subscribers watch, not the whole topic, and nothing when nobody watches: replicas scale out instead of each
-//! multiplying the topic's reads. Each record's `record` message is serialized once, here, and shared by
-//! reference with every subscriber. Subscribers are indexed by car: a record goes to its car's ring (if anyone
+//! multiplying the topic's reads. Each record is classified once, here ([`record`]: one borrowed pass over its
+//! value, no PCM decoded), and shared by reference with every subscriber; each form of its message (with PCM or
+//! without) is written once, by the first subscriber that wants it. Subscribers are indexed by car: a record goes to its car's ring (if anyone
 //! watches that car) and to the ring of every record (if anyone watches everything), so it wakes only the
 //! subscribers who may want it.
 //!
@@ -29,7 +30,10 @@
 //! subscriber), the subscriber is told how many records it missed and the offsets to resume from (see
 //! `subscriber.rs`); publishing never waits for it.
 
+pub mod record;
 pub mod subscriber;
+
+pub use record::Published;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
@@ -37,13 +41,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use rskafka::client::Client;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
-use rskafka::record::Record;
-use soundline_shared::feed::{FeedRecord, FeedServerMessage, FeedValue};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -51,83 +50,6 @@ use crate::config::Config;
 use crate::kafka::consumer::{Consumed, ConsumerHealth, Reader, Start, partitions, spawn_partition_reader};
 use crate::kafka::{KafkaError, connect};
 use crate::metrics::Metrics;
-
-/// A record ready to send: its position, what filters look at, and the serialized `record` message.
-#[derive(Debug)]
-pub struct Published {
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// `deviceInfo.carID`, when the value is an envelope.
-    pub car_id: Option<String>,
-    /// `segmentId`, when the value is an envelope.
-    pub segment_id: Option<String>,
-    /// The `{"type":"record",...}` text.
-    pub text: Utf8Bytes,
-    /// For an envelope: the same message with the envelope's PCM left out (`"pcm": false` subscriptions).
-    pub without_pcm: Option<Utf8Bytes>,
-}
-
-impl Published {
-    /// The message for a subscriber that wants envelopes with their PCM (`pcm`) or without.
-    pub fn text(&self, pcm: bool) -> &Utf8Bytes {
-        if pcm { &self.text } else { self.without_pcm.as_ref().unwrap_or(&self.text) }
-    }
-
-    /// Whether a subscriber with these filters wants this record (filters match envelopes only).
-    pub fn matches(&self, car_id: Option<&str>, segment_id: Option<&str>) -> bool {
-        car_id.is_none_or(|c| self.car_id.as_deref() == Some(c))
-            && segment_id.is_none_or(|s| self.segment_id.as_deref() == Some(s))
-    }
-}
-
-/// Builds the feed message for one record, or `None` when it is malformed (neither envelope nor JSON) and the
-/// relay is configured to skip such records.
-pub fn publish(topic: &str, partition: i32, offset: i64, record: &Record, skip_malformed: bool) -> Option<Published> {
-    let raw = record.value.as_deref().unwrap_or_default();
-    let value = FeedValue::classify(raw);
-    let (car_id, segment_id) = match &value {
-        FeedValue::Envelope(env) => (Some(env.recording.device.car_id.clone()), Some(env.recording.segment_id.clone())),
-        _ => (None, None),
-    };
-    // The value goes out as it is in Kafka: spliced in, not parsed into a tree and written again (an envelope is
-    // tens of KB, and this runs once per record). It is valid JSON: `classify` just parsed it.
-    let value_json = match (&value, std::str::from_utf8(raw)) {
-        (FeedValue::Opaque(_), _) if skip_malformed => return None,
-        (FeedValue::Envelope(_) | FeedValue::Json(_), Ok(text)) => text.trim().to_owned(),
-        (FeedValue::Opaque(bytes), _) => format!("\"{}\"", BASE64.encode(bytes)),
-        // JSON is UTF-8 by definition; this arm is unreachable in practice but must not lose the record.
-        (_, Err(_)) => format!("\"{}\"", BASE64.encode(raw)),
-    };
-    let header = FeedServerMessage::Record(FeedRecord {
-        topic: topic.to_owned(),
-        partition,
-        offset,
-        timestamp_ms: record.timestamp.timestamp_millis(),
-        key: record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        // Headers are untrusted like the rest of the record: taken only when they are what the relay writes.
-        segment_id: record.headers.get("segmentId").and_then(|v| String::from_utf8(v.clone()).ok()),
-        seq: record.headers.get("seq").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
-        kind: value.kind().to_owned(),
-        value: serde_json::Value::Null,
-    });
-    // `{"type":"record",...,"value":null}` with the null replaced by the value.
-    let head = serde_json::to_string(&header).unwrap_or_default();
-    let head = head.strip_suffix("null}")?;
-    let spliced = |value: &str| {
-        let mut text = String::with_capacity(head.len() + value.len() + 1);
-        text.push_str(head);
-        text.push_str(value);
-        text.push('}');
-        Utf8Bytes::from(text)
-    };
-    let without_pcm = match &value {
-        FeedValue::Envelope(env) => Some(spliced(&String::from_utf8_lossy(&env.to_json_without_pcm()))),
-        _ => None,
-    };
-    Some(Published { partition, offset, car_id, segment_id, text: spliced(&value_json), without_pcm })
-}
 
 /// One partition of a hub: where its live stream stands, and its reader while anyone needs it.
 struct PartitionState {
@@ -422,7 +344,7 @@ async fn run_hub(
         tokio::select! {
             consumed = records.recv() => {
                 let (Some(c), Some(hub)) = (consumed, hub.upgrade()) else { return };
-                let published = publish(&hub.topic, c.partition, c.offset, &c.record, skip_malformed);
+                let published = Published::new(&hub.topic, c.partition, c.offset, c.record, skip_malformed);
                 if let Some(state) = hub.lock().get_mut(c.partition as usize) {
                     // A stopped reader's last records may still come through after a new reader started further
                     // on: positions never go back.
@@ -458,48 +380,96 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::{TimeZone, Utc};
+    use rskafka::record::Record;
     use soundline_shared::envelope::{Envelope, Stamp};
+    use soundline_shared::feed::{FeedRecord, FeedServerMessage};
     use soundline_shared::recording::Recording;
 
+    use super::record::Kind;
     use super::*;
 
     fn record(value: &[u8]) -> Record {
         Record {
             key: Some(b"CAR-\"1\"".to_vec()),
             value: Some(value.to_vec()),
-            headers: BTreeMap::new(),
+            headers: BTreeMap::from([("seq".to_owned(), b"7".to_vec()), ("segmentId".to_owned(), b"seg".to_vec())]),
             timestamp: Utc.timestamp_millis_opt(42).single().expect("valid"),
         }
     }
 
-    fn parsed(p: &Published) -> FeedRecord {
-        match FeedServerMessage::parse(&p.text) {
+    fn publish(offset: i64, value: &[u8], skip_malformed: bool) -> Option<Published> {
+        Published::new(&Arc::from("t"), 2, offset, record(value), skip_malformed)
+    }
+
+    fn parsed(p: &Published, pcm: bool) -> FeedRecord {
+        match FeedServerMessage::parse(p.text(pcm)) {
             Ok(FeedServerMessage::Record(r)) => r,
-            other => panic!("not a record message: {other:?} from {}", p.text.as_str()),
+            other => panic!("not a record message: {other:?} from {}", p.text(pcm).as_str()),
         }
     }
 
-    #[test]
-    fn an_envelope_is_spliced_in_unchanged_with_its_filters() {
+    fn envelope() -> Envelope {
         let mut rec = Recording::default();
         rec.device.car_id = "CAR-1".into();
         rec.segment_id = "seg".into();
-        let env = Envelope::from_samples(uuid::Uuid::nil(), &Stamp::default(), &rec, 7, &[1, 2, 3]);
+        Envelope::from_samples(uuid::Uuid::nil(), &Stamp::default(), &rec, 7, &[1, 2, 3])
+    }
+
+    #[test]
+    fn an_envelope_goes_out_as_kafka_has_it_and_without_its_pcm_for_lists() {
+        let env = envelope();
         let json = env.to_json();
-        let p = publish("t", 2, 9, &record(&json), false).expect("published");
-        assert_eq!((p.car_id.as_deref(), p.segment_id.as_deref()), (Some("CAR-1"), Some("seg")));
-        let r = parsed(&p);
+        let p = publish(9, &json, false).expect("published");
+        assert_eq!(
+            (p.car_id.as_deref(), p.segment_id.as_deref(), p.kind()),
+            (Some("CAR-1"), Some("seg"), Kind::Envelope)
+        );
+        let r = parsed(&p, true);
         assert_eq!((r.topic.as_str(), r.partition, r.offset, r.timestamp_ms), ("t", 2, 9, 42));
         assert_eq!((r.kind.as_str(), r.key.as_deref()), ("envelope", Some("CAR-\"1\"")));
-        assert_eq!(r.value, serde_json::from_slice::<serde_json::Value>(&json).expect("json"));
+        assert_eq!((r.segment_id.as_deref(), r.seq), (Some("seg"), Some(7)));
+        let value = String::from_utf8(json.clone()).expect("utf-8");
+        assert!(p.text(true).as_str().ends_with(&format!(",\"value\":{value}}}")), "the value byte for byte");
+        let without = parsed(&p, false);
+        let expected: serde_json::Value = serde_json::from_slice(&env.to_json_without_pcm()).expect("json");
+        assert_eq!(without.value, expected, "every field but originData.base64, in its order");
+        assert!(without.value["originData"].get("base64").is_none());
+        assert_eq!(without.value["originData"]["size"], 6);
     }
 
     #[test]
     fn other_json_and_garbage_are_delivered_as_json_and_base64_or_skipped() {
-        let r = parsed(&publish("t", 0, 1, &record(b" {\"score\": 0.5}\n"), false).expect("published"));
+        let p = publish(1, b" {\"score\": 0.5}\n", false).expect("published");
+        let r = parsed(&p, false);
         assert_eq!((r.kind.as_str(), r.value.clone()), ("json", serde_json::json!({"score": 0.5})));
-        let r = parsed(&publish("t", 0, 2, &record(&[0xff, 0x00]), false).expect("published"));
+        assert_eq!(p.car_id, None, "not an envelope: no filter matches it");
+        let r = parsed(&publish(2, b"[1, 2]", false).expect("published"), true);
+        assert_eq!((r.kind.as_str(), r.value.clone()), ("json", serde_json::json!([1, 2])));
+        let r = parsed(&publish(3, &[0xff, 0x00], false).expect("published"), true);
         assert_eq!((r.kind.as_str(), r.value.clone()), ("opaque", serde_json::json!("/wA=")));
-        assert!(publish("t", 0, 2, &record(&[0xff, 0x00]), true).is_none(), "skipped when configured");
+        assert!(publish(3, &[0xff, 0x00], true).is_none(), "skipped when configured");
+        let r = parsed(&publish(4, b"{\"a\": 1} trailing", false).expect("published"), true);
+        assert_eq!(r.kind, "opaque", "JSON followed by more is not JSON");
+    }
+
+    #[test]
+    fn only_an_object_with_the_tag_a_car_a_segment_and_origin_data_is_an_envelope() {
+        let env = serde_json::from_slice::<serde_json::Value>(&envelope().to_json()).expect("json");
+        let mut variants = Vec::new();
+        for (path, replacement) in [
+            ("/sysTag", serde_json::json!("OTHER")),
+            ("/deviceInfo/carID", serde_json::json!(7)),
+            ("/segmentId", serde_json::Value::Null),
+            ("/originData", serde_json::json!("x")),
+        ] {
+            let mut v = env.clone();
+            *v.pointer_mut(path).expect("field") = replacement;
+            variants.push(v);
+        }
+        for v in variants {
+            let p = publish(5, v.to_string().as_bytes(), false).expect("published");
+            assert_eq!((p.kind(), p.car_id.as_deref()), (Kind::Json, None), "{v}");
+            assert_eq!(parsed(&p, false).value, v, "delivered whole, as JSON");
+        }
     }
 }

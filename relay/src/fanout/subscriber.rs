@@ -32,7 +32,7 @@ use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::fanout::{Hub, Published, publish};
+use crate::fanout::{Hub, Published};
 use crate::kafka::KafkaError;
 use crate::kafka::consumer::fetch;
 use crate::kafka::partitioner::partition_for_key;
@@ -360,7 +360,7 @@ async fn history(
                 ping(sink, state).await?;
             }
             offset = r.offset + 1;
-            let Some(published) = publish(&hub.topic, p, r.offset, &r.record, skip_malformed) else {
+            let Some(published) = Published::new(&hub.topic, p, r.offset, r.record, skip_malformed) else {
                 continue;
             };
             if published.matches(car, segment) {
