@@ -11,6 +11,9 @@
 #      BENCH_MAX_S;
 #   4. fan-out reads: on a 12-partition topic with BENCH_FANOUT_RECORDERS (500) real-time recorders, one subscriber
 #      watching one car: the bytes the relay read from Kafka for it, and its fetches after the subscriber left.
+#   5. compression: BENCH_COMPRESSION_RECORDERS (200) real-time recorders of noise-like audio for BENCH_COMPRESSION_S
+#      (30 s) once per codec (none, lz4, snappy, zstd): the bytes of the topic's log segments on the broker's disk
+#      per hour of audio, and the relay's CPU.
 # Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -47,6 +50,7 @@ KAFKA_HEAP=1g bash scripts/kafka.sh start
 run_id="$(date +%s)"
 start_relay() { # start_relay TOPIC [PARTITIONS]
   SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$1" SOUNDLINE_PARTITIONS="${2:-6}" SOUNDLINE_LISTEN="$listen" \
+    SOUNDLINE_COMPRESSION="${codec:-none}" \
     SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
     SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin/soundline-relay" serve >"$out/relay-$1.log" 2>&1 &
   relay_pid=$!
@@ -63,6 +67,8 @@ loadgen() { # loadgen NAME TOPIC ARGS...
     | tee "$out/$name.json"
 }
 
+# BENCH_ONLY=compression: step 5 alone.
+if [[ "${BENCH_ONLY:-}" != compression ]]; then
 # 1. Real time, many recorders and subscribers.
 start_relay "rt-$run_id"
 ulimit -n 65536 2>/dev/null || true
@@ -157,10 +163,39 @@ print(json.dumps({"recorders": run["recorders"], "seconds": run["seconds"], "rec
                   "playback": dict(run["playback"], relay_read_records=history_records, relay_read_bytes=history_bytes)}))
 PY
 
-python3 - "$out" "$rounds" <<'PY'
+fi
+# 5. Compression: the same load once per codec, each into its own topic; what the broker stores of it (the
+#    partitions' .log segment files: record batches as written, without the sparse preallocated index files).
+comp_recorders="${BENCH_COMPRESSION_RECORDERS:-200}"
+comp_s="${BENCH_COMPRESSION_S:-30}"
+for codec in none lz4 snappy zstd; do
+  topic="comp-$codec-$run_id"
+  start_relay "$topic"
+  loadgen "compression-$codec" "$topic" --recorders "$comp_recorders" --duration-s "$comp_s" --ramp-s 2 \
+    --frame-ms 200 --signal noise
+  stop_relay
+  disk="$(find "$KAFKA_STATE_DIR/data" -path "*/$topic-*" -name '*.log' -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
+  echo "{\"codec\": \"$codec\", \"log_bytes\": $disk}" >"$out/compression-$codec-disk.json"
+  topic_cmd --delete --topic "$topic"
+done
+unset codec
+
+python3 - "$out" "$rounds" "${BENCH_ONLY:-}" <<'PY'
 import json, re, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, only = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 j = lambda n: json.load(open(f"{out}/{n}.json"))
+def compression():
+    print("compression (noise-like audio, 200 ms frames): codec | records | log bytes on disk | per hour of audio | vs none | relay CPU per 1000 frames/s")
+    base = None
+    for codec in ("none", "lz4", "snappy", "zstd"):
+        run, disk = j(f"compression-{codec}"), j(f"compression-{codec}-disk")["log_bytes"]
+        per_hour = disk / (run["frames_in_kafka"] * 0.2 / 3600)
+        base = base or per_hour
+        cpu = run["relay"]["cpu_share"] / (run["frames_acked"] / run["seconds"]) * 1000 if run["relay"] else float("nan")
+        print(f"  {codec} | {run['frames_in_kafka']} | {disk} | {per_hour / 1e6:.1f} MB | {per_hour / base:.3f} | {cpu:.4f} cores")
+if only == "compression":
+    compression()
+    sys.exit(0)
 def perf(n):
     line = open(f"{out}/perf-{n}.txt").read()
     records = int(re.search(r"(\d+) records sent", line).group(1))
@@ -207,4 +242,6 @@ p = f["playback"]
 print(f"playback of one recording there ({p['recording_frames']} frames, {p['recording_frames'] * 0.2:.0f} s): a bounded read of "
       f"offsets {p['first']}..{p['last']} ({p['span_records']} records of its partition); the relay read {p['relay_read_records']} records, "
       f"{p['relay_read_bytes'] / 1e6:.1f} MB from Kafka and sent {p['frames']} frames, {p['bytes'] / 1e6:.2f} MB, in {p['seconds']:.2f} s")
+print()
+compression()
 PY

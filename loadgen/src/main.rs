@@ -92,9 +92,49 @@ struct Args {
     /// (`until`, with PCM); reports what it cost (records in the range, frames and bytes delivered, time).
     #[arg(long)]
     playback: bool,
+    /// What the recorders send: `repeat` (one fixed frame, again and again: cheap to make, compresses far better
+    /// than sound) or `noise` (a stand-in for field audio, for measuring compression: low-passed noise around
+    /// -26 dBFS with a tone, new for every frame; about 13 bits of entropy per sample, so harder to compress than
+    /// field audio with quiet stretches).
+    #[arg(long, value_enum, default_value_t = Signal::Repeat)]
+    signal: Signal,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+}
+
+/// The recorders' audio ([`Args::signal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Signal {
+    Repeat,
+    Noise,
+}
+
+/// Low-passed noise plus a 440 Hz tone, continuous across frames; seeded per recorder (xorshift64*).
+struct Noise {
+    state: u64,
+    low: f64,
+    n: u64,
+}
+
+impl Noise {
+    fn new(seed: u64) -> Self {
+        Self { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, low: 0.0, n: 0 }
+    }
+
+    fn fill(&mut self, out: &mut [i16]) {
+        for s in out {
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            let white = (self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            // One pole at ~2.5 kHz: the broadband hum of a rail yard more than white hiss.
+            self.low += 0.6 * (white * 9000.0 - self.low);
+            let tone = 1500.0 * (self.n as f64 * 2.0 * std::f64::consts::PI * 440.0 / 16_000.0).sin();
+            self.n += 1;
+            *s = (self.low + tone).round().clamp(-32768.0, 32767.0) as i16;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -198,7 +238,8 @@ async fn recorder(
         other => bail!("recorder {i}: expected ready, got {other:?}"),
     }
     let samples_per_frame = (16 * args.frame_ms) as usize;
-    let pcm: Vec<i16> = (0..samples_per_frame).map(|n| ((n * 7919 + i * 31) % 20_000) as i16 - 10_000).collect();
+    let mut pcm: Vec<i16> = (0..samples_per_frame).map(|n| ((n * 7919 + i * 31) % 20_000) as i16 - 10_000).collect();
+    let mut noise = (args.signal == Signal::Noise).then(|| Noise::new(i as u64 + 1));
     // How many frames: a fixed count, or as many as fit in `--for-s` (known once the sender stops).
     let planned = match (args.frames, args.for_s) {
         (Some(n), _) => n,
@@ -265,6 +306,9 @@ async fn recorder(
             tokio::time::sleep_until(due.into()).await;
         }
         buf.clear();
+        if let Some(noise) = &mut noise {
+            noise.fill(&mut pcm);
+        }
         // The capture timestamp is the send time, so subscribers can measure fan-out latency from the envelope.
         frame::encode(seq, now_ms(), &pcm, &mut buf);
         if let Ok(mut m) = sent_at.lock() {

@@ -173,9 +173,10 @@ pub fn spawn_partition_reader(
     tx: mpsc::Sender<Consumed>,
     stop: CancellationToken,
 ) {
+    // Counted before the task runs: a subscriber that has been told `subscribed` sees its readers in /metrics.
+    reader.health.running.fetch_add(1, Relaxed);
     tokio::spawn(async move {
         let Reader { client, topic, health } = reader;
-        health.running.fetch_add(1, Relaxed);
         tokio::select! {
             () = read_partition(client, Arc::clone(&topic), partition, start, tx, Arc::clone(&health)) => {}
             () = stop.cancelled() => {}
