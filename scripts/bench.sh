@@ -12,7 +12,7 @@
 #   4. fan-out reads: on a 12-partition topic with BENCH_FANOUT_RECORDERS (500) real-time recorders, one subscriber
 #      watching one car: the bytes the relay read from Kafka for it, and its fetches after the subscriber left.
 #   5. compression: BENCH_COMPRESSION_RECORDERS (200) real-time recorders of noise-like audio for BENCH_COMPRESSION_S
-#      (30 s) once per codec (none, lz4, snappy, zstd): the bytes of the topic's log segments on the broker's disk
+#      (30 s) once per codec (none, lz4, snappy, zstd, gzip): the bytes of the topic's log segments on the broker's disk
 #      per hour of audio, and the relay's CPU.
 # Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
 set -euo pipefail
@@ -58,6 +58,7 @@ start_relay() { # start_relay TOPIC [PARTITIONS]
   until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do sleep 0.2; done
 }
 stop_relay() { kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=""; }
+topic_cmd() { java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@" >/dev/null 2>&1; }
 
 loadgen() { # loadgen NAME TOPIC ARGS...
   local name="$1" topic="$2"
@@ -85,7 +86,6 @@ rounds="${BENCH_ROUNDS:-3}"
 max_s="${BENCH_MAX_S:-$([[ $full == 1 ]] && echo 30 || echo 10)}"
 perf_plain=(acks=all linger.ms=5 max.request.size=2000000)
 perf_tuned=("${perf_plain[@]}" batch.size=1048576 buffer.memory=268435456)
-topic_cmd() { java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@" >/dev/null 2>&1; }
 perf() { # perf NAME RECORD_BYTES RECORDS PROPS...
   local name="$1" bytes="$2" records="$3" topic="perf-$1-$run_id"
   shift 3
@@ -168,7 +168,7 @@ fi
 #    partitions' .log segment files: record batches as written, without the sparse preallocated index files).
 comp_recorders="${BENCH_COMPRESSION_RECORDERS:-200}"
 comp_s="${BENCH_COMPRESSION_S:-30}"
-for codec in none lz4 snappy zstd; do
+for codec in none lz4 snappy zstd gzip; do
   topic="comp-$codec-$run_id"
   start_relay "$topic"
   loadgen "compression-$codec" "$topic" --recorders "$comp_recorders" --duration-s "$comp_s" --ramp-s 2 \
@@ -180,14 +180,14 @@ for codec in none lz4 snappy zstd; do
 done
 unset codec
 
-python3 - "$out" "$rounds" "${BENCH_ONLY:-}" <<'PY'
+python3 - "$out" "${rounds:-3}" "${BENCH_ONLY:-}" <<'PY'
 import json, re, statistics, sys
 out, rounds, only = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 j = lambda n: json.load(open(f"{out}/{n}.json"))
 def compression():
     print("compression (noise-like audio, 200 ms frames): codec | records | log bytes on disk | per hour of audio | vs none | relay CPU per 1000 frames/s")
     base = None
-    for codec in ("none", "lz4", "snappy", "zstd"):
+    for codec in ("none", "lz4", "snappy", "zstd", "gzip"):
         run, disk = j(f"compression-{codec}"), j(f"compression-{codec}-disk")["log_bytes"]
         per_hour = disk / (run["frames_in_kafka"] * 0.2 / 3600)
         base = base or per_hour

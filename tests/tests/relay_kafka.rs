@@ -172,6 +172,36 @@ async fn relay_compresses_batches_with_each_configured_codec() {
     }
 }
 
+/// The default compression (zstd) as downstream consumers meet it: Kafka's own Java consumer, the reference
+/// client, reads the relay's batches back as the envelopes they hold.
+#[tokio::test]
+async fn kafkas_own_consumer_reads_the_relays_default_zstd_batches() {
+    let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+        .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath (scripts/kafka.sh classpath)");
+    let topic = random_topic("codec-default");
+    let relay = InProcess::start(config(&[("SOUNDLINE_TOPIC", &topic)])).await;
+    assert_eq!(config(&[]).kafka.compression, soundline_relay::config::Compression::Zstd, "zstd is the default");
+    three_frames_through(&relay, &topic, "default codec").await;
+    relay.stop().await;
+    let in_kafka = read_all(&*client().await, &topic, 6).await;
+    let output = Command::new("java")
+        .args(["-cp", &classpath, "org.apache.kafka.tools.consumer.ConsoleConsumer"])
+        .args(["--bootstrap-server", &soundline_tests::kafka_bootstrap(), "--topic", &topic])
+        .args(["--from-beginning", "--max-messages", "3", "--timeout-ms", "20000"])
+        .output()
+        .expect("run Kafka's ConsoleConsumer (java)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut printed: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+    let mut expected: Vec<String> = in_kafka
+        .iter()
+        .map(|(_, _, r)| String::from_utf8(r.value.clone().unwrap_or_default()).expect("utf-8 envelope"))
+        .collect();
+    printed.sort();
+    expected.sort();
+    assert_eq!(printed, expected, "the Java consumer prints the envelopes rskafka reads");
+    assert!(printed.iter().all(|v| v.contains("\"sysTag\":\"AICP_SOUND\"")));
+}
+
 #[test]
 fn a_wrong_setting_is_one_line_and_exit_code_2() {
     let out = Command::new(soundline_tests::relay::relay_bin())
