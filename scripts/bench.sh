@@ -15,6 +15,8 @@
 #      (30 s) once per codec (none, lz4, snappy, zstd, gzip): the bytes of the topic's log segments on the broker's disk
 #      per hour of audio, and the relay's CPU.
 # Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
+# One step alone: BENCH_ONLY=realtime (with BENCH_PERF=1: a perf profile of the relay; BENCH_CODEC: its
+# compression, none by default) or BENCH_ONLY=compression.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
@@ -68,14 +70,27 @@ loadgen() { # loadgen NAME TOPIC ARGS...
     | tee "$out/$name.json"
 }
 
-# BENCH_ONLY=compression: step 5 alone.
-if [[ "${BENCH_ONLY:-}" != compression ]]; then
-# 1. Real time, many recorders and subscribers.
-start_relay "rt-$run_id"
+# BENCH_ONLY=realtime or compression: that step alone.
+only="${BENCH_ONLY:-}"
+if [[ -z "$only" || $only == realtime ]]; then
+# 1. Real time, many recorders and subscribers. BENCH_PERF=1: a perf profile of the relay (15 s from 20 s in);
+#    BENCH_CODEC: the relay's compression for this step (none, for comparisons with earlier runs).
+codec="${BENCH_CODEC:-none}" start_relay "rt-$run_id"
 ulimit -n 65536 2>/dev/null || true
+profiler=""
+if [[ "${BENCH_PERF:-0}" == 1 ]]; then
+  (sleep 20 && perf record -F 299 -g -p "$relay_pid" -o "$out/perf-realtime.data" -- sleep 15 >/dev/null 2>&1 &&
+    perf report -i "$out/perf-realtime.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' >"$out/perf-realtime.txt") &
+  profiler=$!
+fi
 loadgen realtime "rt-$run_id" --recorders "$recorders" --subscribers "$subscribers" --duration-s "$seconds" \
   --ramp-s 5 --frame-ms 200
+[[ -n "$profiler" ]] && wait "$profiler"
 stop_relay
+fi
+
+if [[ -z "$only" ]]; then
 
 # 2. Max rate, equal work, side by side. Per frame size, round 1 lets the relay run for max_s seconds (as many
 #    frames as acks allow) and so fixes the work: N records of the envelope's size. Then, in each of the rounds,
@@ -164,6 +179,8 @@ print(json.dumps({"recorders": run["recorders"], "seconds": run["seconds"], "rec
 PY
 
 fi
+
+if [[ -z "$only" || $only == compression ]]; then
 # 5. Compression: the same load once per codec, each into its own topic; what the broker stores of it (the
 #    partitions' .log segment files: record batches as written, without the sparse preallocated index files).
 comp_recorders="${BENCH_COMPRESSION_RECORDERS:-200}"
@@ -179,6 +196,7 @@ for codec in none lz4 snappy zstd gzip; do
   topic_cmd --delete --topic "$topic"
 done
 unset codec
+fi
 
 python3 - "$out" "${rounds:-3}" "${BENCH_ONLY:-}" <<'PY'
 import json, re, statistics, sys
@@ -193,25 +211,36 @@ def compression():
         base = base or per_hour
         cpu = run["relay"]["cpu_share"] / (run["frames_acked"] / run["seconds"]) * 1000 if run["relay"] else float("nan")
         print(f"  {codec} | {run['frames_in_kafka']} | {disk} | {per_hour / 1e6:.1f} MB | {per_hour / base:.3f} | {cpu:.4f} cores")
+def realtime():
+    rt = j("realtime")
+    print(f"real time: {rt['recorders']} recorders / {rt['subscribers']} subscribers, {rt['seconds']:.1f} s: "
+          f"sent {rt['frames_sent']} acked {rt['frames_acked']} in Kafka {rt['frames_in_kafka']} lost {rt['lost']}")
+    print("  ack ms p50 / p95 / p99 / max: {p50:.1f} / {p95:.1f} / {p99:.1f} / {max:.1f}".format(**rt["ack_ms"]))
+    print("  fan-out ms p50 / p99: {:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"]))
+    if rt["relay"]:
+        per_1000 = rt["relay"]["cpu_share"] / (rt["frames_acked"] / rt["seconds"]) * 1000
+        print("  relay CPU {:.2f} cores ({:.3f} per 1000 frames/s), peak RSS {:.1f} MB".format(rt["relay"]["cpu_share"], per_1000, rt["relay"]["peak_rss_mb"]))
+    try:
+        print("  profile (perf, the relay's own costs):\n" + "".join(open(f"{out}/perf-realtime.txt").readlines()[:25]))
+    except OSError:
+        pass
 if only == "compression":
     compression()
+    sys.exit(0)
+if only == "realtime":
+    realtime()
     sys.exit(0)
 def perf(n):
     line = open(f"{out}/perf-{n}.txt").read()
     records = int(re.search(r"(\d+) records sent", line).group(1))
     rps = float(re.search(r"([\d.]+) records/sec", line).group(1))
     return records, rps, records / rps
-rt, old = j("realtime"), j("old")
+old = j("old")
 print("relay: 6 partitions, linger 5 ms, batches up to 1 000 000 bytes, no compression, acks=all (rskafka), 256 MiB budget")
 print("ProducerPerformance plain: acks=all linger.ms=5 max.request.size=2000000 (batch.size 16384, the default)")
 print("ProducerPerformance tuned: the same + batch.size=1048576 buffer.memory=268435456")
 print()
-print(f"real time: {rt['recorders']} recorders / {rt['subscribers']} subscribers, {rt['seconds']:.1f} s: "
-      f"sent {rt['frames_sent']} acked {rt['frames_acked']} in Kafka {rt['frames_in_kafka']} lost {rt['lost']}")
-print("  ack ms p50 / p95 / p99 / max: {p50:.1f} / {p95:.1f} / {p99:.1f} / {max:.1f}".format(**rt["ack_ms"]))
-print("  fan-out ms p50 / p99: {:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"]))
-if rt["relay"]:
-    print("  relay CPU {:.2f} cores, peak RSS {:.1f} MB".format(rt["relay"]["cpu_share"], rt["relay"]["peak_rss_mb"]))
+realtime()
 print()
 for label in ("1s", "100ms"):
     relay = [j(f"max-{label}-{r}") for r in range(1, rounds + 1)]
