@@ -52,9 +52,9 @@ impl Entries<'_> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
-    /// The string at `key`, if it is one.
-    fn text(&self, key: &str) -> Option<String> {
-        self.get(key).and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok()).map(Cow::into_owned)
+    /// The string at `key`, if it is one (borrowed unless it has escapes).
+    fn text(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key).and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
     }
 }
 
@@ -166,8 +166,8 @@ impl Published {
                 let car = entries
                     .get("deviceInfo")
                     .and_then(|d| serde_json::from_str::<Entries<'_>>(d.get()).ok())
-                    .and_then(|d| d.text("carID"));
-                let segment = entries.text("segmentId");
+                    .and_then(|d| d.text("carID").map(Cow::into_owned));
+                let segment = entries.text("segmentId").map(Cow::into_owned);
                 let origin = entries.get("originData").is_some_and(|o| o.get().starts_with('{'));
                 let tagged = entries.text("sysTag").is_some_and(|t| t == DEFAULT_SYS_TAG);
                 match (tagged && origin, car, segment) {
