@@ -526,8 +526,7 @@ fn update(state: &mut State, msg: Msg) {
             if let Some(s) = storage() {
                 let _ = s.set_item("soundline.lang", lang.tag());
             }
-            // The button speaks the new language at once; other lines as they are next written.
-            state.shown.button = button_text(state);
+            // `render` writes the button in the new language at once; other lines change as they are next written.
         }
         Msg::NoOffline(why) => {
             let line = format!("{} {}", state.shown.status, tf(Key::NoOffline, &[&why]));

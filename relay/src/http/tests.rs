@@ -115,8 +115,8 @@ async fn the_relay_serves_the_built_web_app_from_static_dir() {
 
 #[tokio::test]
 async fn a_page_of_another_site_is_refused_with_what_to_configure() {
-    let (_state, _hand) = state(&[]);
-    let app = app(_state);
+    let (state, _hand) = state(&[]);
+    let app = app(state);
     for path in ["/ws/record", "/ws/feed"] {
         let headers = [&UPGRADE[..], &[("origin", "https://evil.example")]].concat();
         let (status, _, body) = get(&app, path, &headers).await;
