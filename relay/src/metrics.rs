@@ -176,6 +176,8 @@ pub struct Metrics {
     pub feed_delivered_total: Count,
     /// Live records a subscriber's task woke up for (of its partitions), delivered or filtered out.
     pub feed_considered_total: Count,
+    /// Live records the hubs read the value of (classified): those someone here may want.
+    pub feed_classified_total: Count,
     /// Records subscribers' own history reads (bounded reads included) fetched from Kafka.
     pub feed_history_records_total: Count,
     /// Their bytes (keys and values).
@@ -299,6 +301,11 @@ impl Default for Metrics {
                 r,
                 "soundline_feed_considered",
                 "Live records feed subscribers woke up for, delivered or filtered out (a car's subscriber wakes for its car's records only)",
+            ),
+            feed_classified_total: count(
+                r,
+                "soundline_feed_classified",
+                "Live records whose value the feed read to classify them: those keyed by a watched car, or all while someone watches everything (the rest of a read partition passes through unread)",
             ),
             feed_history_records_total: count(
                 r,

@@ -83,7 +83,9 @@ pub fn idle_timeout(before_first_message: bool, limits: &crate::config::Limits) 
     }
 }
 
-pub fn classify_read_error(e: &axum::Error) -> Option<Fail> {
+/// What a failed read means for the client: a typed error to close with, or `None` (the connection is gone;
+/// logged at debug level under the connection's span).
+pub fn classify_read_error(e: &axum::Error, span: &tracing::Span) -> Option<Fail> {
     // axum hides tungstenite's error type; its messages are stable and name the cause.
     let text = e.to_string();
     if text.contains("UTF-8") || text.contains("utf-8") || text.contains("utf8") {
@@ -91,7 +93,7 @@ pub fn classify_read_error(e: &axum::Error) -> Option<Fail> {
     } else if text.contains("Message too long") || text.contains("too long") || text.contains("Space limit exceeded") {
         Some(Fail(ErrorCode::MessageTooBig, format!("a message exceeded the relay's size limit ({text})")))
     } else {
-        tracing::debug!(error = %text, "recorder connection failed");
+        tracing::debug!(parent: span, error = %text, "connection failed");
         None
     }
 }

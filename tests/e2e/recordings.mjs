@@ -81,11 +81,17 @@ try {
     await browser.close();
     process.exit(0);
   }
+  // How long the page recorded, as far as this script can tell: at least the wait between the two clicks, at most
+  // until the stop click was done (a click on a loaded machine can take a while to land).
+  let recorded = null;
   if (scenario === "record") {
     await page.click("#record");
     await page.waitForFunction(() => document.getElementById("record").classList.contains("on"), null, { timeout: 20000 });
+    const on = Date.now();
     await sleep(Number(env("RECORD_MS", "5000")));
+    const stopping = Date.now();
     await page.click("#record");
+    recorded = { atLeastMs: stopping - on, atMostMs: Date.now() - on };
     await page.waitForFunction(() => document.getElementById("record").classList.length === 0 && !document.getElementById("record").disabled, null, { timeout: 60000 });
   } else {
     // The feed filters by the car the page knows at load: reload with the car remembered.
@@ -158,7 +164,7 @@ try {
     playback.titles = { zh: zhTitle, en: enTitle, htmlLang: await page.evaluate(() => document.documentElement.lang) };
   }
   console.log(JSON.stringify({
-    lang, rows, detail, spectrogram, fileName, playback, listSocketBytes, feedSocketsBefore, supervisor,
+    lang, rows, detail, spectrogram, fileName, playback, listSocketBytes, feedSocketsBefore, supervisor, recorded,
     feedSockets: feedSockets.map((s) => ({ bytes: s.bytes, frames: s.frames })),
     link: await page.evaluate(() => document.getElementById("link").textContent),
     consoleErrors: errors,

@@ -195,6 +195,8 @@ async fn filters_deliver_exactly_the_matching_records() {
             ("CAR-A".into(), envelope("CAR-A", "seg-2", 0)),
             ("CAR-A".into(), br#"{"carID":"CAR-A","result":"ok"}"#.to_vec()),
             ("CAR-A".into(), envelope("CAR-A", "seg-1", 1)),
+            // CAR-A's envelope keyed for another car: not CAR-A's record (a car's are keyed by its carID).
+            ("CAR-X".into(), envelope("CAR-A", "seg-1", 2)),
         ],
     )
     .await;
@@ -450,6 +452,9 @@ async fn a_subscriber_to_one_car_reads_only_its_partition_wakes_only_for_its_car
     // The hub's stream of one car: the subscriber woke for its car's 10 records, not for its neighbour's.
     let considered = metric(relay.addr, "soundline_feed_considered_total").await;
     assert_eq!(considered, Some(10), "woken for other cars' records");
+    // And the hub read the values of those 10 only: the neighbour's records on the same partition passed unread.
+    let classified = metric(relay.addr, "soundline_feed_classified_total").await;
+    assert_eq!(classified, Some(10), "classified records nobody watches");
 
     // What the relay read from Kafka for it: the watched partition's records at most, far from the topic.
     let in_kafka = read_all(&*client().await, &topic, PARTITIONS).await;

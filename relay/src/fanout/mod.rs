@@ -16,8 +16,9 @@
 //! Joining starts a reader at the partition's end where none runs; leaving (the [`Membership`] dropped) lets it
 //! stop once nobody has needed it for `feed_reader_idle_s`. So a relay replica reads from Kafka what its own
 //! subscribers watch, not the whole topic, and nothing when nobody watches: replicas scale out instead of each
-//! multiplying the topic's reads. Each record is classified once, here ([`record`]: one borrowed pass over its
-//! value, no PCM decoded), and shared by reference with every subscriber; each form of its message (with PCM or
+//! multiplying the topic's reads. Each record someone may want (its key is a watched car, or someone watches
+//! everything) is classified once, here ([`record`]: one borrowed pass over its value, no PCM decoded; the rest
+//! are passed over unread), and shared by reference with every subscriber; each form of its message (with PCM or
 //! without) is written once, by the first subscriber that wants it. Subscribers are indexed by car: a record goes to its car's ring (if anyone
 //! watches that car) and to the ring of every record (if anyone watches everything), so it wakes only the
 //! subscribers who may want it.
@@ -193,6 +194,21 @@ impl Hub {
         LiveReader { subscribers, idle_since: None, stop }
     }
 
+    /// Whether anyone here may want a record keyed `key`: a subscriber of every record, or of the car the key
+    /// names (filters match a car's envelopes keyed by its carID or not keyed: [`Published::matches`]). A record
+    /// nobody wants is not classified: with a few watched cars among thousands, most of a partition passes
+    /// through without its value being read.
+    fn wanted(&self, key: Option<&[u8]>) -> bool {
+        if self.tx.receiver_count() > 0 {
+            return true;
+        }
+        match key.map(std::str::from_utf8) {
+            Some(Ok(car)) => self.by_car.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(car),
+            // Not keyed, or not UTF-8: the value may still be a watched car's envelope.
+            _ => true,
+        }
+    }
+
     /// Sends a record to the subscribers of every record and to those of its car. No subscriber is not an error:
     /// the record is simply not needed now; a car's stream nobody receives any more is removed.
     fn publish(&self, p: Arc<Published>) {
@@ -344,13 +360,18 @@ async fn run_hub(
         tokio::select! {
             consumed = records.recv() => {
                 let (Some(c), Some(hub)) = (consumed, hub.upgrade()) else { return };
-                let published = Published::new(&hub.topic, c.partition, c.offset, c.record, skip_malformed);
                 if let Some(state) = hub.lock().get_mut(c.partition as usize) {
                     // A stopped reader's last records may still come through after a new reader started further
                     // on: positions never go back.
                     state.position = state.position.max(c.offset + 1);
                 }
-                match published {
+                // After the position moved: a subscriber that joined before it (and so expects this record live)
+                // was in the car index before that, and is seen here.
+                if !hub.wanted(c.record.key.as_deref()) {
+                    continue;
+                }
+                metrics.feed_classified_total.inc();
+                match Published::new(&hub.topic, c.partition, c.offset, c.record, skip_malformed) {
                     Some(p) => hub.publish(Arc::new(p)),
                     None => metrics.feed_dropped(crate::metrics::FeedDrop::Malformed, 1),
                 }
@@ -435,6 +456,20 @@ mod tests {
         assert_eq!(without.value, expected, "every field but originData.base64, in its order");
         assert!(without.value["originData"].get("base64").is_none());
         assert_eq!(without.value["originData"]["size"], 6);
+    }
+
+    #[test]
+    fn a_cars_filter_takes_its_envelopes_keyed_by_its_car_or_not_keyed() {
+        let json = envelope().to_json();
+        let with_key = |key: Option<&[u8]>| {
+            let r = Record { key: key.map(<[u8]>::to_vec), ..record(&json) };
+            Published::new(&Arc::from("t"), 0, 1, r, false).expect("published")
+        };
+        assert!(with_key(Some(b"CAR-1")).matches(Some("CAR-1"), Some("seg")));
+        assert!(with_key(None).matches(Some("CAR-1"), None), "not keyed: the envelope says whose it is");
+        assert!(!with_key(Some(b"CAR-2")).matches(Some("CAR-1"), None), "keyed for another car");
+        assert!(with_key(Some(b"CAR-2")).matches(None, Some("seg")), "a segment filter alone looks at the envelope");
+        assert!(!with_key(Some(b"CAR-1")).matches(Some("CAR-2"), None));
     }
 
     #[test]

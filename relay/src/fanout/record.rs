@@ -213,9 +213,11 @@ impl Published {
         }
     }
 
-    /// Whether a subscriber with these filters wants this record (filters match envelopes only).
+    /// Whether a subscriber with these filters wants this record. Filters match envelopes only; a car's are
+    /// those keyed by its carID (as the relay produces them: the key chose the partition a car's subscriber
+    /// reads) or not keyed at all.
     pub fn matches(&self, car_id: Option<&str>, segment_id: Option<&str>) -> bool {
-        car_id.is_none_or(|c| self.car_id.as_deref() == Some(c))
+        car_id.is_none_or(|c| self.car_id.as_deref() == Some(c) && self.key.as_deref().is_none_or(|k| k == c))
             && segment_id.is_none_or(|s| self.segment_id.as_deref() == Some(s))
     }
 

@@ -47,12 +47,13 @@ use crate::ws::{Fail, answer_close, goodbye, idle_timeout, linger, message_len};
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Serves one feed connection until it ends.
-pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+/// Serves one feed connection until it ends. `span` is the connection's (`ws{peer who endpoint}`), the parent
+/// of its log lines.
+pub async fn serve(socket: WebSocket, state: AppState, peer: String, span: tracing::Span) {
     let (mut sink, mut stream) = socket.split();
     state.metrics().feed_subscribers.inc();
     let outcome = tokio::select! {
-        r = subscribe_and_deliver(&mut sink, &mut stream, &state) => r,
+        r = subscribe_and_deliver(&mut sink, &mut stream, &state, &span) => r,
         () = state.shutdown().cancelled() => Err(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; subscribe again".into())),
     };
     state.metrics().feed_subscribers.dec();
@@ -61,7 +62,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
         Ok(()) => answer_close(&mut sink).await,
         Err(Fail(code, message)) => {
             state.metrics().error(code);
-            tracing::info!(peer, %code, message, "closing feed connection");
+            tracing::info!(parent: &span, peer, %code, message, "closing feed connection");
             // A subscriber too slow to read gets no more writes: they would block again.
             if code != ErrorCode::TooSlow {
                 goodbye(&mut sink, code, &message, Duration::from_secs(2)).await;
@@ -75,8 +76,9 @@ async fn subscribe_and_deliver(
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
+    span: &tracing::Span,
 ) -> Result<(), Fail> {
-    let Some(sub) = read_subscribe(stream, state).await? else { return Ok(()) };
+    let Some(sub) = read_subscribe(stream, state, span).await? else { return Ok(()) };
     let cfg = state.config();
     let topic = sub.topic.clone().unwrap_or_else(|| cfg.kafka.topic.clone());
     if topic != cfg.kafka.topic && !cfg.feed.topics.contains(&topic) {
@@ -110,7 +112,11 @@ async fn subscribe_and_deliver(
 }
 
 /// The subscribe, or `None` when the client closed (or left) before sending one.
-async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<Option<Subscribe>, Fail> {
+async fn read_subscribe(
+    stream: &mut SplitStream<WebSocket>,
+    state: &AppState,
+    span: &tracing::Span,
+) -> Result<Option<Subscribe>, Fail> {
     let limits = &state.config().limits;
     // Pings and pongs do not count as the subscribe, nor buy time for it.
     let first = tokio::time::timeout(limits.hello_timeout, async {
@@ -130,7 +136,7 @@ async fn read_subscribe(stream: &mut SplitStream<WebSocket>, state: &AppState) -
         },
         Some(Ok(Message::Close(_))) | None => Ok(None),
         Some(Ok(_)) => Err(Fail(ErrorCode::BadSubscribe, "send a subscribe (a JSON text message) first".into())),
-        Some(Err(e)) => Err(crate::ws::classify_read_error(&e)
+        Some(Err(e)) => Err(crate::ws::classify_read_error(&e, span)
             .unwrap_or_else(|| Fail(ErrorCode::BadSubscribe, format!("the first message could not be read: {e}")))),
     }
 }

@@ -19,7 +19,7 @@
 
 pub mod dedup;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use chrono::{TimeZone, Utc};
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rskafka::record::Record;
 use soundline_shared::control::{ClientMessage, ErrorCode, Hello, LinkState, ServerMessage};
@@ -37,11 +37,10 @@ use soundline_shared::recording::Recording;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::doors::limits::Throttle;
-use crate::kafka::producer::{Delivery, Link, ProduceError};
+use crate::kafka::producer::{Delivery, Link, ProduceError, Route};
 use crate::state::AppState;
 use crate::ws::{Fail, answer_close, classify_read_error, goodbye, idle_timeout, linger, message_len};
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 /// Outbound work for the writer. Bounded: when 1024 items wait (acks of ~3 minutes of 200 ms frames), the reader
 /// stops reading until the writer catches up.
@@ -56,33 +55,28 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Outbound {
     Message(ServerMessage),
-    Ack {
-        seq: u32,
-        bytes: usize,
-        delivery: oneshot::Receiver<Result<Delivery, ProduceError>>,
-        /// The segment's dedup key: once Kafka has the frame it is remembered there.
-        segment: Arc<str>,
-    },
+    /// A frame handed to Kafka (or a resend of one): its ack goes out, in frame order, once Kafka answers.
+    Ack(Unacked),
     /// Stop: deliver pending acks, then send the error (if any) and close with its code.
     Close(ErrorCode, String),
 }
 
-/// Serves one upgraded recorder connection until it ends.
-pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+/// Serves one upgraded recorder connection until it ends. `span` is the connection's (`ws{peer who endpoint}`):
+/// the parent of its log lines, never entered around its futures (that costs on every poll, twice a frame).
+pub async fn serve(socket: WebSocket, state: AppState, peer: String, span: tracing::Span) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let held = Arc::new(AtomicU64::new(0));
-    let writer =
-        tokio::spawn(write(sink, out_rx, state.clone(), Arc::clone(&held)).instrument(tracing::Span::current()));
+    let writer = tokio::spawn(write(sink, out_rx, state.clone(), Arc::clone(&held), span.clone()));
     let mut stream = stream;
-    let outcome = read(&mut stream, &out_tx, &state, &held, &peer).await;
+    let outcome = read(&mut stream, &out_tx, &state, &held, &peer, &span).await;
     let outcome_was_error = outcome.is_some();
     if let Some(Fail(code, message)) = outcome {
         state.metrics().error(code);
         if code == ErrorCode::ShuttingDown {
-            tracing::info!(peer, "closing recorder connection for shutdown");
+            tracing::info!(parent: &span, peer, "closing recorder connection for shutdown");
         } else {
-            tracing::info!(peer, %code, message, "closing recorder connection");
+            tracing::info!(parent: &span, peer, %code, message, "closing recorder connection");
         }
         let _ = out_tx.send(Outbound::Close(code, message)).await;
     }
@@ -100,31 +94,45 @@ async fn read(
     state: &AppState,
     held: &AtomicU64,
     peer: &str,
+    span: &tracing::Span,
 ) -> Option<Fail> {
     let shutdown = state.shutdown().clone();
     let limits = &state.config().limits;
     let mut throttle = Throttle::new(limits);
     let mut deadline = Instant::now() + limits.hello_timeout;
     let mut session: Option<Session> = None;
+    // One shutdown future and one timer for the connection's life, not one of each per frame (both register
+    // with state shared by every connection): the deadline moves with every message, the timer only when it
+    // fires before the deadline.
+    let cancelled = shutdown.cancelled();
+    let idle = tokio::time::sleep_until(deadline);
+    tokio::pin!(cancelled, idle);
     loop {
         let msg = tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = &mut cancelled => {
                 return Some(Fail(ErrorCode::ShuttingDown, "the relay is shutting down; reconnect and resend unacked frames".into()));
             }
             msg = stream.next() => msg,
-            () = tokio::time::sleep_until(deadline) => return Some(idle_timeout(session.is_none(), limits)),
+            () = &mut idle => {
+                if Instant::now() < deadline {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
+                return Some(idle_timeout(session.is_none(), limits));
+            }
         };
         let msg = match msg {
             None => return None,
             Some(Ok(m)) => m,
-            Some(Err(e)) => return classify_read_error(&e),
+            Some(Err(e)) => return classify_read_error(&e, span),
         };
         throttle.admit(message_len(&msg), state.metrics()).await;
         let result = match (msg, session.as_mut()) {
             (Message::Text(text), None) => match hello(&text, state) {
                 Ok((s, ready)) => {
-                    tracing::info!(peer, car = %s.recording.device.car_id, segment = %s.recording.segment_id, "recording started");
+                    let (car, segment) = (&s.recording.device.car_id, &s.recording.segment_id);
+                    tracing::info!(parent: span, peer, %car, %segment, "recording started");
                     session = Some(s);
                     out.send(Outbound::Message(ready)).await.map_err(|_| Fail(ErrorCode::Internal, String::new()))
                 }
@@ -134,7 +142,7 @@ async fn read(
                 ErrorCode::HelloRequired,
                 "send the hello (a JSON text message) before any audio frame".into(),
             )),
-            (Message::Binary(bytes), Some(s)) => frame(&bytes, s, out, state, held).await,
+            (Message::Binary(bytes), Some(s)) => frame(&bytes, s, out, state, held, span).await,
             (Message::Text(_), Some(_)) => Err(Fail(
                 ErrorCode::UnexpectedText,
                 "only binary audio frames are expected after the hello; send text only once, as the hello".into(),
@@ -161,6 +169,8 @@ struct Session {
     key: Vec<u8>,
     /// The recording's envelope with everything its frames share already serialized.
     template: envelope::EnvelopeTemplate,
+    /// Its partition's queue, chosen once.
+    route: Route,
     next_seq: Option<u32>,
 }
 
@@ -176,7 +186,8 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
     let key = recording.device.car_id.as_bytes().to_vec();
     let dedup_key = crate::ingest::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
     let template = envelope::EnvelopeTemplate::new(&cfg.stamp, &recording);
-    Ok((Session { recording, dedup_key, key, template, next_seq: None }, ready))
+    let route = state.producer().route(&key);
+    Ok((Session { recording, dedup_key, key, template, route, next_seq: None }, ready))
 }
 
 async fn frame(
@@ -185,6 +196,7 @@ async fn frame(
     out: &mpsc::Sender<Outbound>,
     state: &AppState,
     held: &AtomicU64,
+    span: &tracing::Span,
 ) -> Result<(), Fail> {
     let cfg = state.config();
     let frame = AudioFrame::decode(bytes, cfg.max_frame_samples).map_err(|e| match e {
@@ -207,7 +219,7 @@ async fn frame(
         let _ = done.send(Ok(landed));
         let segment = Arc::clone(&session.dedup_key);
         return out
-            .send(Outbound::Ack { seq: frame.seq, bytes: 0, delivery, segment })
+            .send(Outbound::Ack(Unacked { seq: frame.seq, bytes: 0, segment, delivery }))
             .await
             .map_err(|_| Fail(ErrorCode::Internal, "the connection's writer stopped".into()));
     }
@@ -227,6 +239,7 @@ async fn frame(
         ));
     }
     tracing::debug!(
+        parent: span,
         seq = frame.seq,
         samples = frame.sample_count(),
         bytes = value.len(),
@@ -275,13 +288,31 @@ async fn frame(
     let metrics = state.metrics();
     metrics.frames_in_total.inc();
     metrics.bytes_in_total.inc_by(frame.pcm_le.len() as u64);
-    let delivery = producer.send(record, permit);
-    out.send(Outbound::Ack { seq: frame.seq, bytes: size, delivery, segment: Arc::clone(&session.dedup_key) })
+    let delivery = producer.send(&mut session.route, record, permit);
+    let segment = Arc::clone(&session.dedup_key);
+    out.send(Outbound::Ack(Unacked { seq: frame.seq, bytes: size, segment, delivery }))
         .await
         .map_err(|_| Fail(ErrorCode::Internal, "the connection's writer stopped".into()))
 }
 
-type Ack = (u32, usize, Arc<str>, Result<Delivery, ProduceError>);
+/// A frame handed to Kafka whose ack has not been sent yet.
+struct Unacked {
+    seq: u32,
+    /// Its share of the connection's held bytes.
+    bytes: usize,
+    /// The segment's dedup key: once Kafka has the frame it is remembered there.
+    segment: Arc<str>,
+    delivery: oneshot::Receiver<Result<Delivery, ProduceError>>,
+}
+
+/// Kafka's answer for the oldest unacked frame. Acks go out in frame order: only the oldest is waited on (a
+/// recording's frames share one partition, so Kafka answers them in that order anyway).
+async fn oldest(unacked: &mut VecDeque<Unacked>) -> Result<Delivery, ProduceError> {
+    match unacked.front_mut() {
+        Some(u) => (&mut u.delivery).await.unwrap_or(Err(ProduceError::Stopped)),
+        None => std::future::pending().await,
+    }
+}
 
 /// Why the writer stops: the socket failed (nothing more can be sent), the client closed (or left), or the
 /// connection must close with a code.
@@ -297,25 +328,25 @@ async fn write(
     mut rx: mpsc::Receiver<Outbound>,
     state: AppState,
     held: Arc<AtomicU64>,
+    span: tracing::Span,
 ) {
-    let mut pending: FuturesOrdered<futures_util::future::BoxFuture<'static, Ack>> = FuturesOrdered::new();
+    let mut pending: VecDeque<Unacked> = VecDeque::new();
     let mut link = state.producer().link();
     let mut last_up = true;
     let mut keepalive = crate::doors::limits::Keepalive::new(&state.config().limits);
+    // Waits for the link to change, holding its receiver until then: one registration with the watch (shared
+    // by every connection) per change rather than per loop.
+    let mut link_changed = std::pin::pin!(changed(link.clone()));
     let stop = loop {
-        let link_changed = async {
-            if link.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
         let step = tokio::select! {
             biased;
-            Some(ack) = pending.next(), if !pending.is_empty() => deliver(&mut sink, ack, &state, &held).await,
+            result = oldest(&mut pending), if !pending.is_empty() => match pending.pop_front() {
+                Some(u) => deliver(&mut sink, &u, result, &state, &held).await,
+                None => Ok(()),
+            },
             item = rx.recv() => match item {
-                Some(Outbound::Ack { seq, bytes, delivery, segment }) => {
-                    pending.push_back(Box::pin(async move {
-                        (seq, bytes, segment, delivery.await.unwrap_or(Err(ProduceError::Stopped)))
-                    }));
+                Some(Outbound::Ack(unacked)) => {
+                    pending.push_back(unacked);
                     Ok(())
                 }
                 Some(Outbound::Message(m)) => {
@@ -339,7 +370,8 @@ async fn write(
                 crate::doors::limits::count_ping(state.metrics());
                 send_message(&mut sink, Message::Ping(Default::default())).await.map_err(|_| Stop::SocketGone)
             }
-            () = link_changed => {
+            watched = &mut link_changed => {
+                link_changed.set(changed(watched));
                 let current = link.borrow_and_update().clone();
                 if current.up == last_up {
                     Ok(())
@@ -360,8 +392,10 @@ async fn write(
     };
     // Deliver the acks of frames already handed to Kafka, within the shutdown timeout.
     let drained = tokio::time::timeout(state.config().shutdown_timeout, async {
-        while let Some(ack) = pending.next().await {
-            match deliver(&mut sink, ack, &state, &held).await {
+        while !pending.is_empty() {
+            let result = oldest(&mut pending).await;
+            let Some(u) = pending.pop_front() else { break };
+            match deliver(&mut sink, &u, result, &state, &held).await {
                 Ok(()) => {}
                 Err(Stop::SocketGone | Stop::ClientLeft) => return None,
                 Err(Stop::Close(c, m)) => return Some((c, m)),
@@ -373,7 +407,9 @@ async fn write(
     match drained {
         Ok(Some((c, m))) => (code, message) = (c, m),
         Ok(None) => {}
-        Err(_) => tracing::warn!(pending = pending.len(), "closing a recorder connection with acks still pending"),
+        Err(_) => {
+            tracing::warn!(parent: &span, pending = pending.len(), "closing a recorder connection with acks still pending");
+        }
     }
     goodbye(&mut sink, code, &message, SEND_TIMEOUT).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
@@ -382,14 +418,15 @@ async fn write(
 /// Sends one ack, or turns a refused record into the reason to close.
 async fn deliver(
     sink: &mut SplitSink<WebSocket, Message>,
-    (seq, bytes, segment, result): Ack,
+    &Unacked { seq, bytes, ref segment, .. }: &Unacked,
+    result: Result<Delivery, ProduceError>,
     state: &AppState,
     held: &AtomicU64,
 ) -> Result<(), Stop> {
     held.fetch_sub(bytes as u64, Relaxed);
     match result {
         Ok(d) => {
-            state.dedup().remember(&segment, seq, d);
+            state.dedup().remember(segment, seq, d);
             send(sink, ServerMessage::Ack { seq, partition: d.partition, offset: d.offset })
                 .await
                 .map_err(|_| Stop::SocketGone)?;
@@ -408,6 +445,14 @@ async fn deliver(
             "the relay stopped before Kafka acknowledged every frame; resend unacked frames".into(),
         )),
     }
+}
+
+/// Returns `link` once it changed (never, once the producer is gone).
+async fn changed(mut link: tokio::sync::watch::Receiver<Link>) -> tokio::sync::watch::Receiver<Link> {
+    if link.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    link
 }
 
 fn status(link: &Link, held: &AtomicU64) -> ServerMessage {

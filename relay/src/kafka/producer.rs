@@ -3,18 +3,22 @@
 //! # Data Flow
 //!
 //! ```text
-//!  ingest (one task per recorder)
+//!  ingest (one task per recorder, one Route per recording: its partition, partition_for_key(carID), once)
 //!    │  reserve(bytes) ── waits while the memory budget is spent (backpressure: the recorder is not read)
-//!    │  send(record, permit) ─► intake (unbounded; bounded in bytes by the budget)
-//!    ▼
-//!  dispatcher ── waits for the topic's layout, then routes by partition_for_key(key)
-//!    │
-//!    ├─► partition 0 queue ─► worker 0 ── batch (linger / batch_max_bytes) ─► produce ─► Kafka
-//!    ├─► partition 1 queue ─► worker 1 ── ...                                    │
-//!    ...                                                                          ▼
-//!  ingest ◄─────────────── oneshot: Ok(Delivery{partition, offset}) per record ◄─ offsets
+//!    │  send(route, record, permit) ──────────────────────────────┐ the topic's layout known: straight to
+//!    │                                                             │ the recording's partition queue
+//!    └─ before the layout is known ─► intake ─► dispatcher ───────┤ (waits for the layout, then routes)
+//!                                                                  ▼
+//!                          ├─► partition 0 queue ─► worker 0 ── batch (linger / batch_max_bytes) ─► produce ─► Kafka
+//!                          ├─► partition 1 queue ─► worker 1 ── ...                                    │
+//!                          ...                                                                          ▼
+//!  ingest ◄─────────────────────────────── oneshot: Ok(Delivery{partition, offset}) per record ◄─ offsets
 //! ```
 //!
+//! - **Routes**: once the dispatcher knows the topic's partitions it publishes their queues; a recording's
+//!   [`Route`] picks its queue once (again only if the topic gains partitions), so a frame costs no routing and
+//!   no hop through the dispatcher. Records a route sent to the intake before that stay ahead of its later ones:
+//!   the route keeps using the intake until the dispatcher has passed all of them on.
 //! - **Order**: one dispatcher and one in-flight request per partition, retried until it succeeds before the next
 //!   batch is sent, so records of one key keep their order in Kafka, failures included.
 //! - **Acks**: a record's oneshot fires only after Kafka answered the produce request with offsets.
@@ -34,6 +38,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rskafka::client::Client;
@@ -87,13 +92,58 @@ struct Pending {
     bytes: usize,
     enqueued: Instant,
     done: oneshot::Sender<Result<Delivery, ProduceError>>,
+    /// Sent through the intake: its route's count of records there, decremented once it reached its queue.
+    via_intake: Option<Arc<AtomicUsize>>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// The record left the intake (into its partition's queue, or refused).
+    fn left_intake(&mut self) {
+        if let Some(n) = self.via_intake.take() {
+            n.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// Every partition's queue, in partition order; published by the dispatcher once the topic's layout is known,
+/// and again when the topic gains partitions.
+type Queues = Arc<[mpsc::UnboundedSender<Pending>]>;
+
+/// Where one recording's records go: its partition's queue, chosen once (`partition_for_key` of its key, the
+/// carID) rather than per record. Made by [`Producer::route`].
+pub struct Route {
+    key: Vec<u8>,
+    queues: watch::Receiver<Option<Queues>>,
+    /// The queue of this key's partition, once the layout is known.
+    queue: Option<mpsc::UnboundedSender<Pending>>,
+    /// This route's records in the intake now: while there are any, later ones follow them through it, so that
+    /// a recording's records reach their partition in the order they were sent.
+    in_intake: Arc<AtomicUsize>,
+}
+
+impl Route {
+    /// The queue to send to now, or `None`: through the intake.
+    fn queue(&mut self) -> Option<&mpsc::UnboundedSender<Pending>> {
+        if self.queues.has_changed().unwrap_or(false) || self.queue.is_none() {
+            let queues = self.queues.borrow_and_update();
+            self.queue = queues.as_ref().and_then(|qs| {
+                let partition = partition_for_key(&self.key, qs.len() as i32) as usize;
+                qs.get(partition).cloned()
+            });
+        }
+        if self.in_intake.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.queue.as_ref()
+    }
 }
 
 /// Handle to the producer; cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
     intake: mpsc::UnboundedSender<Pending>,
+    queues: watch::Receiver<Option<Queues>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     link: watch::Receiver<Link>,
@@ -111,6 +161,8 @@ struct Ctx {
     compression: RsCompression,
     metrics: Arc<Metrics>,
     link: watch::Sender<Link>,
+    /// The partition queues, for the recorders' routes.
+    queues: watch::Sender<Option<Queues>>,
     /// Per partition: the error it is failing with, if any. Link is up when the supervisor is connected and no
     /// partition fails. A std Mutex: held only to update a small map, never across an await.
     failing: std::sync::Mutex<BTreeMap<i32, String>>,
@@ -165,6 +217,7 @@ impl Producer {
     ) -> Self {
         let (intake, intake_rx) = mpsc::unbounded_channel();
         let (link_tx, link) = watch::channel(Link { up: false, detail: "connecting to Kafka".into() });
+        let (queues_tx, queues) = watch::channel(None);
         let compression = match cfg.compression {
             Compression::None => RsCompression::NoCompression,
             Compression::Gzip => RsCompression::Gzip,
@@ -176,6 +229,7 @@ impl Producer {
             compression,
             metrics: Arc::clone(&metrics),
             link: link_tx,
+            queues: queues_tx,
             pace: cfg
                 .max_bytes_per_s
                 .map(|n| std::sync::Mutex::new(Bucket::new(n as f64, tokio::time::Instant::now()))),
@@ -184,7 +238,7 @@ impl Producer {
             cfg,
         });
         tokio::spawn(supervise(ctx, intake_rx, shutdown));
-        Self::handle(intake, link, memory_budget_bytes, metrics)
+        Self::handle(intake, queues, link, memory_budget_bytes, metrics)
     }
 
     /// A producer with no Kafka behind it: what is sent comes out of the returned [`ByHand`], which also sets
@@ -193,17 +247,27 @@ impl Producer {
         let (intake, intake_rx) = mpsc::unbounded_channel();
         let (link_tx, link) = watch::channel(Link { up: false, detail: "connecting to Kafka".into() });
         let hand = ByHand { intake: intake_rx, link: link_tx, metrics: Arc::clone(&metrics) };
-        (Self::handle(intake, link, memory_budget_bytes, metrics), hand)
+        // No layout is ever published: every record goes through the intake, to the hand.
+        let (_, queues) = watch::channel(None);
+        (Self::handle(intake, queues, link, memory_budget_bytes, metrics), hand)
     }
 
     fn handle(
         intake: mpsc::UnboundedSender<Pending>,
+        queues: watch::Receiver<Option<Queues>>,
         link: watch::Receiver<Link>,
         memory_budget_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         let budget_bytes = usize::try_from(memory_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        Self { intake, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes, link, metrics }
+        Self { intake, queues, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes, link, metrics }
+    }
+
+    /// The route of one recording's records, keyed `key` (its carID): every record sent on it must carry that key.
+    pub fn route(&self, key: &[u8]) -> Route {
+        let mut queues = self.queues.clone();
+        queues.mark_changed();
+        Route { key: key.to_vec(), queues, queue: None, in_intake: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// The metrics it counts into (shared with the rest of the relay).
@@ -236,17 +300,29 @@ impl Producer {
         }
     }
 
-    /// Hands a record to Kafka. The receiver fires once Kafka stored it (or it was refused).
+    /// Hands a record to Kafka on its recording's route. The receiver fires once Kafka stored it (or it was
+    /// refused).
     pub fn send(
         &self,
+        route: &mut Route,
         record: Record,
         permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<Result<Delivery, ProduceError>> {
+        debug_assert_eq!(record.key.as_deref(), Some(route.key.as_slice()), "a route carries one key");
         let (done, rx) = oneshot::channel();
         let bytes = permit.num_permits();
         self.metrics.held_bytes.inc_by(bytes as i64);
-        let pending = Pending { record, bytes, enqueued: Instant::now(), done, _permit: permit };
-        if let Err(mpsc::error::SendError(p)) = self.intake.send(pending) {
+        let mut pending = Pending { record, bytes, enqueued: Instant::now(), done, via_intake: None, _permit: permit };
+        let sent = match route.queue() {
+            Some(queue) => queue.send(pending),
+            None => {
+                route.in_intake.fetch_add(1, Ordering::Relaxed);
+                pending.via_intake = Some(Arc::clone(&route.in_intake));
+                self.intake.send(pending)
+            }
+        };
+        if let Err(mpsc::error::SendError(mut p)) = sent {
+            p.left_intake();
             self.metrics.held_bytes.dec_by(p.bytes as i64);
             let _ = p.done.send(Err(ProduceError::Stopped));
         }
@@ -273,6 +349,7 @@ impl ByHand {
     /// The next record sent, in the order it was sent; `None` once every [`Producer`] handle is gone.
     pub async fn next(&mut self) -> Option<Handed> {
         let mut pending = self.intake.recv().await?;
+        pending.left_intake();
         let record = std::mem::replace(&mut pending.record, empty_record());
         Some(Handed { record, pending, metrics: Arc::clone(&self.metrics) })
     }
@@ -337,6 +414,7 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
         }
     };
     spawn_workers(&mut queues, partitions);
+    ctx.queues.send_replace(Some(Queues::from(queues.as_slice())));
     ctx.publish(Link { up: true, detail: String::new() });
 
     let (grown_tx, mut grown) = mpsc::channel(1);
@@ -344,10 +422,16 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
     loop {
         tokio::select! {
             next = intake.recv() => {
-                let Some(p) = next else { return };
+                let Some(mut p) = next else { return };
                 let key = p.record.key.as_deref().unwrap_or_default();
                 let partition = partition_for_key(key, queues.len() as i32) as usize;
-                if let Err(mpsc::error::SendError(p)) = queues[partition].send(p) {
+                let counter = p.via_intake.take();
+                let refused = queues[partition].send(p).err();
+                // Only now may the route send past the intake: its record is in the queue ahead of them.
+                if let Some(n) = counter {
+                    n.fetch_sub(1, Ordering::Release);
+                }
+                if let Some(mpsc::error::SendError(p)) = refused {
                     let _ = p.done.send(Err(ProduceError::Stopped));
                 }
             }
@@ -356,6 +440,7 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
                     // New partitions: Java producers start using them at once, so do we.
                     tracing::info!(topic = %ctx.cfg.topic, from = queues.len(), to = n, "topic gained partitions");
                     spawn_workers(&mut queues, n);
+                    ctx.queues.send_replace(Some(Queues::from(queues.as_slice())));
                 }
             }
         }
@@ -388,7 +473,8 @@ async fn probe(client: Arc<Client>, ctx: Arc<Ctx>, grown: mpsc::Sender<i32>, shu
 
 async fn drain_stopped(mut intake: mpsc::UnboundedReceiver<Pending>) {
     intake.close();
-    while let Some(p) = intake.recv().await {
+    while let Some(mut p) = intake.recv().await {
+        p.left_intake();
         let _ = p.done.send(Err(ProduceError::Stopped));
     }
 }
@@ -534,4 +620,55 @@ fn warn_throttled(ctx: &Ctx) {
         "Kafka throttles this relay (a producer_byte_rate quota): rskafka sends throttled requests again, which stores \
          records twice; set SOUNDLINE_KAFKA_MAX_BYTES_PER_S below the quota (divided by the relays sharing it)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(n: usize) -> (Vec<mpsc::UnboundedReceiver<Pending>>, Queues) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        (rxs, Queues::from(txs.as_slice()))
+    }
+
+    fn record(key: &[u8]) -> Record {
+        Record { key: Some(key.to_vec()), ..empty_record() }
+    }
+
+    #[tokio::test]
+    async fn a_route_goes_through_the_intake_until_the_layout_is_known_and_its_records_there_have_left_it() {
+        let (intake, mut intake_rx) = mpsc::unbounded_channel();
+        let (layout, queues_rx) = watch::channel(None);
+        let (_link_tx, link) = watch::channel(Link { up: true, detail: String::new() });
+        let producer = Producer::handle(intake, queues_rx, link, 1 << 20, Arc::new(Metrics::default()));
+        let mut route = producer.route(b"CAR-042");
+        let send = |route: &mut Route| {
+            let permit = producer.try_reserve(10).expect("budget");
+            drop(producer.send(route, record(b"CAR-042"), permit));
+        };
+
+        send(&mut route);
+        let (mut rxs, qs) = queues(12);
+        layout.send_replace(Some(qs));
+        // The layout is known, but the first record is still in the intake: the second follows it there.
+        send(&mut route);
+        let mut first = intake_rx.try_recv().expect("first through the intake");
+        let mut second = intake_rx.try_recv().expect("second through the intake too");
+        first.left_intake();
+        second.left_intake();
+        // Both have left the intake (the dispatcher passed them on): from now on, straight to the car's partition.
+        send(&mut route);
+        assert!(intake_rx.try_recv().is_err(), "nothing more through the intake");
+        let partition = partition_for_key(b"CAR-042", 12) as usize;
+        assert_eq!(partition, 2, "Kafka's choice among 12 (partitioner.rs)");
+        assert!(rxs[partition].try_recv().is_ok(), "the third went to partition {partition}'s queue");
+        assert!(rxs.iter_mut().all(|rx| rx.try_recv().is_err()), "and only there, once");
+
+        // The topic gains partitions: the route picks its queue again, once.
+        let (mut more, qs) = queues(24);
+        layout.send_replace(Some(qs));
+        send(&mut route);
+        let now = partition_for_key(b"CAR-042", 24) as usize;
+        assert!(more[now].try_recv().is_ok(), "after the growth, partition {now} of 24");
+    }
 }
