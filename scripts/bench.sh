@@ -78,6 +78,7 @@ if [[ -z "$only" || $only == realtime ]]; then
 codec="${BENCH_CODEC:-none}" start_relay "rt-$run_id"
 ulimit -n 65536 2>/dev/null || true
 profiler=""
+rm -f "$out/perf-realtime.txt" # a run without BENCH_PERF=1 must not print an earlier run's profile
 if [[ "${BENCH_PERF:-0}" == 1 ]]; then
   (sleep 20 && perf record -F 299 -g -p "$relay_pid" -o "$out/perf-realtime.data" -- sleep 15 >/dev/null 2>&1 &&
     perf report -i "$out/perf-realtime.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null |

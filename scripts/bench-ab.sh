@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Two relay builds side by side: the relay's CPU per 1000 frames/s at real time, runs alternated on one broker.
+#
+#   bash scripts/bench-ab.sh BEFORE_BIN AFTER_BIN     e.g. a copy of target/release/soundline-relay made before a change
+#
+# Per round, one run of each (BEFORE first), each into a fresh 6-partition topic deleted afterwards: AB_RECORDERS
+# (2000) real-time recorders of 200 ms frames + AB_SUBSCRIBERS (200) one-car subscribers for AB_SECONDS (40) after
+# a 5 s ramp, the relay's CPU from /proc. AB_ROUNDS (3) rounds; AB_CODEC (zstd) is the relays' compression. Prints
+# each run and, at the end, the means and AFTER / BEFORE. Single runs on this kind of machine drift by a quarter
+# from one hour to the next (BENCHMARKS.md); alternated runs drift together, so their ratio is what to read.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+
+[[ $# -eq 2 && -x "$1" && -x "$2" ]] || die "usage: bash scripts/bench-ab.sh BEFORE_RELAY_BIN AFTER_RELAY_BIN"
+before="$(realpath "$1")" after="$(realpath "$2")"
+export KAFKA_PORT="${BENCH_KAFKA_PORT:-29092}"
+export KAFKA_STATE_DIR="${TMPDIR:-/tmp}/soundline-bench-kafka-$KAFKA_PORT"
+bootstrap="127.0.0.1:$KAFKA_PORT"
+listen="127.0.0.1:${BENCH_RELAY_PORT:-28080}"
+out="target/bench/ab"
+mkdir -p "$out"
+cp_jars="$(bash scripts/kafka.sh classpath)"
+
+relay_pid=""
+cleanup() {
+  [[ -n "$relay_pid" ]] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
+  bash scripts/kafka.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+say "building the load generator (release)"
+cargo build --release --locked -p soundline-loadgen
+loadgen="$(target_dir)/release/soundline-loadgen"
+bash scripts/kafka.sh stop >/dev/null 2>&1 || true
+rm -rf "$KAFKA_STATE_DIR"
+KAFKA_HEAP=1g bash scripts/kafka.sh start
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+run() { # run LABEL BIN
+  local label="$1" bin="$2" topic
+  topic="ab-$1-$(date +%s)"
+  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$topic" SOUNDLINE_PARTITIONS=6 SOUNDLINE_LISTEN="$listen" \
+    SOUNDLINE_COMPRESSION="${AB_CODEC:-zstd}" SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
+    SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin" serve >"$out/relay-$label.log" 2>&1 &
+  relay_pid=$!
+  until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do sleep 0.2; done
+  "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json \
+    --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --duration-s "${AB_SECONDS:-40}" \
+    --ramp-s 5 --frame-ms 200 >"$out/$label.json"
+  kill "$relay_pid"
+  wait "$relay_pid" 2>/dev/null || true
+  relay_pid=""
+  java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --delete --topic "$topic" \
+    >/dev/null 2>&1 || true
+  python3 - "$out/$label.json" "$label" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+per_1000 = j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
+print(f"{sys.argv[2]}: {per_1000:.4f} cores per 1000 frames/s ({j['frames_per_s']:.0f} frames/s), "
+      f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}")
+PY
+}
+
+for r in $(seq 1 "${AB_ROUNDS:-3}"); do
+  run "before-$r" "$before"
+  run "after-$r" "$after"
+done
+python3 - "$out" "${AB_ROUNDS:-3}" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def per_1000(label):
+    j = json.load(open(f"{out}/{label}.json"))
+    return j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
+before = [per_1000(f"before-{r}") for r in range(1, rounds + 1)]
+after = [per_1000(f"after-{r}") for r in range(1, rounds + 1)]
+b, a = statistics.mean(before), statistics.mean(after)
+print(f"before {b:.4f}, after {a:.4f} cores per 1000 frames/s (means of {rounds}); after / before {a / b:.3f}")
+PY
