@@ -19,8 +19,9 @@
 //!   [`Route`] picks its queue once (again only if the topic gains partitions), so a frame costs no routing and
 //!   no hop through the dispatcher. Records a route sent to the intake before that stay ahead of its later ones:
 //!   the route keeps using the intake until the dispatcher has passed all of them on.
-//! - **Order**: one dispatcher and one in-flight request per partition, retried until it succeeds before the next
-//!   batch is sent, so records of one key keep their order in Kafka, failures included.
+//! - **Order**: a recording's records enter one partition queue in the order they were sent (its route, above),
+//!   and each partition has one in-flight request, retried until it succeeds before the next batch is sent, so
+//!   records of one key keep their order in Kafka, failures included.
 //! - **Acks**: a record's oneshot fires only after Kafka answered the produce request with offsets.
 //! - **Failures**: rskafka retries a request for up to `op_deadline`; then the worker marks the link down (recorders
 //!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s, with jitter: `Backoff::KAFKA`) and sends the same batch again, forever.
