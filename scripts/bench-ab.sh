@@ -22,12 +22,7 @@ out="target/bench/ab"
 mkdir -p "$out"
 cp_jars="$(bash scripts/kafka.sh classpath)"
 
-relay_pid=""
-cleanup() {
-  [[ -n "$relay_pid" ]] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
-  bash scripts/kafka.sh stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+stop_bench_on_exit
 
 say "building the load generator (release)"
 cargo build --release --locked -p soundline-loadgen

@@ -34,12 +34,7 @@ listen="127.0.0.1:${BENCH_RELAY_PORT:-28080}"
 cp_jars="$(bash scripts/kafka.sh classpath)"
 py="$SOUNDLINE_CACHE/benchtools/bin/python"
 
-relay_pid=""
-cleanup() {
-  [[ -n "$relay_pid" ]] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
-  bash scripts/kafka.sh stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+stop_bench_on_exit
 
 say "building release binaries"
 cargo build --release --locked -p soundline-relay -p soundline-loadgen

@@ -18,3 +18,9 @@ target_dir() {
 need() { # need CMD "what it is for and how to get it"
   command -v "$1" >/dev/null 2>&1 || die "$1 is missing: $2"
 }
+
+# The benchmarks' cleanup: on exit, stop the relay whose pid is in $relay_pid (if any) and the benchmark broker.
+stop_bench_on_exit() {
+  relay_pid=""
+  trap 'if [[ -n "$relay_pid" ]]; then kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null; fi; bash "$REPO_ROOT/scripts/kafka.sh" stop >/dev/null 2>&1 || true' EXIT
+}
