@@ -35,17 +35,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 run() { # run LABEL BIN
   local label="$1" bin="$2" topic
   topic="ab-$1-$(date +%s)"
-  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$topic" SOUNDLINE_PARTITIONS=6 SOUNDLINE_LISTEN="$listen" \
-    SOUNDLINE_COMPRESSION="${AB_CODEC:-zstd}" SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
-    SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin" serve >"$out/relay-$label.log" 2>&1 &
-  relay_pid=$!
-  until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do sleep 0.2; done
+  start_bench_relay "$bin" "$topic" 6 "${AB_CODEC:-zstd}" "$out/relay-$label.log"
   "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json \
     --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --duration-s "${AB_SECONDS:-40}" \
     --ramp-s 5 --frame-ms 200 >"$out/$label.json"
-  kill "$relay_pid"
-  wait "$relay_pid" 2>/dev/null || true
-  relay_pid=""
+  stop_bench_relay
   java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --delete --topic "$topic" \
     >/dev/null 2>&1 || true
   python3 - "$out/$label.json" "$label" <<'PY'

@@ -45,16 +45,8 @@ rm -rf "$KAFKA_STATE_DIR"
 KAFKA_HEAP=1g bash scripts/kafka.sh start
 
 run_id="$(date +%s)"
-start_relay() { # start_relay TOPIC [PARTITIONS]
-  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$1" SOUNDLINE_PARTITIONS="${2:-6}" SOUNDLINE_LISTEN="$listen" \
-    SOUNDLINE_COMPRESSION="${codec:-none}" \
-    SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
-    SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$bin/soundline-relay" serve >"$out/relay-$1.log" 2>&1 &
-  relay_pid=$!
-  for _ in $(seq 1 100); do "$bin/soundline-relay" healthcheck --addr "$listen" 2>/dev/null && break; sleep 0.1; done
-  until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do sleep 0.2; done
-}
-stop_relay() { kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=""; }
+start_relay() { start_bench_relay "$bin/soundline-relay" "$1" "${2:-6}" "${codec:-none}" "$out/relay-$1.log"; } # TOPIC [PARTITIONS]
+stop_relay() { stop_bench_relay; }
 topic_cmd() { java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@" >/dev/null 2>&1; }
 
 loadgen() { # loadgen NAME TOPIC ARGS...

@@ -24,3 +24,17 @@ stop_bench_on_exit() {
   relay_pid=""
   trap 'if [[ -n "$relay_pid" ]]; then kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null; fi; bash "$REPO_ROOT/scripts/kafka.sh" stop >/dev/null 2>&1 || true' EXIT
 }
+
+# start_bench_relay BIN TOPIC PARTITIONS CODEC LOG: a relay for the benchmarks (per-client limits out of the way)
+# on $listen against $bootstrap, logging to LOG; its pid in $relay_pid once /readyz answers.
+start_bench_relay() {
+  SOUNDLINE_KAFKA_BROKERS="$bootstrap" SOUNDLINE_TOPIC="$2" SOUNDLINE_PARTITIONS="$3" SOUNDLINE_LISTEN="$listen" \
+    SOUNDLINE_COMPRESSION="$4" SOUNDLINE_MAX_CONNECTIONS=20000 SOUNDLINE_MAX_CONNECTIONS_PER_CLIENT=20000 \
+    SOUNDLINE_MAX_MESSAGES_PER_S=1000000 SOUNDLINE_MAX_BYTES_PER_S=10000000000 "$1" serve >"$5" 2>&1 &
+  relay_pid=$!
+  until curl -fsS "http://$listen/readyz" >/dev/null 2>&1; do
+    kill -0 "$relay_pid" 2>/dev/null || die "the relay exited before it was ready (its log: $5)"
+    sleep 0.2
+  done
+}
+stop_bench_relay() { kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=""; }

@@ -165,11 +165,9 @@ struct Session {
     recording: Recording,
     /// Car + segment, for recognising resends ([`crate::ingest::dedup`]).
     dedup_key: Arc<str>,
-    /// The Kafka key: carID, UTF-8.
-    key: Vec<u8>,
     /// The recording's envelope with everything its frames share already serialized.
     template: envelope::EnvelopeTemplate,
-    /// Its partition's queue, chosen once.
+    /// Its partition's queue, chosen once from its Kafka key (the carID, UTF-8).
     route: Route,
     next_seq: Option<u32>,
 }
@@ -183,11 +181,10 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
         topic: cfg.kafka.topic.clone(),
         max_frame_samples: cfg.max_frame_samples,
     };
-    let key = recording.device.car_id.as_bytes().to_vec();
     let dedup_key = crate::ingest::dedup::Dedup::segment_key(&recording.device.car_id, &recording.segment_id);
     let template = envelope::EnvelopeTemplate::new(&cfg.stamp, &recording);
-    let route = state.producer().route(&key);
-    Ok((Session { recording, dedup_key, key, template, route, next_seq: None }, ready))
+    let route = state.producer().route(recording.device.car_id.as_bytes());
+    Ok((Session { recording, dedup_key, template, route, next_seq: None }, ready))
 }
 
 async fn frame(
@@ -228,7 +225,7 @@ async fn frame(
     let uuid = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid_buf);
     let mut value = Vec::new();
     session.template.write_json(uuid, frame.capture_ts_ms, frame.pcm_le, &mut value);
-    let size = value.len() + session.key.len() + RECORD_OVERHEAD_BYTES;
+    let size = value.len() + session.route.key().len() + RECORD_OVERHEAD_BYTES;
     if size > cfg.kafka.max_message_bytes {
         return Err(Fail(
             ErrorCode::RecordTooLarge,
@@ -248,7 +245,7 @@ async fn frame(
         "frame"
     );
     let record = Record {
-        key: Some(session.key.clone()),
+        key: Some(session.route.key().to_vec()),
         value: Some(value),
         headers: BTreeMap::from([
             ("segmentId".to_owned(), session.recording.segment_id.as_bytes().to_vec()),

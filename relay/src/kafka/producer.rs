@@ -124,9 +124,15 @@ pub struct Route {
 }
 
 impl Route {
+    /// The Kafka key every record on this route carries.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// The queue to send to now, or `None`: through the intake.
     fn queue(&mut self) -> Option<&mpsc::UnboundedSender<Pending>> {
-        if self.queues.has_changed().unwrap_or(false) || self.queue.is_none() {
+        // Marked changed when made ([`Producer::route`]), then whenever the dispatcher publishes a layout.
+        if self.queues.has_changed().unwrap_or(false) {
             let queues = self.queues.borrow_and_update();
             self.queue = queues.as_ref().and_then(|qs| {
                 let partition = partition_for_key(&self.key, qs.len() as i32) as usize;
