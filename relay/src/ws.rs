@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitStream;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{SinkExt, StreamExt};
 use soundline_shared::control::{ErrorCode, ServerMessage};
 
@@ -42,7 +41,10 @@ where
 /// After our close frame: keep the socket open (reading and discarding) until the client answers with its own
 /// close, for 2 s at most. Closing at once while input is unread (say, the rest of an oversized message) makes
 /// the kernel reset the connection, and the client would lose the error and the close code.
-pub async fn linger(stream: &mut SplitStream<WebSocket>) {
+pub async fn linger<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let _ = tokio::time::timeout_at(deadline, async {
         let mut errors = 0;
