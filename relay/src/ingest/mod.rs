@@ -95,25 +95,23 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: String, span: t
         while !conn.unacked.is_empty() {
             let result = oldest(&mut conn.unacked).await;
             let Some(u) = conn.unacked.pop_front() else { break };
-            match conn.deliver(&mut socket, &u, result).await {
-                Ok(()) => {}
-                Err(End::Fail(fail)) => return Ok(Some(fail)),
-                Err(End::SocketGone | End::ClientLeft) => return Err(()),
+            if let Err(end) = conn.deliver(&mut socket, &u, result).await {
+                return Some(end);
             }
         }
-        Ok(None)
+        None
     })
     .await;
     match drained {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(Fail(c, m)))) => {
+        Ok(None) => {}
+        Ok(Some(End::Fail(Fail(c, m)))) => {
             // A refused record (or the producer stopping) while draining: that is what the client hears.
             if c != code {
                 state.metrics().error(c);
             }
             (code, message) = (c, m);
         }
-        Ok(Err(())) => return,
+        Ok(Some(End::SocketGone | End::ClientLeft)) => return,
         Err(_) => {
             let pending = conn.unacked.len();
             tracing::warn!(parent: &span, pending, "closing a recorder connection with acks still pending");
