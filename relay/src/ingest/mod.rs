@@ -73,13 +73,14 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: String, span: t
     let mut conn = Conn {
         state: &state,
         span: &span,
+        peer: &peer,
         session: None,
         unacked: VecDeque::new(),
         held: 0,
         link: state.producer().link(),
         last_up: true,
     };
-    let Fail(mut code, mut message) = match conn.run(&mut socket, &peer).await {
+    let Fail(mut code, mut message) = match conn.run(&mut socket).await {
         End::ClientLeft => return answer_close(&mut socket).await,
         End::SocketGone => return,
         End::Fail(fail) => fail,
@@ -125,6 +126,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, peer: String, span: t
 struct Conn<'a> {
     state: &'a AppState,
     span: &'a tracing::Span,
+    peer: &'a str,
     session: Option<Session>,
     /// Frames handed to Kafka (or resends of them) whose acks have not gone out, oldest first.
     unacked: VecDeque<Unacked>,
@@ -146,7 +148,7 @@ struct Parked<'a> {
 
 impl<'a> Conn<'a> {
     /// Runs the connection until the client leaves, the socket fails or a problem ends it.
-    async fn run(&mut self, socket: &mut WebSocket, peer: &str) -> End {
+    async fn run(&mut self, socket: &mut WebSocket) -> End {
         let state = self.state;
         let limits = &state.config().limits;
         let mut throttle = Throttle::new(limits);
@@ -193,7 +195,7 @@ impl<'a> Conn<'a> {
                     None => Ok(false),
                 },
                 () = &mut pause, if stalled.is_some() => match stalled.take() {
-                    Some(msg) => self.handle(socket, msg, &mut parked, peer).await.map(|()| true),
+                    Some(msg) => self.handle(socket, msg, &mut parked).await.map(|()| true),
                     None => Ok(false),
                 },
                 msg = socket.next(), if reading => match msg {
@@ -206,7 +208,7 @@ impl<'a> Conn<'a> {
                             stalled = Some(msg);
                             Ok(false)
                         }
-                        None => self.handle(socket, msg, &mut parked, peer).await.map(|()| true),
+                        None => self.handle(socket, msg, &mut parked).await.map(|()| true),
                     },
                 },
                 () = &mut idle, if reading => {
@@ -228,7 +230,7 @@ impl<'a> Conn<'a> {
                         Ok(false)
                     } else {
                         self.last_up = current.up;
-                        let status = status(&current, self.held);
+                        let status = self.link_status(&current);
                         send(socket, status).await.map(|()| false).map_err(|_| End::SocketGone)
                     }
                 }
@@ -248,20 +250,19 @@ impl<'a> Conn<'a> {
         socket: &mut WebSocket,
         msg: Message,
         parked: &mut Option<Parked<'a>>,
-        peer: &str,
     ) -> Result<(), End> {
         match (msg, self.session.is_some()) {
             (Message::Text(text), false) => {
                 let (s, ready) = hello(&text, self.state).map_err(End::Fail)?;
                 let (car, segment) = (&s.recording.device.car_id, &s.recording.segment_id);
-                tracing::info!(parent: self.span, peer, %car, %segment, "recording started");
+                tracing::info!(parent: self.span, peer = self.peer, %car, %segment, "recording started");
                 self.session = Some(s);
                 send(socket, ready).await.map_err(|_| End::SocketGone)?;
                 // A recorder that connects while Kafka is away hears so right after `ready`.
                 let current = self.link.borrow_and_update().clone();
                 self.last_up = current.up;
                 if !current.up {
-                    send(socket, status(&current, self.held)).await.map_err(|_| End::SocketGone)?;
+                    send(socket, self.link_status(&current)).await.map_err(|_| End::SocketGone)?;
                 }
                 Ok(())
             }
@@ -405,8 +406,19 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// A `status` message: `state`, what this connection holds, and why.
     fn status_message(&self, state: LinkState, message: &str) -> ServerMessage {
         ServerMessage::Status { state, held_bytes: self.held as u64, message: message.to_owned() }
+    }
+
+    /// The `status` that tells the recorder where the Kafka link stands.
+    fn link_status(&self, link: &Link) -> ServerMessage {
+        if link.up {
+            self.status_message(LinkState::Ok, "frames are reaching Kafka")
+        } else {
+            let why = format!("Kafka is unavailable ({}); frames are held and retried", link.detail);
+            self.status_message(LinkState::KafkaUnavailable, &why)
+        }
     }
 }
 
@@ -470,15 +482,6 @@ async fn changed(mut link: tokio::sync::watch::Receiver<Link>) -> tokio::sync::w
         std::future::pending::<()>().await;
     }
     link
-}
-
-fn status(link: &Link, held: usize) -> ServerMessage {
-    let (state, message) = if link.up {
-        (LinkState::Ok, "frames are reaching Kafka".to_owned())
-    } else {
-        (LinkState::KafkaUnavailable, format!("Kafka is unavailable ({}); frames are held and retried", link.detail))
-    };
-    ServerMessage::Status { state, held_bytes: held as u64, message }
 }
 
 async fn send(socket: &mut WebSocket, msg: ServerMessage) -> Result<(), axum::Error> {
