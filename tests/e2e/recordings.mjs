@@ -50,6 +50,8 @@ try {
   let supervisor = null;
   if (scenario === "existing") {
     await page.waitForFunction((car) => [...document.querySelectorAll("#feed li.car")].some((li) => li.textContent === car), env("CAR_ID"), { timeout: 20000 });
+    // Its frames come as one feed record each: read the view once the recording holds all its audio.
+    await page.waitForFunction((ms) => [...document.querySelectorAll("#feed li[data-segment]")].some((li) => Number(li.dataset.durationMs) >= ms), Number(env("EXISTING_AUDIO_MS")), { timeout: 20000 });
     supervisor = await page.evaluate(() => [...document.querySelectorAll("#feed li")].map((li) => ({ group: li.classList.contains("car"), text: li.textContent })));
   }
   await page.fill("#carId", env("CAR_ID"));

@@ -46,6 +46,11 @@ impl Page {
     }
 
     async fn run(&self, scenario: &str, car: &str, name: &str) -> serde_json::Value {
+        self.run_with(scenario, car, name, &[]).await
+    }
+
+    /// As [`Page::run`], with more settings for the script.
+    async fn run_with(&self, scenario: &str, car: &str, name: &str, extra: &[(&str, &str)]) -> serde_json::Value {
         let docs = repo().join("docs").join("screenshots");
         std::fs::create_dir_all(&docs).expect("docs/screenshots");
         let out = tokio::process::Command::new("node")
@@ -58,6 +63,7 @@ impl Page {
             .env("DOWNLOAD", self.download(name))
             .env("SCREENSHOT_ZH", docs.join("recordings-zh-CN.png"))
             .env("SCREENSHOT_EN", docs.join("recordings-en.png"))
+            .envs(extra.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -219,7 +225,9 @@ async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_
             .expect("now"),
     };
     pc.produce(vec![record], rskafka::client::partition::Compression::NoCompression).await.expect("produce the result");
-    let report = page.run("existing", &car, "hole").await;
+    // The supervisor view is read once the list holds the recording's 800 ms of audio (its four frames arrive as
+    // four feed records, one render each).
+    let report = page.run_with("existing", &car, "hole", &[("EXISTING_AUDIO_MS", "800")]).await;
     no_console_errors(&report);
     let row = &report["rows"][0];
     assert_eq!(row["state"], "missing", "{report}");
