@@ -400,18 +400,20 @@ impl EnvelopeTemplate {
     /// Appends the envelope of one frame to `out`: byte for byte what [`write_json`] writes for the same parts.
     pub fn write_json(&self, uuid: &str, collect_timestamp_ms: i64, pcm_le: &[u8], out: &mut Vec<u8>) {
         use std::io::Write as _;
-        let b64_len = pcm_le.len().div_ceil(3) * 4;
+        let b64_len = base64_simd::STANDARD.encoded_length(pcm_le.len());
         out.reserve(self.after_uuid.len() + self.after_timestamp.len() + uuid.len() + b64_len + 96);
         out.extend_from_slice(b"{\"uuid\":");
-        out.extend_from_slice(json_text(uuid).as_bytes());
+        // Straight into `out`: a string always serializes, and writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, uuid);
         out.extend_from_slice(&self.after_uuid);
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{collect_timestamp_ms}");
         out.extend_from_slice(&self.after_timestamp);
         let start = out.len();
         out.resize(start + b64_len, 0);
-        // The slice is exactly the encoded length, so encoding cannot run out of room.
-        let _ = BASE64.encode_slice(pcm_le, &mut out[start..]);
+        // The slice is exactly the encoded length (what `encode` requires). SIMD: a frame's one pass over its PCM
+        // is the envelope's largest cost (BENCHMARKS.md).
+        let _ = base64_simd::STANDARD.encode(pcm_le, base64_simd::Out::from_slice(&mut out[start..]));
         let duration = duration_ms(pcm_le.len() as u64 / 2, u64::from(SAMPLE_RATE_HZ));
         let _ = write!(
             out,
@@ -556,6 +558,20 @@ mod tests {
             template.write_json("6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f3a21", -17, &pcm, &mut got);
             assert_eq!(String::from_utf8_lossy(&got[4..]), String::from_utf8_lossy(&expected), "{car:?}");
             assert_eq!(&got[..4], b"kept", "appends");
+        }
+    }
+
+    #[test]
+    fn a_templates_base64_is_the_standard_one_at_every_length_around_the_simd_blocks() {
+        // The template encodes with SIMD in blocks; every length up to a few blocks, odd ones too, against the
+        // `base64` crate's standard padded encoding.
+        let template = EnvelopeTemplate::new(&Stamp::default(), &Recording::default());
+        for len in 0..=300usize {
+            let pcm: Vec<u8> = (0..len).map(|i| (i * 151 + len) as u8).collect();
+            let mut out = Vec::new();
+            template.write_json("u", 0, &pcm, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(v["originData"]["base64"].as_str(), Some(BASE64.encode(&pcm).as_str()), "{len} bytes");
         }
     }
 
