@@ -7,7 +7,8 @@
 //     CAR_ID       the car
 //     SCENARIO     record: record RECORD_MS, then open the recording, play it, download it, screenshot it in
 //                  zh-CN (SCREENSHOT_ZH) and English (SCREENSHOT_EN)
-//                  existing: only open the car's (one) recording that is already in Kafka and download it
+//                  existing: only open the car's (one) recording that is already in Kafka and download it; the
+//                  supervisor view is read once a recording there holds EXISTING_AUDIO_MS of audio
 //                  memory: watch the car's recordings arrive (the test produces them) and sample the page's
 //                  memory (CDP Performance.getMetrics JS heap after a GC, and the WebAssembly memory) every 2 s
 //                  until DONE_FILE exists and the list is still
