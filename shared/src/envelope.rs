@@ -409,11 +409,9 @@ impl EnvelopeTemplate {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{collect_timestamp_ms}");
         out.extend_from_slice(&self.after_timestamp);
-        let start = out.len();
-        out.resize(start + b64_len, 0);
-        // The slice is exactly the encoded length (what `encode` requires). SIMD: a frame's one pass over its PCM
-        // is the envelope's largest cost (BENCHMARKS.md).
-        let _ = base64_simd::STANDARD.encode(pcm_le, base64_simd::Out::from_slice(&mut out[start..]));
+        // Into the room reserved above, without zero-filling it first. SIMD: a frame's one pass over its PCM is the
+        // envelope's largest cost (BENCHMARKS.md).
+        base64_simd::STANDARD.encode_append(pcm_le, out);
         let duration = duration_ms(pcm_le.len() as u64 / 2, u64::from(SAMPLE_RATE_HZ));
         let _ = write!(
             out,
