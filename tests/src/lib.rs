@@ -134,10 +134,7 @@ pub async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32
 pub async fn ws_connect(
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    Box<tokio_tungstenite::tungstenite::Error>,
-> {
+) -> Result<WsStream, Box<tokio_tungstenite::tungstenite::Error>> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
     let mut request = url.into_client_request().map_err(Box::new)?;
@@ -146,4 +143,50 @@ pub async fn ws_connect(
         request.headers_mut().append(name, HeaderValue::from_str(value).expect("header value"));
     }
     tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws).map_err(Box::new)
+}
+
+/// A test client's WebSocket to the relay.
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a client read from the relay.
+pub type WsRead = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>;
+
+/// Sends `msg` the way a browser's `WebSocket.send` does: it goes out while what the relay says is read, and
+/// the reads are returned (up to and including a close frame or a read error) for the caller to go through first.
+///
+/// A client that only writes can miss the relay's answer to a message the relay refuses part-way: for one over
+/// `max_message_bytes` the relay answers (error, close frame) as soon as the header names the size, and reads no
+/// more of it, so the client's write blocks on a full socket until the relay's linger ends and the connection
+/// is reset, the answer unread. A send cut short by the relay's close is not an error here: what was read says
+/// what happened.
+pub async fn send_while_reading(
+    ws: &mut WsStream,
+    msg: tokio_tungstenite::tungstenite::Message,
+) -> std::collections::VecDeque<WsRead> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut stream) = ws.split();
+    let mut read = std::collections::VecDeque::new();
+    let send = sink.send(msg);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            _ = &mut send => break,
+            next = stream.next() => match next {
+                Some(Ok(m)) => {
+                    let closed = matches!(m, Message::Close(_));
+                    read.push_back(Ok(m));
+                    if closed {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    read.push_back(Err(e));
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    read
 }

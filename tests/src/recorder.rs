@@ -1,15 +1,16 @@
 //! A scripted recorder: speaks `docs/protocol.md` over a real WebSocket (tokio-tungstenite), frame by frame, so
 //! tests can send good and bad input and read exactly what the relay answers.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use soundline_shared::control::{ClientMessage, ErrorCode, Hello, ServerMessage};
 use soundline_shared::frame;
 use soundline_shared::recording::{DeviceInfo, LocationInfo, Recording};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{WsRead, WsStream};
 
 /// What the relay sent next.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +23,9 @@ pub enum Event {
 
 /// One recorder connection.
 pub struct Recorder {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WsStream,
+    /// What the relay said while a send was pending ([`Recorder::send_while_reading`]), read first.
+    said: VecDeque<WsRead>,
 }
 
 /// Metadata for a test recording.
@@ -45,7 +48,7 @@ impl Recorder {
     /// Opens a WebSocket to `url`.
     pub async fn connect(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Self { ws }
+        Self { ws, said: VecDeque::new() }
     }
 
     /// Opens a WebSocket to `url` with extra request headers (a token, a subprotocol); the handshake's error
@@ -54,7 +57,7 @@ impl Recorder {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Box<tokio_tungstenite::tungstenite::Error>> {
-        Ok(Self { ws: crate::ws_connect(url, headers).await? })
+        Ok(Self { ws: crate::ws_connect(url, headers).await?, said: VecDeque::new() })
     }
 
     /// Sends the hello and returns the relay's answer (`ready` when all is well).
@@ -77,6 +80,13 @@ impl Recorder {
         self.ws.send(Message::Text(text.into())).await.expect("send text");
     }
 
+    /// Sends any message while reading what the relay says, as a browser does (see [`crate::send_while_reading`]):
+    /// for a message the relay refuses before it has all of it.
+    pub async fn send_while_reading(&mut self, msg: Message) {
+        let said = crate::send_while_reading(&mut self.ws, msg).await;
+        self.said.extend(said);
+    }
+
     /// Sends one binary message.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send binary");
@@ -95,9 +105,12 @@ impl Recorder {
     /// The next thing the relay says (60 s at most), skipping pings.
     pub async fn next(&mut self) -> Event {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
-                .await
-                .expect("relay said nothing within 60 s");
+            let msg = match self.said.pop_front() {
+                Some(said) => Some(said),
+                None => tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                    .await
+                    .expect("relay said nothing within 60 s"),
+            };
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return Event::Server(

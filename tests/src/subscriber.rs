@@ -1,14 +1,14 @@
 //! A scripted feed subscriber: speaks the `/ws/feed` part of `docs/protocol.md` over a real WebSocket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use soundline_shared::control::{ErrorCode, ServerMessage};
 use soundline_shared::feed::{FeedClientMessage, FeedRecord, FeedServerMessage, From, Subscribe};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{WsRead, WsStream};
 
 /// What the relay sent a subscriber.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +23,9 @@ pub enum FeedEvent {
 
 /// One feed connection.
 pub struct Subscriber {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WsStream,
+    /// What the relay said while a send was pending ([`Subscriber::send_while_reading`]), read first.
+    said: VecDeque<WsRead>,
     /// Next offset per partition: from `subscribed`, advanced by every record. Resume with it.
     pub next: BTreeMap<i32, i64>,
 }
@@ -42,17 +44,24 @@ impl Subscriber {
     ) -> Result<Self, Box<tokio_tungstenite::tungstenite::Error>> {
         let mut ws = crate::ws_connect(url, headers).await?;
         ws.send(Message::Text(FeedClientMessage::Subscribe(sub.clone()).to_json().into())).await.map_err(Box::new)?;
-        Ok(Self { ws, next: BTreeMap::new() })
+        Ok(Self { ws, said: VecDeque::new(), next: BTreeMap::new() })
     }
 
     /// A subscriber on an open WebSocket that has sent nothing yet.
-    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
-        Self { ws, next: BTreeMap::new() }
+    pub fn from_stream(ws: WsStream) -> Self {
+        Self { ws, said: VecDeque::new(), next: BTreeMap::new() }
     }
 
     /// Sends any message (for tests of what a well-behaved subscriber never sends).
     pub async fn send(&mut self, msg: Message) {
         let _ = self.ws.send(msg).await;
+    }
+
+    /// Sends any message while reading what the relay says, as a browser does (see [`crate::send_while_reading`]):
+    /// for a message the relay refuses before it has all of it.
+    pub async fn send_while_reading(&mut self, msg: Message) {
+        let said = crate::send_while_reading(&mut self.ws, msg).await;
+        self.said.extend(said);
     }
 
     /// Connects to `url` and sends `sub`; does not wait for the answer.
@@ -61,7 +70,7 @@ impl Subscriber {
         ws.send(Message::Text(FeedClientMessage::Subscribe(sub.clone()).to_json().into()))
             .await
             .expect("send subscribe");
-        Self { ws, next: BTreeMap::new() }
+        Self { ws, said: VecDeque::new(), next: BTreeMap::new() }
     }
 
     /// Connects, subscribes and waits for `subscribed`.
@@ -76,9 +85,12 @@ impl Subscriber {
     /// The next thing the relay says (60 s at most).
     pub async fn next_event(&mut self) -> FeedEvent {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
-                .await
-                .expect("the feed said nothing within 60 s");
+            let msg = match self.said.pop_front() {
+                Some(said) => Some(said),
+                None => tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                    .await
+                    .expect("the feed said nothing within 60 s"),
+            };
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(ServerMessage::Error { code, message }) = ServerMessage::parse(&t) {
@@ -118,6 +130,9 @@ impl Subscriber {
 
     /// Expects no record within `wait`.
     pub async fn expect_quiet(&mut self, wait: Duration) {
+        if let Some(said) = self.said.front() {
+            panic!("expected nothing, got {said:?}");
+        }
         if let Ok(msg) = tokio::time::timeout(wait, self.ws.next()).await {
             panic!("expected nothing, got {msg:?}");
         }

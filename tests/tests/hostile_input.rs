@@ -58,7 +58,7 @@ impl Target {
         let ws =
             soundline_tests::ws_connect(&self.url("/ws/feed"), &[("Authorization", &auth)]).await.expect("connect");
         let mut s = Subscriber::from_stream(ws);
-        s.send(first).await;
+        s.send_while_reading(first).await;
         s
     }
 
@@ -219,7 +219,8 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
 
     kind("a hello with a 1 MB string");
     let mut r = t.recorder().await;
-    r.send_text(&hello("CAR-BAD", "seg").replace("test notes", &"n".repeat(1 << 20))).await;
+    let text = hello("CAR-BAD", "seg").replace("test notes", &"n".repeat(1 << 20));
+    r.send_while_reading(Message::Text(text.into())).await;
     closes_with(r, ErrorCode::MessageTooBig, "size limit").await;
 
     kind("an unknown protocol version");
@@ -287,7 +288,7 @@ async fn thirty_kinds_of_hostile_input_each_get_their_documented_answer_and_harm
 
     kind("a binary message over the size limit");
     let mut r = t.recorder_with_hello().await;
-    r.send_binary(vec![0u8; 256 * 1024]).await;
+    r.send_while_reading(Message::Binary(vec![0u8; 256 * 1024].into())).await;
     closes_with(r, ErrorCode::MessageTooBig, "size limit").await;
 
     kind("a message in 2 000 fragments adding up past the size limit");
