@@ -5,9 +5,10 @@
 #
 # Per round, one run of each (BEFORE first), each into a fresh 6-partition topic deleted afterwards: AB_RECORDERS
 # (2000) real-time recorders of 200 ms frames + AB_SUBSCRIBERS (200) one-car subscribers for AB_SECONDS (40) after
-# a 5 s ramp, the relay's CPU from /proc. AB_ROUNDS (3) rounds; AB_CODEC (zstd) is the relays' compression. Prints
-# each run and, at the end, the means and AFTER / BEFORE. Single runs on this kind of machine drift by a quarter
-# from one hour to the next (BENCHMARKS.md); alternated runs drift together, so their ratio is what to read.
+# a 5 s ramp, the relay's CPU from /proc and its records per produce request from /metrics. AB_ROUNDS (3) rounds;
+# AB_CODEC (zstd) is the relays' compression. Prints each run and, at the end, the means and AFTER / BEFORE.
+# Single runs on this kind of machine drift by a quarter from one hour to the next (BENCHMARKS.md); alternated
+# runs drift together, so their ratio is what to read.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
@@ -39,15 +40,19 @@ run() { # run LABEL BIN
   "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json \
     --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --duration-s "${AB_SECONDS:-40}" \
     --ramp-s 5 --frame-ms 200 >"$out/$label.json"
+  # Records per produce request: what a batch's fixed costs (a fresh zstd context, the request) are shared by.
+  per_batch="$(curl -fsS "http://$listen/metrics" | awk '$1 == "soundline_records_produced_total" { r = $2 }
+    $1 == "soundline_produce_batches_total" { b = $2 } END { if (b > 0) printf "%.1f", r / b }')"
   stop_bench_relay
   java -cp "$cp_jars" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --delete --topic "$topic" \
     >/dev/null 2>&1 || true
-  python3 - "$out/$label.json" "$label" <<'PY'
+  python3 - "$out/$label.json" "$label" "$per_batch" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 per_1000 = j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
 print(f"{sys.argv[2]}: {per_1000:.4f} cores per 1000 frames/s ({j['frames_per_s']:.0f} frames/s), "
-      f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}")
+      f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}, "
+      f"{sys.argv[3] or '?'} records per batch")
 PY
 }
 

@@ -243,6 +243,16 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         tracing::info!(authentication = %auth_summary(&config), tls = config.tls.is_some(), "doors");
+        if matches!(config.kafka.compression, soundline_relay::config::Compression::Zstd) {
+            match soundline_relay::kafka::producer::zstd_default_level() {
+                Some(1) => tracing::info!("record batches compressed with zstd at level 1"),
+                level => tracing::warn!(
+                    ?level,
+                    "record batches compressed with zstd at a level other than 1, at more CPU per frame: this build \
+                     did not get .cargo/config.toml's CFLAGS (-DZSTD_CLEVEL_DEFAULT=1)"
+                ),
+            }
+        }
         // Machine-readable line for scripts and tests that start the relay on port 0.
         println!("listening on {}://{addr}", if config.tls.is_some() { "https" } else { "http" });
         match soundline_relay::http::run(listener, config, shutdown_signal()).await {

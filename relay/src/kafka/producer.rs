@@ -629,9 +629,68 @@ fn warn_throttled(ctx: &Ctx) {
     );
 }
 
+/// The zstd level of the relay's record batches with `compression = zstd`. rskafka 0.6 compresses a batch with
+/// `zstd::Encoder::new(writer, 0)`, and level 0 is the C library's compile-time `ZSTD_CLEVEL_DEFAULT`: 3, unless
+/// the build defines it (`.cargo/config.toml` makes it 1). Found the only way the library tells: a sample
+/// compressed as rskafka does, compared byte for byte with the same sample at levels 1 to 9. `None` if none of them
+/// matches (or the encoder failed).
+pub fn zstd_default_level() -> Option<i32> {
+    let sample = zstd_sample();
+    let default = zstd_stream(&sample, 0)?;
+    (1..=9).find(|&level| zstd_stream(&sample, level).as_deref() == Some(default.as_slice()))
+}
+
+/// 64 KiB of envelope-like text whose matches lie at many distances, so that levels 1 to 9 each compress it to
+/// different bytes (checked by the unit test).
+fn zstd_sample() -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    let mut out = Vec::with_capacity(1 << 16);
+    while out.len() < 1 << 16 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let back = (x as usize >> 8) % (out.len() + 1);
+        if x.is_multiple_of(3) && back >= 8 {
+            let start = out.len() - back;
+            let run = 4 + (x as usize >> 24) % 40;
+            for i in 0..run.min(back) {
+                out.push(out[start + i]);
+            }
+        } else {
+            out.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 26) as usize]);
+        }
+    }
+    out
+}
+
+fn zstd_stream(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = zstd::Encoder::new(Vec::new(), level).ok()?;
+    encoder.write_all(data).ok()?;
+    encoder.finish().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zstd_batches_are_compressed_at_level_1_as_the_build_sets() {
+        // The detector tells the levels apart: its sample compresses to different bytes at each of them.
+        let sample = zstd_sample();
+        let outputs: Vec<Vec<u8>> = (1..=9).map(|level| zstd_stream(&sample, level).expect("zstd")).collect();
+        for (i, a) in outputs.iter().enumerate() {
+            for (j, b) in outputs.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "levels {} and {} compress the sample alike", i + 1, j + 1);
+            }
+        }
+        assert_eq!(
+            zstd_default_level(),
+            Some(1),
+            "zstd's default level is not 1: .cargo/config.toml's CFLAGS (-DZSTD_CLEVEL_DEFAULT=1) did not reach \
+             zstd-sys's build (a CFLAGS in the environment replaces it)"
+        );
+    }
 
     fn queues(n: usize) -> (Vec<mpsc::UnboundedReceiver<Pending>>, Queues) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
