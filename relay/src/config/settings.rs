@@ -62,7 +62,7 @@ pub struct Settings {
     /// replication factor of a topic the relay creates
     #[arg(long, env = "SOUNDLINE_REPLICATION_FACTOR", default_value = "1")]
     pub replication_factor: Option<String>,
-    /// record batch compression: zstd, none, gzip, lz4 or snappy; zstd stores audio in 0.71 of the bytes for 1.2x the relay's CPU (BENCHMARKS.md); consumers must decode it (kafka-python: pip install zstandard)
+    /// record batch compression: zstd, none, gzip, lz4 or snappy; zstd (level 1, logged at start) stores audio in 0.71 of the bytes for about 1.2x the relay's CPU (BENCHMARKS.md); consumers must decode it (kafka-python: pip install zstandard)
     #[arg(long, env = "SOUNDLINE_COMPRESSION", default_value = "zstd")]
     pub compression: Option<String>,
     /// how long a partition's batch waits for more records before it is sent
