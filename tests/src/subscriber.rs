@@ -52,13 +52,8 @@ impl Subscriber {
         Self { ws, said: VecDeque::new(), next: BTreeMap::new() }
     }
 
-    /// Sends any message (for tests of what a well-behaved subscriber never sends).
-    pub async fn send(&mut self, msg: Message) {
-        let _ = self.ws.send(msg).await;
-    }
-
-    /// Sends any message while reading what the relay says, as a browser does (see [`crate::send_while_reading`]):
-    /// for a message the relay refuses before it has all of it.
+    /// Sends any message (for tests of what a well-behaved subscriber never sends) while reading what the relay
+    /// says, as a browser does (see [`crate::send_while_reading`]): the relay may refuse it before it has all of it.
     pub async fn send_while_reading(&mut self, msg: Message) {
         let said = crate::send_while_reading(&mut self.ws, msg).await;
         self.said.extend(said);
