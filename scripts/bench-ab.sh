@@ -5,8 +5,11 @@
 #
 # Per round, one run of each (BEFORE first), each into a fresh 6-partition topic deleted afterwards: AB_RECORDERS
 # (2000) real-time recorders of 200 ms frames + AB_SUBSCRIBERS (200) one-car subscribers for AB_SECONDS (40) after
-# a 5 s ramp, the relay's CPU from /proc and its records per produce request from /metrics. AB_ROUNDS (3) rounds;
-# AB_CODEC (zstd) is the relays' compression. Prints each run and, at the end, the means and AFTER / BEFORE.
+# a 5 s ramp, the relay's CPU and page faults per frame from /proc and its records per produce request from
+# /metrics. AB_ROUNDS (3) rounds; AB_CODEC (zstd) is the relays' compression; AB_FRAME_MS the frames' length.
+# AB_MAX_RATE=1 runs AB_RECORDERS (16) recorders as fast as acks allow instead (AB_WINDOW (64) unacked frames each,
+# 100 ms frames, no subscribers): then frames/s is the figure to compare. Prints each run and, at the end, the
+# means and AFTER / BEFORE.
 # Single runs on this kind of machine drift by a quarter from one hour to the next (BENCHMARKS.md); alternated
 # runs drift together, so their ratio is what to read.
 set -euo pipefail
@@ -37,9 +40,15 @@ run() { # run LABEL BIN
   local label="$1" bin="$2" topic
   topic="ab-$1-$(date +%s)"
   start_bench_relay "$bin" "$topic" 6 "${AB_CODEC:-zstd}" "$out/relay-$label.log"
-  "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json \
-    --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --duration-s "${AB_SECONDS:-40}" \
-    --ramp-s 5 --frame-ms 200 >"$out/$label.json"
+  if [[ -n "${AB_MAX_RATE:-}" ]]; then
+    set -- --recorders "${AB_RECORDERS:-16}" --max-rate --window "${AB_WINDOW:-64}" --frame-ms "${AB_FRAME_MS:-100}" \
+      --ramp-s 0 --for-s "${AB_SECONDS:-40}"
+  else
+    set -- --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --ramp-s 5 \
+      --frame-ms "${AB_FRAME_MS:-200}" --duration-s "${AB_SECONDS:-40}"
+  fi
+  "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json "$@" \
+    >"$out/$label.json"
   # Records per produce request: what a batch's fixed costs (a fresh zstd context, the request) are shared by.
   per_batch="$(curl -fsS "http://$listen/metrics" | awk '$1 == "soundline_records_produced_total" { r = $2 }
     $1 == "soundline_produce_batches_total" { b = $2 } END { if (b > 0) printf "%.1f", r / b }')"
@@ -52,7 +61,7 @@ j = json.load(open(sys.argv[1]))
 per_1000 = j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
 print(f"{sys.argv[2]}: {per_1000:.4f} cores per 1000 frames/s ({j['frames_per_s']:.0f} frames/s), "
       f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}, "
-      f"{sys.argv[3] or '?'} records per batch")
+      f"{sys.argv[3] or '?'} records per batch, {j['relay']['minor_faults_per_frame']:.2f} page faults per frame")
 PY
 }
 
@@ -70,4 +79,8 @@ before = [per_1000(f"before-{r}") for r in range(1, rounds + 1)]
 after = [per_1000(f"after-{r}") for r in range(1, rounds + 1)]
 b, a = statistics.mean(before), statistics.mean(after)
 print(f"before {b:.4f}, after {a:.4f} cores per 1000 frames/s (means of {rounds}); after / before {a / b:.3f}")
+rate = lambda label: json.load(open(f"{out}/{label}.json"))["frames_per_s"]
+rb = statistics.mean(rate(f"before-{r}") for r in range(1, rounds + 1))
+ra = statistics.mean(rate(f"after-{r}") for r in range(1, rounds + 1))
+print(f"before {rb:.0f}, after {ra:.0f} frames/s acked (means); after / before {ra / rb:.3f}")
 PY

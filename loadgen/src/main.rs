@@ -157,12 +157,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// /proc/PID: (utime + stime seconds, VmHWM bytes, VmRSS bytes).
-fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
+/// What /proc/PID says of a process: its CPU time, memory and page faults.
+struct ProcStats {
+    /// utime + stime, seconds.
+    cpu_s: f64,
+    /// VmHWM and VmRSS, bytes.
+    peak_rss: u64,
+    rss: u64,
+    /// Minor page faults: pages the kernel mapped (and zeroed, for fresh memory) on first touch, such as an
+    /// allocator's memory given back to the kernel and then used again.
+    minor_faults: u64,
+}
+
+fn proc_stats(pid: u32) -> Option<ProcStats> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // proc(5): after the command's ")", field 3 (state) is index 0: minflt is field 10, utime 14, stime 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     let ticks = 100.0; // USER_HZ on Linux
-    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let cpu_s = (field(14)? + field(15)?) as f64 / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| {
         status
@@ -171,12 +184,12 @@ fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .map(|k| k * 1024)
     };
-    Some((cpu, kb("VmHWM:")?, kb("VmRSS:")?))
+    Some(ProcStats { cpu_s, peak_rss: kb("VmHWM:")?, rss: kb("VmRSS:")?, minor_faults: field(10)? })
 }
 
 /// The relay's resident set, in bytes.
 fn rss(pid: Option<u32>) -> Option<u64> {
-    pid.and_then(proc_stats).map(|s| s.2)
+    pid.and_then(proc_stats).map(|s| s.rss)
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -622,7 +635,9 @@ async fn main() -> anyhow::Result<()> {
         "memory": memory,
         "playback": played,
         "relay": match (before, after) {
-            (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.0 - b.0, "cpu_share": (a.0 - b.0) / elapsed, "peak_rss_mb": a.1 as f64 / 1e6, "rss_mb": a.2 as f64 / 1e6}),
+            (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.cpu_s - b.cpu_s, "cpu_share": (a.cpu_s - b.cpu_s) / elapsed,
+                "peak_rss_mb": a.peak_rss as f64 / 1e6, "rss_mb": a.rss as f64 / 1e6,
+                "minor_faults_per_frame": a.minor_faults.saturating_sub(b.minor_faults) as f64 / acked.max(1) as f64}),
             _ => serde_json::Value::Null,
         },
     });

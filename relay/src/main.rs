@@ -208,7 +208,11 @@ fn main() -> ExitCode {
         return token(&config, sub, *ttl_s);
     }
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("soundline-relay: cannot start the async runtime: {e}");
@@ -243,6 +247,10 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         tracing::info!(authentication = %auth_summary(&config), tls = config.tls.is_some(), "doors");
+        tracing::info!(
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "runtime (setting worker_threads)"
+        );
         if matches!(config.kafka.compression, soundline_relay::config::Compression::Zstd) {
             match soundline_relay::kafka::producer::zstd_default_level() {
                 Some(1) => tracing::info!("record batches compressed with zstd at level 1"),

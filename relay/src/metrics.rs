@@ -394,6 +394,13 @@ impl Metrics {
             "Partitions the feed reads live now (those some subscriber needs, or needed within feed_reader_idle_s)",
             ConstGauge::new(feed.readers),
         );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            scrape.register(
+                "soundline_runtime_worker_threads",
+                "Worker threads of the async runtime serving this relay (setting worker_threads)",
+                ConstGauge::new(runtime.metrics().num_workers() as i64),
+            );
+        }
         let lag = Family::<Vec<(&'static str, String)>, Level>::default();
         for (topic, partition, behind) in &feed.lag {
             lag.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(*behind);

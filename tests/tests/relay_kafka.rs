@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_tests::recorder::{Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get, readyz_once_it_says};
+use soundline_tests::relay::{Child, InProcess, config, http_get, metric, readyz_once_it_says, wait_ready};
 use soundline_tests::{client, create_topic, kafka_sasl, random_topic, read_all};
 
 #[tokio::test]
@@ -227,4 +227,34 @@ fn a_wrong_setting_is_one_line_and_exit_code_2() {
             && err.lines().count() == 1,
         "{err}"
     );
+}
+
+/// `worker_threads`: the binary runs one runtime thread by default, whatever the machine's cores, the number
+/// configured otherwise, and one per core for 0; frames go through each into Kafka.
+#[tokio::test]
+async fn the_binary_runs_the_worker_threads_configured_and_one_by_default() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    for (setting, expected) in [(None, 1), (Some("3"), 3), (Some("0"), cores)] {
+        let topic = random_topic("workers");
+        let mut env = vec![("SOUNDLINE_TOPIC", topic.as_str())];
+        if let Some(n) = setting {
+            env.push(("SOUNDLINE_WORKER_THREADS", n));
+        }
+        let relay = Child::spawn(&env).await;
+        wait_ready(relay.addr).await;
+        assert_eq!(
+            metric(relay.addr, "soundline_runtime_worker_threads").await,
+            Some(expected),
+            "worker_threads {setting:?}"
+        );
+        let car = format!("CAR-W{expected}");
+        let mut r = Recorder::start(&format!("ws://{}/ws/record", relay.addr), &recording(&car, "seg-w")).await;
+        for seq in 0..3 {
+            r.send_frame(seq, 1_764_000_000_000 + i64::from(seq) * 200, &samples("seg-w", seq, 3200)).await;
+        }
+        assert_eq!(r.acks(3).await.len(), 3, "worker_threads {setting:?}: frames acked");
+        r.close().await;
+        let records = read_all(&*client().await, &topic, 6).await;
+        assert_eq!(records.len(), 3, "worker_threads {setting:?}: frames in Kafka");
+    }
 }

@@ -218,6 +218,8 @@ pub struct Config {
     pub debug: bool,
     /// JSON logs.
     pub log_json: bool,
+    /// Worker threads of the async runtime; `None`: one per core.
+    pub worker_threads: Option<usize>,
     /// Kafka.
     pub kafka: KafkaConfig,
     /// `ver`, `sysType`, `sysTag` of every envelope.
@@ -445,6 +447,9 @@ impl RawConfig {
             static_dir: self.optional("static_dir", "a directory", |v| Some(PathBuf::from(v)))?,
             debug: self.parse("debug", "true or false", boolean)?,
             log_json: self.parse("log_json", "true or false", boolean)?,
+            worker_threads: self.parse("worker_threads", "a thread count between 0 (one per core) and 1024", |v| {
+                v.parse().ok().filter(|n| *n <= 1024).map(|n: usize| (n > 0).then_some(n))
+            })?,
             kafka,
             stamp,
             memory_budget_bytes: self.parse("memory_budget_bytes", "a byte count of at least 1048576", |v| {
@@ -701,6 +706,25 @@ mod tests {
             e.to_string(),
             "SOUNDLINE_KAFKA_MAX_BYTES_PER_S: expected 0 (no cap) or a byte rate of at least 16384, got \"100\""
         );
+    }
+
+    #[test]
+    fn one_worker_thread_by_default_zero_for_one_per_core_and_checked() {
+        let k = [("SOUNDLINE_KAFKA_BROKERS", "k:1")];
+        assert_eq!(from(None, &k).expect("valid").worker_threads, Some(1));
+        assert_eq!(from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", "0")]).expect("valid").worker_threads, None);
+        assert_eq!(from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", "4")]).expect("valid").worker_threads, Some(4));
+        let file = r#"{"kafka":{"urls":[{"host":"k","port":1}]},"relay":{"worker_threads":2}}"#;
+        assert_eq!(from(Some(file), &[]).expect("valid").worker_threads, Some(2));
+        for bad in ["-1", "many", "5000"] {
+            let e = from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", bad)]).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "SOUNDLINE_WORKER_THREADS: expected a thread count between 0 (one per core) and 1024, got {bad:?}"
+                )
+            );
+        }
     }
 
     #[test]
