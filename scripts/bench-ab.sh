@@ -72,15 +72,10 @@ done
 python3 - "$out" "${AB_ROUNDS:-3}" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-def per_1000(label):
-    j = json.load(open(f"{out}/{label}.json"))
-    return j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
-before = [per_1000(f"before-{r}") for r in range(1, rounds + 1)]
-after = [per_1000(f"after-{r}") for r in range(1, rounds + 1)]
-b, a = statistics.mean(before), statistics.mean(after)
+runs = {side: [json.load(open(f"{out}/{side}-{r}.json")) for r in range(1, rounds + 1)] for side in ("before", "after")}
+per_1000 = lambda j: j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
+b, a = (statistics.mean(per_1000(j) for j in runs[side]) for side in ("before", "after"))
 print(f"before {b:.4f}, after {a:.4f} cores per 1000 frames/s (means of {rounds}); after / before {a / b:.3f}")
-rate = lambda label: json.load(open(f"{out}/{label}.json"))["frames_per_s"]
-rb = statistics.mean(rate(f"before-{r}") for r in range(1, rounds + 1))
-ra = statistics.mean(rate(f"after-{r}") for r in range(1, rounds + 1))
+rb, ra = (statistics.mean(j["frames_per_s"] for j in runs[side]) for side in ("before", "after"))
 print(f"before {rb:.0f}, after {ra:.0f} frames/s acked (means); after / before {ra / rb:.3f}")
 PY
