@@ -229,12 +229,12 @@ fn a_wrong_setting_is_one_line_and_exit_code_2() {
     );
 }
 
-/// `worker_threads`: the binary runs one runtime thread by default, whatever the machine's cores, the number
+/// `worker_threads`: the binary runs two runtime threads by default, whatever the machine's cores, the number
 /// configured otherwise, and one per core for 0; frames go through each into Kafka.
 #[tokio::test]
-async fn the_binary_runs_the_worker_threads_configured_and_one_by_default() {
+async fn the_binary_runs_the_worker_threads_configured_and_two_by_default() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
-    for (setting, expected) in [(None, 1), (Some("3"), 3), (Some("0"), cores)] {
+    for (setting, expected) in [(None, 2), (Some("1"), 1), (Some("3"), 3), (Some("0"), cores)] {
         let topic = random_topic("workers");
         let mut env = vec![("SOUNDLINE_TOPIC", topic.as_str())];
         if let Some(n) = setting {

@@ -709,13 +709,13 @@ mod tests {
     }
 
     #[test]
-    fn one_worker_thread_by_default_zero_for_one_per_core_and_checked() {
+    fn two_worker_threads_by_default_zero_for_one_per_core_and_checked() {
         let k = [("SOUNDLINE_KAFKA_BROKERS", "k:1")];
-        assert_eq!(from(None, &k).expect("valid").worker_threads, Some(1));
+        assert_eq!(from(None, &k).expect("valid").worker_threads, Some(2));
         assert_eq!(from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", "0")]).expect("valid").worker_threads, None);
         assert_eq!(from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", "4")]).expect("valid").worker_threads, Some(4));
-        let file = r#"{"kafka":{"urls":[{"host":"k","port":1}]},"relay":{"worker_threads":2}}"#;
-        assert_eq!(from(Some(file), &[]).expect("valid").worker_threads, Some(2));
+        let file = r#"{"kafka":{"urls":[{"host":"k","port":1}]},"relay":{"worker_threads":1}}"#;
+        assert_eq!(from(Some(file), &[]).expect("valid").worker_threads, Some(1));
         for bad in ["-1", "many", "5000"] {
             let e = from(None, &[k[0], ("SOUNDLINE_WORKER_THREADS", bad)]).unwrap_err();
             assert_eq!(

@@ -26,8 +26,8 @@ pub struct Settings {
     /// log as JSON lines instead of human-readable text
     #[arg(long, env = "SOUNDLINE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", default_value = "false")]
     pub log_json: Option<String>,
-    /// threads that run connections and Kafka clients; 1 does all of a frame's work on one thread, 0.88-0.90 of two threads' CPU per frame at real time (BENCHMARKS.md), whatever the node's core count; 0: one per core; raise it only for one relay that needs more than a core
-    #[arg(long, env = "SOUNDLINE_WORKER_THREADS", default_value = "1")]
+    /// threads that run connections and Kafka clients, 2 whatever the node's core count: at 2000 real-time recorders one thread queued (ack p99 1.8-2.2 s) where two kept it at 66-115 ms (BENCHMARKS.md); 1 saves about a tenth of the CPU per frame for a relay that stays well below a core; 0: one per core
+    #[arg(long, env = "SOUNDLINE_WORKER_THREADS", default_value = "2")]
     pub worker_threads: Option<String>,
     /// Kafka bootstrap brokers, host:port[,host:port...] (file: [{"host":..,"port":..}])
     #[arg(long, env = "SOUNDLINE_KAFKA_BROKERS")]
