@@ -5,8 +5,10 @@
 #
 # Per round, one run of each (BEFORE first), each into a fresh 6-partition topic deleted afterwards: AB_RECORDERS
 # (2000) real-time recorders of 200 ms frames + AB_SUBSCRIBERS (200) one-car subscribers for AB_SECONDS (40) after
-# a 5 s ramp, the relay's CPU and page faults per frame from /proc and its records per produce request from
-# /metrics. AB_ROUNDS (3) rounds; AB_CODEC (zstd) is the relays' compression; AB_FRAME_MS the frames' length.
+# a 5 s ramp; from /proc the relay's CPU, its kernel share, page faults and context switches per frame; from
+# /metrics its records per produce request. AB_ROUNDS (3) rounds; AB_CODEC (zstd) is the relays' compression;
+# AB_FRAME_MS the frames' length. Before round 1 the fresh broker takes AB_WARMUP_S (60; 0: none) of that load,
+# not measured.
 # AB_MAX_RATE=1 runs AB_RECORDERS (16) recorders as fast as acks allow instead (AB_WINDOW (64) unacked frames each,
 # 100 ms frames, no subscribers): then frames/s is the figure to compare. Prints each run and, at the end, the
 # means and AFTER / BEFORE.
@@ -35,6 +37,10 @@ bash scripts/kafka.sh stop >/dev/null 2>&1 || true
 rm -rf "$KAFKA_STATE_DIR"
 KAFKA_HEAP=1g bash scripts/kafka.sh start
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# The fresh broker's first minute of load would fall on round 1's BEFORE alone (common.sh).
+if [[ -z "${AB_MAX_RATE:-}" ]]; then
+  warm_up_broker "$before" "$loadgen" "${AB_WARMUP_S:-60}" "${AB_RECORDERS:-2000}" "${AB_SUBSCRIBERS:-200}"
+fi
 
 run() { # run LABEL BIN
   local label="$1" bin="$2" topic
@@ -61,7 +67,9 @@ j = json.load(open(sys.argv[1]))
 per_1000 = j["relay"]["cpu_share"] / j["frames_per_s"] * 1000
 print(f"{sys.argv[2]}: {per_1000:.4f} cores per 1000 frames/s ({j['frames_per_s']:.0f} frames/s), "
       f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}, "
-      f"{sys.argv[3] or '?'} records per batch, {j['relay']['minor_faults_per_frame']:.2f} page faults per frame")
+      f"{sys.argv[3] or '?'} records per batch, {j['relay']['minor_faults_per_frame']:.2f} page faults and "
+      f"{j['relay']['context_switches_per_frame']:.2f} context switches per frame, "
+      f"{j['relay']['system_share'] / j['relay']['cpu_share']:.0%} of the CPU in the kernel")
 PY
 }
 

@@ -14,7 +14,9 @@
 #   5. compression: BENCH_COMPRESSION_RECORDERS (200) real-time recorders of noise-like audio for BENCH_COMPRESSION_S
 #      (30 s) once per codec (none, lz4, snappy, zstd, gzip): the bytes of the topic's log segments on the broker's disk
 #      per hour of audio, and the relay's CPU.
-# Prints a table and leaves the raw JSON in target/bench/. The full version: BENCH_FULL=1 make bench.
+# Before step 1 the fresh broker takes BENCH_WARMUP_S (30 s short, 90 s full; 0: none) of step 1's load, not measured
+# (warm_up_broker in common.sh). Prints a table and leaves the raw JSON in target/bench/. The full version:
+# BENCH_FULL=1 make bench.
 # One step alone: BENCH_ONLY=realtime (with BENCH_PERF=1: a perf profile of the relay; BENCH_CODEC: its
 # compression, none by default) or BENCH_ONLY=compression.
 set -euo pipefail
@@ -43,6 +45,10 @@ bin="$(target_dir)/release"
 bash scripts/kafka.sh stop >/dev/null 2>&1 || true
 rm -rf "$KAFKA_STATE_DIR"
 KAFKA_HEAP=1g bash scripts/kafka.sh start
+ulimit -n 65536 2>/dev/null || true
+# The fresh broker's first minute of load is its JVM warming up, not what the relay costs (common.sh).
+warm_up_broker "$bin/soundline-relay" "$bin/soundline-loadgen" "${BENCH_WARMUP_S:-$([[ $full == 1 ]] && echo 90 || echo 30)}" \
+  "$recorders" "$subscribers"
 
 run_id="$(date +%s)"
 start_relay() { start_bench_relay "$bin/soundline-relay" "$1" "${2:-6}" "${codec:-none}" "$out/relay-$1.log"; } # TOPIC [PARTITIONS]
@@ -63,7 +69,6 @@ if [[ -z "$only" || $only == realtime ]]; then
 # 1. Real time, many recorders and subscribers. BENCH_PERF=1: a perf profile of the relay (15 s from 20 s in);
 #    BENCH_CODEC: the relay's compression for this step (none, for comparisons with earlier runs).
 codec="${BENCH_CODEC:-none}" start_relay "rt-$run_id"
-ulimit -n 65536 2>/dev/null || true
 profiler=""
 rm -f "$out/perf-realtime.txt" # a run without BENCH_PERF=1 must not print an earlier run's profile
 if [[ "${BENCH_PERF:-0}" == 1 ]]; then
@@ -75,6 +80,8 @@ fi
 loadgen realtime "rt-$run_id" --recorders "$recorders" --subscribers "$subscribers" --duration-s "$seconds" \
   --ramp-s 5 --frame-ms 200
 [[ -n "$profiler" ]] && wait "$profiler"
+# The relay's latency histograms: its own share of the ack latency, and Kafka's (soundline_produce_request_seconds).
+curl -fsS "http://$listen/metrics" >"$out/realtime-metrics.txt"
 stop_relay
 fi
 
@@ -207,7 +214,33 @@ def realtime():
     print("  fan-out ms p50 / p99: {:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"]))
     if rt["relay"]:
         per_1000 = rt["relay"]["cpu_share"] / (rt["frames_acked"] / rt["seconds"]) * 1000
-        print("  relay CPU {:.2f} cores ({:.3f} per 1000 frames/s), peak RSS {:.1f} MB".format(rt["relay"]["cpu_share"], per_1000, rt["relay"]["peak_rss_mb"]))
+        r = rt["relay"]
+        print("  relay CPU {:.2f} cores ({:.3f} per 1000 frames/s; {:.0%} of it in the kernel), {:.2f} context switches per frame, peak RSS {:.1f} MB".format(
+            r["cpu_share"], per_1000, r["system_share"] / r["cpu_share"], r["context_switches_per_frame"], r["peak_rss_mb"]))
+    # Quantiles of the relay's produce histograms, interpolated within their buckets (10 ms wide from 10 to 60 ms).
+    def quantile(name, q):
+        buckets = []
+        for line in open(f"{out}/realtime-metrics.txt"):
+            m = re.match(name + r'_bucket\{le="([^"]+)"\} (\d+)', line)
+            if m:
+                buckets.append((float(m.group(1)), int(m.group(2))))
+        total = buckets[-1][1] if buckets else 0
+        lo, below = 0.0, 0
+        for le, n in buckets:
+            if n >= q * total and total:
+                return 1000 * (le if le == float("inf") else lo + (le - lo) * (q * total - below) / max(n - below, 1))
+            lo, below = le, n
+        return float("nan")
+    try:
+        p = lambda name: " / ".join(f"{quantile(name, q):.0f}" for q in (0.5, 0.99))
+        print(f"  the ack latency inside the relay (its histograms, p50 / p99 ms): frame taken up -> ack written "
+              f"{p('soundline_ack_seconds')}, of it record enqueued -> Kafka's ack {p('soundline_produce_latency_seconds')}, "
+              f"of that the produce request (rskafka + the broker) {p('soundline_produce_request_seconds')}")
+    except OSError:
+        pass
+    ack_windows = " ".join(f"{w['p99']:.0f}" for w in rt.get("ack_ms_by_10s", []))
+    if ack_windows:
+        print(f"  ack p99 per 10 s of the run (ms): {ack_windows}")
     try:
         print("  profile (perf, the relay's own costs):\n" + "".join(open(f"{out}/perf-realtime.txt").readlines()[:25]))
     except OSError:

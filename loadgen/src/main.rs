@@ -157,16 +157,47 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// What /proc/PID says of a process: its CPU time, memory and page faults.
+/// One latency sample: (seconds since the run started, milliseconds).
+type Sample = (f64, f64);
+
+/// When the run started (the first recorder's ramp), for [`Sample`]s.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn since_start() -> f64 {
+    STARTED.get().map_or(0.0, |s| s.elapsed().as_secs_f64())
+}
+
+/// The samples in windows of `width` seconds by when they were taken: where in a run a latency tail sits (the
+/// ramp, the broker's warm-up, or all along).
+fn by_window(samples: &[Sample], width: f64) -> serde_json::Value {
+    let mut windows: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for &(at, ms) in samples {
+        windows.entry((at / width).max(0.0) as u64).or_default().push(ms);
+    }
+    windows
+        .into_iter()
+        .map(|(w, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            serde_json::json!({"from_s": w as f64 * width, "samples": ms.len(), "p50": percentile(&ms, 0.5),
+                "p99": percentile(&ms, 0.99), "max": ms.last().copied().unwrap_or(f64::NAN)})
+        })
+        .collect()
+}
+
+/// What /proc/PID says of a process: its CPU time, memory, page faults and context switches.
 struct ProcStats {
     /// utime + stime, seconds.
     cpu_s: f64,
+    /// stime alone: the kernel's share (system calls, TCP, scheduling), seconds.
+    system_s: f64,
     /// VmHWM and VmRSS, bytes.
     peak_rss: u64,
     rss: u64,
     /// Minor page faults: pages the kernel mapped (and zeroed, for fresh memory) on first touch, such as an
     /// allocator's memory given back to the kernel and then used again.
     minor_faults: u64,
+    /// Context switches of all its threads, voluntary (a thread parked: waiting for work or I/O) and not.
+    context_switches: u64,
 }
 
 fn proc_stats(pid: u32) -> Option<ProcStats> {
@@ -176,6 +207,7 @@ fn proc_stats(pid: u32) -> Option<ProcStats> {
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     let ticks = 100.0; // USER_HZ on Linux
     let cpu_s = (field(14)? + field(15)?) as f64 / ticks;
+    let system_s = field(15)? as f64 / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| {
         status
@@ -184,7 +216,26 @@ fn proc_stats(pid: u32) -> Option<ProcStats> {
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .map(|k| k * 1024)
     };
-    Some(ProcStats { cpu_s, peak_rss: kb("VmHWM:")?, rss: kb("VmRSS:")?, minor_faults: field(10)? })
+    // Per thread: a thread that ended meanwhile takes its count with it (the relay's runtime threads live on).
+    let context_switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    Some(ProcStats {
+        cpu_s,
+        system_s,
+        peak_rss: kb("VmHWM:")?,
+        rss: kb("VmRSS:")?,
+        minor_faults: field(10)?,
+        context_switches,
+    })
 }
 
 /// The relay's resident set, in bytes.
@@ -242,7 +293,7 @@ async fn recorder(
     run: Arc<str>,
     args: Args,
     totals: Arc<Totals>,
-    latencies: Arc<Mutex<Vec<f64>>>,
+    latencies: Arc<Mutex<Vec<Sample>>>,
     landed: Arc<Mutex<Vec<Landed>>>,
 ) -> anyhow::Result<()> {
     let (mut tx, mut rx) = open_recording(&args.relay, format!("LOAD-{run}-{i}"), format!("{run}-{i}")).await?;
@@ -292,7 +343,7 @@ async fn recorder(
                         totals.acked.fetch_add(1, Relaxed);
                         totals.pcm_bytes_acked.fetch_add(samples_per_frame as u64 * 2, Relaxed);
                         if let Some(t0) = sent_at.lock().ok().and_then(|mut m| m.remove(&seq)) {
-                            local.push(t0.elapsed().as_secs_f64() * 1000.0);
+                            local.push((since_start(), t0.elapsed().as_secs_f64() * 1000.0));
                         }
                         in_flight.add_permits(1);
                     }
@@ -399,7 +450,7 @@ async fn subscriber(
     args: Args,
     run: Arc<str>,
     totals: Arc<Totals>,
-    fanout: Arc<Mutex<Vec<f64>>>,
+    fanout: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let url = format!("ws://{}/ws/feed", args.relay);
@@ -419,7 +470,7 @@ async fn subscriber(
             && r.key.as_deref().is_some_and(|k| k.starts_with(&prefix))
             && let Some(ts) = r.value["collectTimestamp"].as_i64()
         {
-            local.push((now_ms() - ts) as f64);
+            local.push((since_start(), (now_ms() - ts) as f64));
             totals.fanout_seen.fetch_add(1, Relaxed);
         }
     }
@@ -518,6 +569,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
+    let _ = STARTED.set(started);
     // The relay's RSS once a second, to tell growth from warm-up.
     let rss_samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
     let sampler = {
@@ -614,10 +666,13 @@ async fn main() -> anyhow::Result<()> {
         _ => serde_json::Value::Null,
     };
 
-    let mut acks = acks.lock().await.clone();
-    acks.sort_by(f64::total_cmp);
-    let mut fan = fanout.lock().await.clone();
-    fan.sort_by(f64::total_cmp);
+    let (ack_samples, fan_samples) = (acks.lock().await.clone(), fanout.lock().await.clone());
+    let sorted_ms = |samples: &[Sample]| {
+        let mut ms: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let (acks, fan) = (sorted_ms(&ack_samples), sorted_ms(&fan_samples));
     let (sent, acked) = (totals.sent.load(Relaxed), totals.acked.load(Relaxed));
     let lost = sent.saturating_sub(found + expired);
     let mb = totals.pcm_bytes_acked.load(Relaxed) as f64 / 1e6;
@@ -632,12 +687,15 @@ async fn main() -> anyhow::Result<()> {
         "frames_per_s": acked as f64 / elapsed, "pcm_mb_per_s": mb / elapsed,
         "ack_ms": {"p50": percentile(&acks, 0.5), "p95": percentile(&acks, 0.95), "p99": percentile(&acks, 0.99), "max": acks.last().copied().unwrap_or(f64::NAN)},
         "fanout_ms": {"seen": totals.fanout_seen.load(Relaxed), "p50": percentile(&fan, 0.5), "p99": percentile(&fan, 0.99)},
+        "ack_ms_by_10s": by_window(&ack_samples, 10.0), "fanout_ms_by_10s": by_window(&fan_samples, 10.0),
         "memory": memory,
         "playback": played,
         "relay": match (before, after) {
             (Some(b), Some(a)) => serde_json::json!({"cpu_s": a.cpu_s - b.cpu_s, "cpu_share": (a.cpu_s - b.cpu_s) / elapsed,
                 "peak_rss_mb": a.peak_rss as f64 / 1e6, "rss_mb": a.rss as f64 / 1e6,
-                "minor_faults_per_frame": a.minor_faults.saturating_sub(b.minor_faults) as f64 / acked.max(1) as f64}),
+                "system_share": (a.system_s - b.system_s) / elapsed,
+                "minor_faults_per_frame": a.minor_faults.saturating_sub(b.minor_faults) as f64 / acked.max(1) as f64,
+                "context_switches_per_frame": a.context_switches.saturating_sub(b.context_switches) as f64 / acked.max(1) as f64}),
             _ => serde_json::Value::Null,
         },
     });

@@ -16,8 +16,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use soundline_shared::control::ErrorCode;
 
-/// Upper bounds (seconds) of the produce latency histogram's buckets.
-const LATENCY_BUCKETS_S: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Upper bounds (seconds) of the produce latency histograms' buckets: fine from 10 to 150 ms, where an ack's
+/// latency on a healthy cluster lies and a p99 target of 100 ms is read.
+const LATENCY_BUCKETS_S: [f64; 17] =
+    [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -168,6 +170,14 @@ pub struct Metrics {
     pub backpressure_total: Count,
     /// Time from a record entering the producer to Kafka's acknowledgement.
     pub produce_latency: Histogram,
+    /// Time of each produce request that Kafka stored: rskafka's encoding and compression of the batch, the
+    /// round trip, the broker's work. Kafka's (and its client's) share of a record's latency; the rest of
+    /// `produce_latency` is the batch's linger and its wait behind the partition's request in flight.
+    pub produce_request: Histogram,
+    /// Time from the relay taking up a frame to its ack written to the recorder's socket: the recorder's ack
+    /// latency as far as this process holds it (produce latency included; the network and the client's own
+    /// reading not).
+    pub ack_latency: Histogram,
     /// 1 when the relay can reach Kafka, the topic exists and no partition fails.
     pub kafka_up: Level,
     /// Feed subscribers connected now.
@@ -211,6 +221,18 @@ impl Default for Metrics {
             "soundline_produce_latency_seconds",
             "Time from a record entering the producer to Kafka's acknowledgement of its batch",
             latency.clone(),
+        );
+        let request = Histogram::new(LATENCY_BUCKETS_S);
+        r.register(
+            "soundline_produce_request_seconds",
+            "Time of each produce request Kafka stored (rskafka's encoding and compression, the round trip, the broker)",
+            request.clone(),
+        );
+        let ack = Histogram::new(LATENCY_BUCKETS_S);
+        r.register(
+            "soundline_ack_seconds",
+            "Time from the relay taking up a frame to its ack written to the recorder's socket",
+            ack.clone(),
         );
         Self {
             connections_active: level(
@@ -286,6 +308,8 @@ impl Default for Metrics {
                 "Frames that waited because the memory budget was full (their recorder was not read meanwhile)",
             ),
             produce_latency: latency,
+            produce_request: request,
+            ack_latency: ack,
             kafka_up: level(
                 r,
                 "soundline_kafka_up",
@@ -371,6 +395,16 @@ impl Metrics {
         self.produce_latency.observe(d.as_secs_f64());
     }
 
+    /// Records one frame's ack latency inside the relay.
+    pub fn observe_ack(&self, d: Duration) {
+        self.ack_latency.observe(d.as_secs_f64());
+    }
+
+    /// Records one produce request's time.
+    pub fn observe_request(&self, d: Duration) {
+        self.produce_request.observe(d.as_secs_f64());
+    }
+
     /// The Prometheus text exposition, with what the feed's live partition readers report.
     pub fn render(&self, feed: &FeedReaders) -> String {
         let mut scrape = Registry::default();
@@ -431,6 +465,15 @@ mod tests {
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_bucket{le=\"0.05\"} 2\n"), "{text}");
         assert!(text.contains("soundline_produce_latency_seconds_count 2\n"), "{text}");
+        m.observe_request(Duration::from_millis(45));
+        let text = m.render(&FeedReaders::default());
+        assert!(text.contains("soundline_produce_request_seconds_bucket{le=\"0.04\"} 0\n"), "{text}");
+        assert!(text.contains("soundline_produce_request_seconds_bucket{le=\"0.05\"} 1\n"), "{text}");
+        assert!(text.contains("soundline_produce_request_seconds_count 1\n"), "{text}");
+        m.observe_ack(Duration::from_millis(120));
+        let text = m.render(&FeedReaders::default());
+        assert!(text.contains("soundline_ack_seconds_bucket{le=\"0.1\"} 0\n"), "{text}");
+        assert!(text.contains("soundline_ack_seconds_bucket{le=\"0.15\"} 1\n"), "{text}");
     }
 
     #[test]

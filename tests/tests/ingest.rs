@@ -89,6 +89,15 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
     assert_eq!(status, 200);
     assert!(metrics.contains(&format!("soundline_acks_total {}", records.len())), "{metrics}");
     assert!(metrics.contains(&format!("soundline_frames_in_total {}", records.len())), "{metrics}");
+    // Every record's latency, and every stored request's time: as many as the batches Kafka acknowledged.
+    let value = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!(value("soundline_produce_latency_seconds_count"), records.len() as u64, "{metrics}");
+    let batches = value("soundline_produce_batches_total");
+    assert!((1..=records.len() as u64).contains(&batches), "{metrics}");
+    assert_eq!(value("soundline_produce_request_seconds_count"), batches, "{metrics}");
+    assert_eq!(value("soundline_ack_seconds_count"), records.len() as u64, "an ack's latency per ack: {metrics}");
     relay.stop().await;
 }
 

@@ -141,6 +141,8 @@ struct Conn<'a> {
 struct Parked<'a> {
     record: Record,
     seq: u32,
+    /// When its handling began, for `soundline_ack_seconds`.
+    read: Instant,
     size: usize,
     pcm_bytes: usize,
     permit: Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send + 'a>>,
@@ -188,7 +190,7 @@ impl<'a> Conn<'a> {
                 },
                 permit = wait_for_budget(&mut parked), if parked.is_some() => match parked.take() {
                     Some(p) => {
-                        self.hand_over(p.record, p.seq, p.size, p.pcm_bytes, permit);
+                        self.hand_over(p.record, p.seq, p.read, p.size, p.pcm_bytes, permit);
                         let reading_again = self.status_message(LinkState::Ok, "reading again");
                         send(socket, reading_again).await.map(|()| true).map_err(|_| End::SocketGone)
                     }
@@ -288,6 +290,7 @@ impl<'a> Conn<'a> {
         bytes: &[u8],
         parked: &mut Option<Parked<'a>>,
     ) -> Result<(), End> {
+        let read = Instant::now();
         let (state, span) = (self.state, self.span);
         let cfg = state.config();
         let Some(session) = self.session.as_mut() else { return Ok(()) };
@@ -312,7 +315,7 @@ impl<'a> Conn<'a> {
             let (done, delivery) = oneshot::channel();
             let _ = done.send(Ok(landed));
             let segment = session.dedup_key;
-            self.unacked.push_back(Unacked { seq: frame.seq, bytes: 0, segment, delivery });
+            self.unacked.push_back(Unacked { seq: frame.seq, read, bytes: 0, segment, delivery });
             return Ok(());
         }
 
@@ -356,18 +359,26 @@ impl<'a> Conn<'a> {
         let producer = state.producer();
         let (seq, pcm_bytes) = (frame.seq, frame.pcm_le.len());
         if let Some(permit) = producer.try_reserve(size) {
-            self.hand_over(record, seq, size, pcm_bytes, permit);
+            self.hand_over(record, seq, read, size, pcm_bytes, permit);
             return Ok(());
         }
         state.metrics().backpressure_total.inc();
         let full = "the relay's memory budget is full; waiting for Kafka before reading more";
         send(socket, self.status_message(LinkState::Backpressure, full)).await.map_err(|_| End::SocketGone)?;
-        *parked = Some(Parked { record, seq, size, pcm_bytes, permit: Box::pin(producer.reserve(size)) });
+        *parked = Some(Parked { record, seq, read, size, pcm_bytes, permit: Box::pin(producer.reserve(size)) });
         Ok(())
     }
 
     /// Hands a frame's record to Kafka; its ack waits in [`Conn::unacked`].
-    fn hand_over(&mut self, record: Record, seq: u32, size: usize, pcm_bytes: usize, permit: OwnedSemaphorePermit) {
+    fn hand_over(
+        &mut self,
+        record: Record,
+        seq: u32,
+        read: Instant,
+        size: usize,
+        pcm_bytes: usize,
+        permit: OwnedSemaphorePermit,
+    ) {
         let Some(session) = self.session.as_mut() else { return };
         let metrics = self.state.metrics();
         metrics.frames_in_total.inc();
@@ -375,14 +386,14 @@ impl<'a> Conn<'a> {
         self.held += size;
         let delivery = self.state.producer().send(&mut session.route, record, permit);
         let segment = session.dedup_key;
-        self.unacked.push_back(Unacked { seq, bytes: size, segment, delivery });
+        self.unacked.push_back(Unacked { seq, read, bytes: size, segment, delivery });
     }
 
     /// Sends one ack, or turns a refused record into the reason to close.
     async fn deliver(
         &mut self,
         socket: &mut WebSocket,
-        &Unacked { seq, bytes, segment, .. }: &Unacked,
+        &Unacked { seq, read, bytes, segment, .. }: &Unacked,
         result: Result<Delivery, ProduceError>,
     ) -> Result<(), End> {
         self.held -= bytes;
@@ -393,6 +404,7 @@ impl<'a> Conn<'a> {
                     .await
                     .map_err(|_| End::SocketGone)?;
                 self.state.metrics().acks_total.inc();
+                self.state.metrics().observe_ack(read.elapsed());
                 Ok(())
             }
             Err(ProduceError::TooLarge { bytes }) => Err(End::Fail(Fail(
@@ -452,6 +464,8 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
 /// A frame handed to Kafka whose ack has not been sent yet.
 struct Unacked {
     seq: u32,
+    /// When the relay began handling the frame: its ack's latency inside the relay runs from here.
+    read: Instant,
     /// Its share of the connection's held bytes.
     bytes: usize,
     /// The segment's dedup key: once Kafka has the frame it is remembered there.

@@ -547,6 +547,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
         pace(ctx, batch.iter().map(|p| p.bytes).sum()).await;
         let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         let throttled_before = throttled_total();
+        let sent = Instant::now();
         let result = pc.produce(records, ctx.compression).await;
         if throttled_total() != throttled_before {
             warn_throttled(ctx);
@@ -555,6 +556,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
             Ok(offsets) if offsets.len() == batch.len() => {
                 ctx.set_partition(partition, None);
                 backoff.reset();
+                metrics.observe_request(sent.elapsed());
                 metrics.batches_total.inc();
                 metrics.records_produced_total.inc_by(batch.len() as u64);
                 for (p, offset) in batch.into_iter().zip(offsets) {
