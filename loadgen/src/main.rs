@@ -2,9 +2,10 @@
 //!
 //! N recorders stream 16 kHz frames (in real time, or as fast as acks allow with `--max-rate`), M subscribers read
 //! `/ws/feed`. It reports frames/s and MB/s acked, ack latency (frame sent -> ack) and fan-out latency (frame sent
-//! -> seen by a subscriber) percentiles, loss (frames sent vs acked vs found in Kafka afterwards, which must be 0;
+//! -> seen by a subscriber) percentiles, over the run and per 10 s of it (`ack_ms_by_10s`, `fanout_ms_by_10s`), loss (frames sent vs acked vs found in Kafka afterwards, which must be 0;
 //! a frame acked at an offset Kafka's retention has deleted since counts as expired, not lost),
-//! and the relay's CPU time and peak RSS when given its pid. Human summary on stdout, `--json` for machines.
+//! and, when given the relay's pid, its CPU time (and the kernel's share of it), peak RSS, page faults and context
+//! switches per frame. Human summary on stdout, `--json` for machines.
 //!
 //! ```text
 //! soundline-loadgen --relay 127.0.0.1:8080 --kafka 127.0.0.1:9092 --topic aicp-sound \
