@@ -217,13 +217,9 @@ def realtime():
         r = rt["relay"]
         print("  relay CPU {:.2f} cores ({:.3f} per 1000 frames/s; {:.0%} of it in the kernel), {:.2f} context switches per frame, peak RSS {:.1f} MB".format(
             r["cpu_share"], per_1000, r["system_share"] / r["cpu_share"], r["context_switches_per_frame"], r["peak_rss_mb"]))
-    # Quantiles of the relay's produce histograms, interpolated within their buckets (10 ms wide from 10 to 60 ms).
+    # Quantiles of the relay's latency histograms, interpolated within their buckets (10 ms wide from 10 to 60 ms).
     def quantile(name, q):
-        buckets = []
-        for line in open(f"{out}/realtime-metrics.txt"):
-            m = re.match(name + r'_bucket\{le="([^"]+)"\} (\d+)', line)
-            if m:
-                buckets.append((float(m.group(1)), int(m.group(2))))
+        buckets = [(float(le), int(n)) for le, n in re.findall(name + r'_bucket\{le="([^"]+)"\} (\d+)', scraped)]
         total = buckets[-1][1] if buckets else 0
         lo, below = 0.0, 0
         for le, n in buckets:
@@ -232,6 +228,7 @@ def realtime():
             lo, below = le, n
         return float("nan")
     try:
+        scraped = open(f"{out}/realtime-metrics.txt").read()
         p = lambda name: " / ".join(f"{quantile(name, q):.0f}" for q in (0.5, 0.99))
         print(f"  the ack latency inside the relay (its histograms, p50 / p99 ms): frame taken up -> ack written "
               f"{p('soundline_ack_seconds')}, of it record enqueued -> Kafka's ack {p('soundline_produce_latency_seconds')}, "

@@ -16,8 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use soundline_shared::control::ErrorCode;
 
-/// Upper bounds (seconds) of the produce latency histograms' buckets: fine from 10 to 150 ms, where an ack's
-/// latency on a healthy cluster lies and a p99 target of 100 ms is read.
+/// Upper bounds (seconds) of the latency histograms' buckets: 10 ms wide from 10 to 60 ms, finer than 50 ms up
+/// to 150 ms, where an ack's latency on a healthy cluster lies and a p99 target of 100 ms is read.
 const LATENCY_BUCKETS_S: [f64; 17] =
     [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0];
 
@@ -216,24 +216,8 @@ impl Default for Metrics {
         let codes: Vec<&'static str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         let refusals: Vec<&'static str> = Refused::ALL.iter().map(|r| r.label()).collect();
         let drops: Vec<&'static str> = FeedDrop::ALL.iter().map(|r| r.label()).collect();
-        let latency = Histogram::new(LATENCY_BUCKETS_S);
-        r.register(
-            "soundline_produce_latency_seconds",
-            "Time from a record entering the producer to Kafka's acknowledgement of its batch",
-            latency.clone(),
-        );
-        let request = Histogram::new(LATENCY_BUCKETS_S);
-        r.register(
-            "soundline_produce_request_seconds",
-            "Time of each produce request Kafka stored (rskafka's encoding and compression, the round trip, the broker)",
-            request.clone(),
-        );
-        let ack = Histogram::new(LATENCY_BUCKETS_S);
-        r.register(
-            "soundline_ack_seconds",
-            "Time from the relay taking up a frame to its ack written to the recorder's socket",
-            ack.clone(),
-        );
+        let histogram =
+            |r: &mut Registry, name: &str, help: &str| add(r, name, help, &Histogram::new(LATENCY_BUCKETS_S));
         Self {
             connections_active: level(
                 r,
@@ -307,9 +291,21 @@ impl Default for Metrics {
                 "soundline_backpressure",
                 "Frames that waited because the memory budget was full (their recorder was not read meanwhile)",
             ),
-            produce_latency: latency,
-            produce_request: request,
-            ack_latency: ack,
+            produce_latency: histogram(
+                r,
+                "soundline_produce_latency_seconds",
+                "Time from a record entering the producer to Kafka's acknowledgement of its batch",
+            ),
+            produce_request: histogram(
+                r,
+                "soundline_produce_request_seconds",
+                "Time of each produce request Kafka stored (rskafka's encoding and compression, the round trip, the broker)",
+            ),
+            ack_latency: histogram(
+                r,
+                "soundline_ack_seconds",
+                "Time from the relay taking up a frame to its ack written to the recorder's socket",
+            ),
             kafka_up: level(
                 r,
                 "soundline_kafka_up",

@@ -7,7 +7,7 @@ use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_shared::control::{ErrorCode, ServerMessage};
 use soundline_shared::envelope::Envelope;
 use soundline_tests::recorder::{Event, Recorder, recording, samples};
-use soundline_tests::relay::{InProcess, config, http_get, readyz_once_it_says};
+use soundline_tests::relay::{InProcess, config, http_get, metric, readyz_once_it_says};
 use soundline_tests::{client, now_ms, random_topic, read_all};
 
 const BASE_TS: i64 = 1_764_000_000_000;
@@ -90,14 +90,16 @@ async fn many_recorders_land_every_frame_exactly_once_in_order_and_acks_point_at
     assert!(metrics.contains(&format!("soundline_acks_total {}", records.len())), "{metrics}");
     assert!(metrics.contains(&format!("soundline_frames_in_total {}", records.len())), "{metrics}");
     // Every record's latency, and every stored request's time: as many as the batches Kafka acknowledged.
-    let value = |name: &str| {
-        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
-    };
-    assert_eq!(value("soundline_produce_latency_seconds_count"), records.len() as u64, "{metrics}");
-    let batches = value("soundline_produce_batches_total");
-    assert!((1..=records.len() as u64).contains(&batches), "{metrics}");
-    assert_eq!(value("soundline_produce_request_seconds_count"), batches, "{metrics}");
-    assert_eq!(value("soundline_ack_seconds_count"), records.len() as u64, "an ack's latency per ack: {metrics}");
+    let records_n = Some(records.len() as i64);
+    assert_eq!(metric(relay.addr, "soundline_produce_latency_seconds_count").await, records_n, "{metrics}");
+    let batches = metric(relay.addr, "soundline_produce_batches_total").await.unwrap_or(0);
+    assert!((1..=records.len() as i64).contains(&batches), "{metrics}");
+    assert_eq!(metric(relay.addr, "soundline_produce_request_seconds_count").await, Some(batches), "{metrics}");
+    assert_eq!(
+        metric(relay.addr, "soundline_ack_seconds_count").await,
+        records_n,
+        "an ack's latency per ack: {metrics}"
+    );
     relay.stop().await;
 }
 
