@@ -12,6 +12,8 @@
 # AB_MAX_RATE=1 runs AB_RECORDERS (16) recorders as fast as acks allow instead (AB_WINDOW (64) unacked frames each,
 # 100 ms frames, no subscribers): then frames/s is the figure to compare. Prints each run and, at the end, the
 # means and AFTER / BEFORE.
+# AB_BEFORE_LOADGEN=BIN drives the BEFORE runs with another load generator build (the same relay binary given
+# twice then compares the instruments: what the load generator's own CPU on these two cores costs the relay).
 # Single runs on this kind of machine drift by a quarter from one hour to the next (BENCHMARKS.md); alternated
 # runs drift together, so their ratio is what to read.
 set -euo pipefail
@@ -53,7 +55,9 @@ run() { # run LABEL BIN
     set -- --recorders "${AB_RECORDERS:-2000}" --subscribers "${AB_SUBSCRIBERS:-200}" --ramp-s 5 \
       --frame-ms "${AB_FRAME_MS:-200}" --duration-s "${AB_SECONDS:-40}"
   fi
-  "$loadgen" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json "$@" \
+  local driver="$loadgen"
+  [[ $label == before-* && -n "${AB_BEFORE_LOADGEN:-}" ]] && driver="$(realpath "$AB_BEFORE_LOADGEN")"
+  "$driver" --relay "$listen" --kafka "$bootstrap" --topic "$topic" --relay-pid "$relay_pid" --json "$@" \
     >"$out/$label.json"
   # Records per produce request: what a batch's fixed costs (a fresh zstd context, the request) are shared by.
   per_batch="$(curl -fsS "http://$listen/metrics" | awk '$1 == "soundline_records_produced_total" { r = $2 }
@@ -69,7 +73,8 @@ print(f"{sys.argv[2]}: {per_1000:.4f} cores per 1000 frames/s ({j['frames_per_s'
       f"ack p99 {j['ack_ms']['p99']:.1f} ms, fan-out p99 {j['fanout_ms']['p99']} ms, lost {j['lost']}, "
       f"{sys.argv[3] or '?'} records per batch, {j['relay']['minor_faults_per_frame']:.2f} page faults and "
       f"{j['relay']['context_switches_per_frame']:.2f} context switches per frame, "
-      f"{j['relay']['system_share'] / j['relay']['cpu_share']:.0%} of the CPU in the kernel")
+      f"{j['relay']['system_share'] / j['relay']['cpu_share']:.0%} of the CPU in the kernel"
+      + (f", load generator {j['load_generator']['cpu_share']:.2f} cores" if j.get("load_generator") else ""))
 PY
 }
 

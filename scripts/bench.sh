@@ -217,6 +217,8 @@ def realtime():
         r = rt["relay"]
         print("  relay CPU {:.2f} cores ({:.3f} per 1000 frames/s; {:.0%} of it in the kernel), {:.2f} context switches per frame, peak RSS {:.1f} MB".format(
             r["cpu_share"], per_1000, r["system_share"] / r["cpu_share"], r["context_switches_per_frame"], r["peak_rss_mb"]))
+    if rt.get("load_generator"):
+        print("  load generator CPU {:.2f} cores (it shares the machine with the relay and the broker)".format(rt["load_generator"]["cpu_share"]))
     # Quantiles of the relay's latency histograms, interpolated within their buckets (10 ms wide from 10 to 60 ms).
     def quantile(name, q):
         buckets = [(float(le), int(n)) for le, n in re.findall(name + r'_bucket\{le="([^"]+)"\} (\d+)', scraped)]

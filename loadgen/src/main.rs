@@ -5,7 +5,7 @@
 //! -> seen by a subscriber) percentiles, over the run and per 10 s of it (`ack_ms_by_10s`, `fanout_ms_by_10s`), loss (frames sent vs acked vs found in Kafka afterwards, which must be 0;
 //! a frame acked at an offset Kafka's retention has deleted since counts as expired, not lost),
 //! and, when given the relay's pid, its CPU time (and the kernel's share of it), peak RSS, page faults and context
-//! switches per frame. Human summary on stdout, `--json` for machines.
+//! switches per frame, and the load generator's own CPU (`load_generator`). Human summary on stdout, `--json` for machines.
 //!
 //! ```text
 //! soundline-loadgen --relay 127.0.0.1:8080 --kafka 127.0.0.1:9092 --topic aicp-sound \
@@ -33,6 +33,10 @@ use soundline_shared::frame;
 use soundline_shared::recording::{DeviceInfo, LocationInfo, Recording};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load generator for the Soundline relay")]
@@ -244,6 +248,19 @@ fn rss(pid: Option<u32>) -> Option<u64> {
     pid.and_then(proc_stats).map(|s| s.rss)
 }
 
+/// How much a recorder's connection reads at a time: it receives only acks (under 100 bytes each) and pings.
+/// tungstenite zero-fills the room it reads into before every read, its default room being 128 KiB: at 2000
+/// recorders that zero-filling was a third of this process's CPU (perf, 2026-12-03), CPU the relay under test
+/// shares the machine with.
+const RECORDER_READ: usize = 4 * 1024;
+/// A feed subscriber's reads: one record message (an envelope of 200 ms, ~9 KB) in one read, as the relay reads
+/// a frame.
+const FEED_READ: usize = 16 * 1024;
+
+fn reads_of(bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(bytes)
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens `/ws/record` (without Nagle's delay) and sends the hello of car `car`, segment `segment`.
@@ -253,7 +270,7 @@ async fn open_recording(
     segment: String,
 ) -> anyhow::Result<(futures_util::stream::SplitSink<Ws, Message>, futures_util::stream::SplitStream<Ws>)> {
     let url = format!("ws://{relay}/ws/record");
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(reads_of(RECORDER_READ)), true)
         .await
         .with_context(|| format!("connect {url}"))?;
     let (mut tx, rx) = ws.split();
@@ -361,7 +378,6 @@ async fn recorder(
     };
     let start = Instant::now();
     let deadline = args.for_s.map(|s| start + Duration::from_secs_f64(s));
-    let mut buf = Vec::with_capacity(frame::HEADER_LEN + samples_per_frame * 2);
     let mut seq = 0;
     while seq < planned && deadline.is_none_or(|d| Instant::now() < d) {
         if args.max_rate {
@@ -370,7 +386,8 @@ async fn recorder(
             let due = start + Duration::from_millis(u64::from(seq) * u64::from(args.frame_ms));
             tokio::time::sleep_until(due.into()).await;
         }
-        buf.clear();
+        // A buffer of its own per frame: the message owns it, so it goes to the socket without a copy.
+        let mut buf = Vec::with_capacity(frame::HEADER_LEN + samples_per_frame * 2);
         if let Some(noise) = &mut noise {
             noise.fill(&mut pcm);
         }
@@ -379,7 +396,7 @@ async fn recorder(
         if let Ok(mut m) = sent_at.lock() {
             m.insert(seq, Instant::now());
         }
-        tx.send(Message::Binary(buf.clone().into())).await?;
+        tx.send(Message::Binary(buf.into())).await?;
         totals.sent.fetch_add(1, Relaxed);
         seq += 1;
     }
@@ -423,7 +440,7 @@ async fn playback(
     last: i64,
 ) -> anyhow::Result<(u64, u64, f64)> {
     let url = format!("ws://{relay}/ws/feed");
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(reads_of(FEED_READ)), true)
         .await
         .with_context(|| format!("connect {url}"))?;
     let sub = Subscribe {
@@ -455,7 +472,7 @@ async fn subscriber(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let url = format!("ws://{}/ws/feed", args.relay);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(reads_of(FEED_READ)), true)
         .await
         .with_context(|| format!("connect {url}"))?;
     let car_id = (!args.subscribe_all).then(|| format!("LOAD-{run}-{}", j % args.recorders.max(1)));
@@ -557,6 +574,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let rss_idle = rss(args.relay_pid);
     let before = args.relay_pid.and_then(proc_stats);
+    let own_before = proc_stats(std::process::id());
     let mut subs = Vec::new();
     for j in 0..args.subscribers {
         subs.push(tokio::spawn(subscriber(
@@ -644,6 +662,7 @@ async fn main() -> anyhow::Result<()> {
         },
     });
     let after = args.relay_pid.and_then(proc_stats);
+    let own_after = proc_stats(std::process::id());
     let (found, expired) = check_kafka(&args, &run, &landed.lock().await).await?;
     // Where the frames went, and the partition of recorder 0 (the car the subscribers watch first).
     let mut acked_per_partition: BTreeMap<i32, usize> = BTreeMap::new();
@@ -697,6 +716,12 @@ async fn main() -> anyhow::Result<()> {
                 "system_share": (a.system_s - b.system_s) / elapsed,
                 "minor_faults_per_frame": a.minor_faults.saturating_sub(b.minor_faults) as f64 / acked.max(1) as f64,
                 "context_switches_per_frame": a.context_switches.saturating_sub(b.context_switches) as f64 / acked.max(1) as f64}),
+            _ => serde_json::Value::Null,
+        },
+        // This process's own CPU over the same span: on a machine it shares with the relay and the broker, the
+        // instrument's load is part of what the relay's latency is measured under.
+        "load_generator": match (own_before, own_after) {
+            (Some(b), Some(a)) => serde_json::json!({"cpu_share": (a.cpu_s - b.cpu_s) / elapsed}),
             _ => serde_json::Value::Null,
         },
     });

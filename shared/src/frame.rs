@@ -145,8 +145,11 @@ pub fn encode(seq: u32, capture_ts_ms: i64, samples: &[i16], out: &mut Vec<u8>) 
     // A frame longer than u32::MAX samples would be 74 hours of audio; saturating keeps this total, and
     // `decode` would then report the mismatch.
     out.extend_from_slice(&u32::try_from(samples.len()).unwrap_or(u32::MAX).to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
+    // Sized once, then filled: a loop of two-byte pushes checks the capacity per sample and does not vectorize.
+    let pcm_at = out.len();
+    out.resize(pcm_at + samples.len() * 2, 0);
+    for (le, s) in out[pcm_at..].chunks_exact_mut(2).zip(samples) {
+        le.copy_from_slice(&s.to_le_bytes());
     }
 }
 
