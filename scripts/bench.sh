@@ -2,7 +2,7 @@
 # `make bench`: the relay against its baselines, side by side, on one fresh broker, in one run.
 #
 #   1. real time: BENCH_RECORDERS recorders (200 ms frames) + BENCH_SUBSCRIBERS feed subscribers for BENCH_SECONDS:
-#      ack and fan-out latency, loss, relay CPU and memory;
+#      ack and fan-out latency, loss, relay CPU and memory, with the relay's default compression (zstd);
 #   2. max rate, 1 s frames (~43 KB envelopes) and 100 ms frames (~4.6 KB), equal work side by side: the relay and
 #      Kafka's own producer benchmark (ProducerPerformance, the same Kafka's jars; at the bench's settings and tuned
 #      for throughput) each send the same N records of the same size, one after the other, in BENCH_ROUNDS (3)
@@ -18,7 +18,7 @@
 # (warm_up_broker in common.sh). Prints a table and leaves the raw JSON in target/bench/. The full version:
 # BENCH_FULL=1 make bench.
 # One step alone: BENCH_ONLY=realtime (with BENCH_PERF=1: a perf profile of the relay; BENCH_CODEC: its
-# compression, none by default) or BENCH_ONLY=compression.
+# compression, zstd by default) or BENCH_ONLY=compression.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
@@ -67,8 +67,9 @@ loadgen() { # loadgen NAME TOPIC ARGS...
 only="${BENCH_ONLY:-}"
 if [[ -z "$only" || $only == realtime ]]; then
 # 1. Real time, many recorders and subscribers. BENCH_PERF=1: a perf profile of the relay (15 s from 20 s in);
-#    BENCH_CODEC: the relay's compression for this step (none, for comparisons with earlier runs).
-codec="${BENCH_CODEC:-none}" start_relay "rt-$run_id"
+#    BENCH_CODEC: the relay's compression for this step: zstd, what a relay ships with (none: as this step ran
+#    until 2026-12-03, for comparisons with the results of earlier runs).
+codec="${BENCH_CODEC:-zstd}" start_relay "rt-$run_id"
 profiler=""
 rm -f "$out/perf-realtime.txt" # a run without BENCH_PERF=1 must not print an earlier run's profile
 if [[ "${BENCH_PERF:-0}" == 1 ]]; then
@@ -193,9 +194,9 @@ done
 unset codec
 fi
 
-python3 - "$out" "${rounds:-3}" "${BENCH_ONLY:-}" <<'PY'
+python3 - "$out" "${rounds:-3}" "${BENCH_ONLY:-}" "${BENCH_CODEC:-zstd}" <<'PY'
 import json, re, statistics, sys
-out, rounds, only = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, rounds, only, rt_codec = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 j = lambda n: json.load(open(f"{out}/{n}.json"))
 def compression():
     print("compression (noise-like audio, 200 ms frames): codec | records | log bytes on disk | per hour of audio | vs none | relay CPU per 1000 frames/s")
@@ -208,7 +209,7 @@ def compression():
         print(f"  {codec} | {run['frames_in_kafka']} | {disk} | {per_hour / 1e6:.1f} MB | {per_hour / base:.3f} | {cpu:.4f} cores")
 def realtime():
     rt = j("realtime")
-    print(f"real time: {rt['recorders']} recorders / {rt['subscribers']} subscribers, {rt['seconds']:.1f} s: "
+    print(f"real time ({rt_codec}): {rt['recorders']} recorders / {rt['subscribers']} subscribers, {rt['seconds']:.1f} s: "
           f"sent {rt['frames_sent']} acked {rt['frames_acked']} in Kafka {rt['frames_in_kafka']} lost {rt['lost']}")
     print("  ack ms p50 / p95 / p99 / max: {p50:.1f} / {p95:.1f} / {p99:.1f} / {max:.1f}".format(**rt["ack_ms"]))
     print("  fan-out ms p50 / p99: {:.0f} / {:.0f} ({} deliveries)".format(rt["fanout_ms"]["p50"], rt["fanout_ms"]["p99"], rt["fanout_ms"]["seen"]))
