@@ -2,10 +2,11 @@
 //!
 //! N recorders stream 16 kHz frames (in real time, or as fast as acks allow with `--max-rate`), M subscribers read
 //! `/ws/feed`. It reports frames/s and MB/s acked, ack latency (frame sent -> ack) and fan-out latency (frame sent
-//! -> seen by a subscriber) percentiles, over the run and per 10 s of it (`ack_ms_by_10s`, `fanout_ms_by_10s`), loss (frames sent vs acked vs found in Kafka afterwards, which must be 0;
-//! a frame acked at an offset Kafka's retention has deleted since counts as expired, not lost),
-//! and, when given the relay's pid, its CPU time (and the kernel's share of it), peak RSS, page faults and context
-//! switches per frame, and the load generator's own CPU (`load_generator`). Human summary on stdout, `--json` for machines.
+//! -> seen by a subscriber) percentiles, over the run and per 10 s of it (`ack_ms_by_10s`, `fanout_ms_by_10s`),
+//! loss (frames sent vs acked vs found in Kafka afterwards, which must be 0; a frame acked at an offset Kafka's
+//! retention has deleted since counts as expired, not lost), and, when given the relay's pid, its CPU time (and
+//! the kernel's share of it), peak RSS, page faults and context switches per frame, and the load generator's own
+//! CPU (`load_generator`). Human summary on stdout, `--json` for machines.
 //!
 //! ```text
 //! soundline-loadgen --relay 127.0.0.1:8080 --kafka 127.0.0.1:9092 --topic aicp-sound \
@@ -225,12 +226,12 @@ fn proc_stats(pid: u32) -> Option<ProcStats> {
     let context_switches = std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum();
     Some(ProcStats {
@@ -686,7 +687,8 @@ async fn main() -> anyhow::Result<()> {
         _ => serde_json::Value::Null,
     };
 
-    let (ack_samples, fan_samples) = (acks.lock().await.clone(), fanout.lock().await.clone());
+    let (ack_samples, fan_samples) =
+        (std::mem::take(&mut *acks.lock().await), std::mem::take(&mut *fanout.lock().await));
     let sorted_ms = |samples: &[Sample]| {
         let mut ms: Vec<f64> = samples.iter().map(|s| s.1).collect();
         ms.sort_by(f64::total_cmp);

@@ -137,14 +137,19 @@ struct Conn<'a> {
     last_up: bool,
 }
 
-/// A frame read while the memory budget was spent: its record waits for its permit (reading is paused meanwhile).
-struct Parked<'a> {
+/// A frame built into its record, ready for Kafka once the memory budget has room for `size` bytes.
+struct Built {
     record: Record,
     seq: u32,
     /// When its handling began, for `soundline_ack_seconds`.
     read: Instant,
     size: usize,
     pcm_bytes: usize,
+}
+
+/// A frame read while the memory budget was spent: it waits for its permit (reading is paused meanwhile).
+struct Parked<'a> {
+    frame: Built,
     permit: Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send + 'a>>,
 }
 
@@ -190,7 +195,7 @@ impl<'a> Conn<'a> {
                 },
                 permit = wait_for_budget(&mut parked), if parked.is_some() => match parked.take() {
                     Some(p) => {
-                        self.hand_over(p.record, p.seq, p.read, p.size, p.pcm_bytes, permit);
+                        self.hand_over(p.frame, permit);
                         let reading_again = self.status_message(LinkState::Ok, "reading again");
                         send(socket, reading_again).await.map(|()| true).map_err(|_| End::SocketGone)
                     }
@@ -357,28 +362,20 @@ impl<'a> Conn<'a> {
         };
 
         let producer = state.producer();
-        let (seq, pcm_bytes) = (frame.seq, frame.pcm_le.len());
+        let built = Built { record, seq: frame.seq, read, size, pcm_bytes: frame.pcm_le.len() };
         if let Some(permit) = producer.try_reserve(size) {
-            self.hand_over(record, seq, read, size, pcm_bytes, permit);
+            self.hand_over(built, permit);
             return Ok(());
         }
         state.metrics().backpressure_total.inc();
         let full = "the relay's memory budget is full; waiting for Kafka before reading more";
         send(socket, self.status_message(LinkState::Backpressure, full)).await.map_err(|_| End::SocketGone)?;
-        *parked = Some(Parked { record, seq, read, size, pcm_bytes, permit: Box::pin(producer.reserve(size)) });
+        *parked = Some(Parked { frame: built, permit: Box::pin(producer.reserve(size)) });
         Ok(())
     }
 
     /// Hands a frame's record to Kafka; its ack waits in [`Conn::unacked`].
-    fn hand_over(
-        &mut self,
-        record: Record,
-        seq: u32,
-        read: Instant,
-        size: usize,
-        pcm_bytes: usize,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn hand_over(&mut self, Built { record, seq, read, size, pcm_bytes }: Built, permit: OwnedSemaphorePermit) {
         let Some(session) = self.session.as_mut() else { return };
         let metrics = self.state.metrics();
         metrics.frames_in_total.inc();
