@@ -2,7 +2,10 @@
 # `make bench`: the relay against its baselines, side by side, on one fresh broker, in one run.
 #
 #   1. real time: BENCH_RECORDERS recorders (200 ms frames) + BENCH_SUBSCRIBERS feed subscribers for BENCH_SECONDS:
-#      ack and fan-out latency, loss, relay CPU and memory, with the relay's default compression (zstd);
+#      ack and fan-out latency, loss, relay CPU and memory, with the relay's default compression (zstd); then the
+#      same recorders without subscribers, and against the floor (soundline-floor: the relay's protocol and stack,
+#      envelopes built and dropped, no Kafka), so that the relay's CPU per frame splits into the floor, Kafka and
+#      the feed, side by side;
 #   2. max rate, 1 s frames (~43 KB envelopes) and 100 ms frames (~4.6 KB), equal work side by side: the relay and
 #      Kafka's own producer benchmark (ProducerPerformance, the same Kafka's jars; at the bench's settings and tuned
 #      for throughput) each send the same N records of the same size, one after the other, in BENCH_ROUNDS (3)
@@ -83,6 +86,23 @@ loadgen realtime "rt-$run_id" --recorders "$recorders" --subscribers "$subscribe
 [[ -n "$profiler" ]] && wait "$profiler"
 # The relay's latency histograms: its own share of the ack latency, and Kafka's (soundline_produce_request_seconds).
 curl -fsS "http://$listen/metrics" >"$out/realtime-metrics.txt"
+stop_relay
+# 1b. The same recorders without subscribers (what the feed costs is the difference), then 1c. against the floor.
+codec="${BENCH_CODEC:-zstd}" start_relay "rt-nosub-$run_id"
+loadgen realtime-nosub "rt-nosub-$run_id" --recorders "$recorders" --duration-s "$seconds" --ramp-s 5 --frame-ms 200
+stop_relay
+topic_cmd --delete --topic "rt-nosub-$run_id"
+floor="127.0.0.1:${BENCH_FLOOR_PORT:-28081}"
+# The floor stands in for the relay: $relay_pid, so that stop_relay and the exit trap stop it.
+"$bin/soundline-floor" --listen "$floor" >"$out/floor.log" 2>&1 &
+relay_pid=$!
+until curl -fsS "http://$floor/readyz" >/dev/null 2>&1; do
+  kill -0 "$relay_pid" 2>/dev/null || die "soundline-floor exited before it was ready (its log: $out/floor.log)"
+  sleep 0.2
+done
+say "loadgen: floor"
+"$bin/soundline-loadgen" --relay "$floor" --relay-pid "$relay_pid" --no-kafka --json --recorders "$recorders" \
+  --duration-s "$seconds" --ramp-s 5 --frame-ms 200 | tee "$out/floor.json"
 stop_relay
 fi
 
@@ -220,6 +240,16 @@ def realtime():
             r["cpu_share"], per_1000, r["system_share"] / r["cpu_share"], r["context_switches_per_frame"], r["peak_rss_mb"]))
     if rt.get("load_generator"):
         print("  load generator CPU {:.2f} cores (it shares the machine with the relay and the broker)".format(rt["load_generator"]["cpu_share"]))
+    # Side by side: the floor (soundline-floor), the relay without subscribers, the relay with them.
+    per = lambda run: run["relay"]["cpu_share"] / (run["frames_acked"] / run["seconds"]) * 1000
+    try:
+        floor, nosub = j("floor"), j("realtime-nosub")
+        f, n, a = per(floor), per(nosub), per(rt)
+        print(f"  CPU per 1000 frames/s, side by side: the floor (soundline-floor: read, decode, envelope, ack; no Kafka) {f:.4f}; "
+              f"the relay without subscribers {n:.4f} (Kafka: +{n - f:.4f}); with them {a:.4f} (the feed: +{a - n:.4f}); "
+              f"the relay is {a / f:.2f}x the floor (lost: floor {floor['lost']}, without subscribers {nosub['lost']})")
+    except (OSError, KeyError, TypeError, ZeroDivisionError):
+        pass
     # Quantiles of the relay's latency histograms, interpolated within their buckets (10 ms wide from 10 to 60 ms).
     def quantile(name, q):
         buckets = [(float(le), int(n)) for le, n in re.findall(name + r'_bucket\{le="([^"]+)"\} (\d+)', scraped)]

@@ -58,7 +58,8 @@ run_step "fuzz smoke (frame, control, envelope decoders; 10 s each)" env -u CARG
 run_step "cargo build (relay and loadgen binaries)" cargo build -p soundline-relay -p soundline-loadgen --locked
 SOUNDLINE_RELAY_BIN="$(target_dir)/debug/soundline-relay"
 SOUNDLINE_LOADGEN_BIN="$(target_dir)/debug/soundline-loadgen"
-export SOUNDLINE_RELAY_BIN SOUNDLINE_LOADGEN_BIN
+SOUNDLINE_FLOOR_BIN="$(target_dir)/debug/soundline-floor"
+export SOUNDLINE_RELAY_BIN SOUNDLINE_LOADGEN_BIN SOUNDLINE_FLOOR_BIN
 run_step "deployment files (hadolint, kubernetes-validate, compose schema, relay config)" bash scripts/check-deploy.sh
 
 if ! wait "$kafka_pid"; then

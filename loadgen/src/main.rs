@@ -13,6 +13,7 @@
 //!     --recorders 200 --subscribers 20 --duration-s 30 --frame-ms 200 [--max-rate] [--relay-pid PID] [--json]
 //! soundline-loadgen ... --max-rate --for-s 30 --window 16    # as many frames as acks allow, for 30 s
 //! soundline-loadgen ... --max-rate --frames 3000 --window 16 # exactly 3000 frames per recorder (equal work)
+//! soundline-loadgen --relay 127.0.0.1:28081 --no-kafka ...    # against soundline-floor (src/floor.rs)
 //! ```
 //!
 //! The report says how long the run took (`seconds`), how many frames went (`frames_sent`, `frames_acked`) and
@@ -104,6 +105,10 @@ struct Args {
     /// field audio with quiet stretches).
     #[arg(long, value_enum, default_value_t = Signal::Repeat)]
     signal: Signal,
+    /// The server under test keeps nothing (`soundline-floor`): no loss check against Kafka; a frame sent and not
+    /// acked counts as lost.
+    #[arg(long, conflicts_with_all = ["subscribers", "playback"])]
+    no_kafka: bool,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -664,7 +669,13 @@ async fn main() -> anyhow::Result<()> {
     });
     let after = args.relay_pid.and_then(proc_stats);
     let own_after = proc_stats(std::process::id());
-    let (found, expired) = check_kafka(&args, &run, &landed.lock().await).await?;
+    // `--no-kafka`: nothing to read back (`None`); a frame counts as kept once acked.
+    let (found, expired) = if args.no_kafka {
+        (None, 0)
+    } else {
+        let (found, expired) = check_kafka(&args, &run, &landed.lock().await).await?;
+        (Some(found), expired)
+    };
     // Where the frames went, and the partition of recorder 0 (the car the subscribers watch first).
     let mut acked_per_partition: BTreeMap<i32, usize> = BTreeMap::new();
     let mut partition_of_recorder_0 = None;
@@ -696,7 +707,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (acks, fan) = (sorted_ms(&ack_samples), sorted_ms(&fan_samples));
     let (sent, acked) = (totals.sent.load(Relaxed), totals.acked.load(Relaxed));
-    let lost = sent.saturating_sub(found + expired);
+    let lost = sent.saturating_sub(found.unwrap_or(acked) + expired);
     let mb = totals.pcm_bytes_acked.load(Relaxed) as f64 / 1e6;
     let report = serde_json::json!({
         "recorders": args.recorders, "subscribers": args.subscribers, "frame_ms": args.frame_ms,
@@ -731,7 +742,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{} recorders ({}), {} subscribers, {:.1} s: {acked}/{sent} frames acked, {found} in Kafka \
+            "{} recorders ({}), {} subscribers, {:.1} s: {acked}/{sent} frames acked, {} in Kafka \
              ({expired} more acked and since deleted by retention), lost {}\n\
              throughput {:.0} frames/s, {:.2} MB/s of PCM\n\
              ack latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
@@ -742,6 +753,7 @@ async fn main() -> anyhow::Result<()> {
             report["mode"].as_str().unwrap_or_default(),
             args.subscribers,
             elapsed,
+            found.map_or_else(|| "none read back".to_owned(), |f| f.to_string()),
             lost,
             acked as f64 / elapsed,
             mb / elapsed,

@@ -236,6 +236,16 @@ pub fn loadgen_bin() -> std::path::PathBuf {
     built_binary("SOUNDLINE_LOADGEN_BIN", "soundline-loadgen")
 }
 
+/// The `soundline-floor` binary (`make bench`'s per-frame floor): `SOUNDLINE_FLOOR_BIN`, or the one cargo built
+/// beside this test binary.
+///
+/// # Panics
+///
+/// When neither exists (`make test` builds it first).
+pub fn floor_bin() -> std::path::PathBuf {
+    built_binary("SOUNDLINE_FLOOR_BIN", "soundline-floor")
+}
+
 /// The `soundline-relay` binary: `SOUNDLINE_RELAY_BIN`, or the one cargo built beside this test binary.
 ///
 /// # Panics
