@@ -7,13 +7,20 @@
 #   scripts/kafka.sh status                 say whether it runs and where
 #   scripts/kafka.sh env                    print the addresses as shell assignments (for tests)
 #   scripts/kafka.sh classpath              print the jars' classpath (for Kafka's own tools)
+#   scripts/kafka.sh cluster start|stop|status|env
+#                                           a three-node KRaft cluster (every node broker and controller),
+#                                           topics replicated 3 times with min.insync.replicas=2
+#   scripts/kafka.sh cluster node N start|stop|kill
+#                                           one node of it: start again, SIGTERM (controlled shutdown), kill -9
 #
 # Settings (environment):
 #   KAFKA_PORT         PLAINTEXT listener port (default 9092); the controller uses KAFKA_PORT+1; with --sasl,
 #                      SASL_PLAINTEXT is on KAFKA_PORT+2, SSL on KAFKA_PORT+3 and SASL_SSL on KAFKA_PORT+4
 #   KAFKA_STATE_DIR    log dir, config, pid and server.log (default /tmp/soundline-kafka-$KAFKA_PORT)
 #   KAFKA_VERSION      Kafka version to fetch (default: the one in scripts/kafka/pom.xml)
-#   KAFKA_HEAP         JVM heap (default 768m)
+#   KAFKA_HEAP         JVM heap (default 768m; 512m per cluster node)
+#   KAFKA_CLUSTER_PORT the cluster's first port (default 9192): node N listens on KAFKA_CLUSTER_PORT+2(N-1), its
+#                      controller on the port after; state in /tmp/soundline-kafka-cluster-$KAFKA_CLUSTER_PORT/nodeN
 #
 # --sasl adds SASL_PLAINTEXT, SSL and SASL_SSL listeners. SASL offers PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, all
 # for user "soundline" with password "soundline-secret" (test credentials, loopback only). TLS uses a throwaway CA
@@ -30,6 +37,14 @@ JARS="$SOUNDLINE_CACHE/kafka-$KAFKA_VERSION/libs"
 SASL_USER=soundline
 SASL_PASSWORD=soundline-secret
 PID_FILE="$KAFKA_STATE_DIR/kafka.pid"
+# One node of a cluster (set by `cluster`); a single broker is node 1 of a quorum of one.
+KAFKA_NODE_ID="${KAFKA_NODE_ID:-1}"
+KAFKA_VOTERS="${KAFKA_VOTERS:-1@127.0.0.1:$((KAFKA_PORT + 1))}"
+KAFKA_REPLICAS="${KAFKA_REPLICAS:-1}"
+KAFKA_MIN_ISR="${KAFKA_MIN_ISR:-1}"
+CLUSTER_NODES=3
+KAFKA_CLUSTER_PORT="${KAFKA_CLUSTER_PORT:-9192}"
+CLUSTER_DIR="${KAFKA_CLUSTER_DIR:-/tmp/soundline-kafka-cluster-$KAFKA_CLUSTER_PORT}"
 
 java_ok() {
   need java "Java 17 or newer runs the Kafka broker: install a JDK (apt-get install -y openjdk-17-jre-headless)"
@@ -69,10 +84,10 @@ write_config() {
     protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL"
   fi
   cat >"$cfg" <<PROPS
-# Written by scripts/kafka.sh: a single-node KRaft broker+controller on loopback.
+# Written by scripts/kafka.sh: a KRaft broker+controller on loopback (node $KAFKA_NODE_ID of voters $KAFKA_VOTERS).
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$((KAFKA_PORT + 1))
+node.id=$KAFKA_NODE_ID
+controller.quorum.voters=$KAFKA_VOTERS
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listeners=$listeners
@@ -82,11 +97,15 @@ log.dirs=$KAFKA_STATE_DIR/data
 # Topics are created on purpose (the relay does it, or a test), never by a typo in a client.
 auto.create.topics.enable=false
 num.partitions=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# Replicated as a production cluster is (one node: 1). With min.insync.replicas=2 of 3, acks=all (the relay's
+# only mode) survives one node lost without losing an acked record, and refuses writes when two are lost.
+default.replication.factor=$KAFKA_REPLICAS
+min.insync.replicas=$KAFKA_MIN_ISR
+offsets.topic.replication.factor=$KAFKA_REPLICAS
+transaction.state.log.replication.factor=$KAFKA_REPLICAS
+transaction.state.log.min.isr=$KAFKA_MIN_ISR
+share.coordinator.state.topic.replication.factor=$KAFKA_REPLICAS
+share.coordinator.state.topic.min.isr=$KAFKA_MIN_ISR
 group.initial.rebalance.delay.ms=0
 # Keep every record: some tests produce straight to Kafka with fixed record timestamps from 2025, which the
 # default 7-day retention would delete at its next check, mid-test. (The relay stamps records with its own clock.)
@@ -136,10 +155,11 @@ kafka_java() { # kafka_java MAINCLASS ARGS...: run a Kafka class with the cached
 }
 
 cmd_start() {
-  local sasl=0
+  local sasl=0 wait=1
   for arg in "$@"; do
     case "$arg" in
       --sasl) sasl=1 ;;
+      --no-wait) wait=0 ;; # a cluster node: it starts only once a quorum of its voters runs
       *) die "kafka.sh start: unknown option $arg (expected --sasl)" ;;
     esac
   done
@@ -169,8 +189,8 @@ cmd_start() {
       scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
         --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
     fi
-    local cluster_id
-    cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+    local cluster_id="${KAFKA_CLUSTER_ID:-}"
+    [[ -n "$cluster_id" ]] || cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
     if ! kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$cfg" "${scram[@]}" \
         >"$KAFKA_STATE_DIR/format.log" 2>&1; then
       tail -n 5 "$KAFKA_STATE_DIR/format.log" >&2
@@ -178,12 +198,19 @@ cmd_start() {
     fi
   fi
   say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT$([[ $sasl == 1 ]] && echo " (SASL on $((KAFKA_PORT + 2)))")"
+  # A restart must not find the last run's "started" line.
+  [[ -f "$KAFKA_STATE_DIR/server.log" ]] && mv -f "$KAFKA_STATE_DIR/server.log" "$KAFKA_STATE_DIR/server.log.1"
   # setsid: the broker outlives this script, and a Ctrl+C in the terminal that started it does not reach it.
   setsid java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \
     -Dsoundline.kafka.log="$KAFKA_STATE_DIR/server.log" \
     -cp "$JARS/*" kafka.Kafka "$cfg" >"$KAFKA_STATE_DIR/stdout.log" 2>&1 </dev/null &
   echo $! >"$PID_FILE"
+  [[ "$wait" == 1 ]] || return 0
+  wait_started
+}
+
+wait_started() { # until this node says it started and its port answers (90 s)
   local deadline=$((SECONDS + 90))
   until grep -q 'Kafka Server started' "$KAFKA_STATE_DIR/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; do
     if ! running; then
@@ -240,12 +267,79 @@ cmd_env() {
   fi
 }
 
+# --- the three-node cluster: each node is this script again, with its own ports, state dir and node id ---
+
+node_env() { # node_env N: the environment of node N
+  local port=$((KAFKA_CLUSTER_PORT + 2 * ($1 - 1))) voters="" i
+  for i in $(seq 1 $CLUSTER_NODES); do
+    voters+="${voters:+,}$i@127.0.0.1:$((KAFKA_CLUSTER_PORT + 2 * (i - 1) + 1))"
+  done
+  printf '%s\n' "KAFKA_PORT=$port" "KAFKA_STATE_DIR=$CLUSTER_DIR/node$1" "KAFKA_NODE_ID=$1" "KAFKA_VOTERS=$voters" \
+    "KAFKA_REPLICAS=3" "KAFKA_MIN_ISR=2" "KAFKA_HEAP=${KAFKA_CLUSTER_HEAP:-512m}" "KAFKA_CLUSTER_ID=$(cluster_id)"
+}
+
+cluster_id() { # one id for every node, made once per cluster dir
+  mkdir -p "$CLUSTER_DIR"
+  if [[ ! -s "$CLUSTER_DIR/cluster.id" ]]; then
+    kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$CLUSTER_DIR/cluster.id"
+  fi
+  cat "$CLUSTER_DIR/cluster.id"
+}
+
+on_node() { # on_node N CMD...: this script's CMD as node N
+  local n="$1"
+  shift
+  [[ "$n" =~ ^[1-3]$ ]] || die "kafka.sh cluster node: expected a node number 1-3, got ${n:-nothing}"
+  env $(node_env "$n") bash "${BASH_SOURCE[0]}" "$@"
+}
+
+cmd_cluster() {
+  case "${1:-}" in
+    start)
+      java_ok
+      cmd_fetch
+      local n
+      for n in $(seq 1 $CLUSTER_NODES); do on_node "$n" start --no-wait; done
+      for n in $(seq 1 $CLUSTER_NODES); do on_node "$n" node-wait; done
+      say "Kafka cluster up: $(cluster_brokers) (replication 3, min.insync.replicas 2)"
+      ;;
+    stop) for n in $(seq 1 $CLUSTER_NODES); do on_node "$n" stop; done ;;
+    status) for n in $(seq 1 $CLUSTER_NODES); do on_node "$n" status || true; done ;;
+    env) echo "SOUNDLINE_TEST_CLUSTER=$(cluster_brokers)"; echo "SOUNDLINE_TEST_CLUSTER_DIR=$CLUSTER_DIR" ;;
+    node)
+      case "${3:-}" in
+        start) on_node "$2" start ;;
+        stop) on_node "$2" stop ;;
+        kill) on_node "$2" kill9 ;;
+        *) die "usage: scripts/kafka.sh cluster node N start|stop|kill" ;;
+      esac
+      ;;
+    *) die "usage: scripts/kafka.sh cluster start|stop|status|env|node N start|stop|kill" ;;
+  esac
+}
+
+cluster_brokers() {
+  local out="" n
+  for n in $(seq 1 $CLUSTER_NODES); do out+="${out:+,}127.0.0.1:$((KAFKA_CLUSTER_PORT + 2 * (n - 1)))"; done
+  echo "$out"
+}
+
+cmd_kill9() {
+  running || return 0
+  kill -9 "$(cat "$PID_FILE")" 2>/dev/null || true
+  rm -f "$PID_FILE"
+  say "Kafka node $KAFKA_NODE_ID on $KAFKA_PORT killed (-9)"
+}
+
 case "${1:-}" in
   fetch) cmd_fetch ;;
+  cluster) shift; cmd_cluster "$@" ;;
+  node-wait) wait_started ;;
+  kill9) cmd_kill9 ;;
   start) shift; cmd_start "$@" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   env) cmd_env ;;
   classpath) cmd_fetch; echo "$JARS/*" ;;
-  *) die "usage: scripts/kafka.sh fetch|start [--sasl]|stop|status|env|classpath" ;;
+  *) die "usage: scripts/kafka.sh fetch|start [--sasl]|stop|status|env|classpath|cluster ..." ;;
 esac

@@ -3,7 +3,8 @@
 #
 #   1. cargo fmt --check
 #   2. clippy -D warnings, host (whole workspace, all targets) and wasm32 (shared + web)
-#   3. a fresh single-node Kafka with a SASL listener (scripts/kafka.sh), started while 1-2 run
+#   3. a fresh single-node Kafka with a SASL listener (scripts/kafka.sh), and a fresh three-node KRaft cluster
+#      (replication 3, min.insync.replicas 2; scripts/kafka.sh cluster), both started while 1-2 run
 #   4. trunk build --release of the web app into dist/ (the browser tests load it)
 #   5. the web crate's tests as WebAssembly in headless Chromium (wasm-bindgen-test + chromedriver)
 #   6. cargo test: unit, property, golden, integration and end-to-end browser tests against that broker, the
@@ -11,13 +12,16 @@
 #   (and before the broker is needed: a 10 s smoke run of each fuzz target)
 #   (and, while the broker starts: the relay binary, and the deployment files via scripts/check-deploy.sh)
 #
-# Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next two).
+# Settings: SOUNDLINE_TEST_KAFKA_PORT (default 19092; uses that port and the next four),
+#           SOUNDLINE_TEST_CLUSTER_PORT (default 19192; the cluster uses that port and the next five).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 export KAFKA_PORT="${SOUNDLINE_TEST_KAFKA_PORT:-19092}"
 export KAFKA_STATE_DIR="${TMPDIR:-/tmp}/soundline-test-kafka-$KAFKA_PORT"
+export KAFKA_CLUSTER_PORT="${SOUNDLINE_TEST_CLUSTER_PORT:-19192}"
+export KAFKA_CLUSTER_DIR="${TMPDIR:-/tmp}/soundline-test-cluster-$KAFKA_CLUSTER_PORT"
 # Integration tests must never skip for want of a broker; tests/src/lib.rs fails them instead.
 export CI="${CI:-}"
 
@@ -33,9 +37,11 @@ run_step() { # run_step NAME CMD...: run, time, and stop everything on failure
 }
 
 kafka_log="$(mktemp)"
+cluster_log="$(mktemp)"
 cleanup() {
   bash scripts/kafka.sh stop >/dev/null 2>&1 || true
-  rm -f "$kafka_log"
+  bash scripts/kafka.sh cluster stop >/dev/null 2>&1 || true
+  rm -f "$kafka_log" "$cluster_log"
 }
 trap cleanup EXIT
 
@@ -44,6 +50,10 @@ bash scripts/kafka.sh stop >/dev/null 2>&1 || true
 rm -rf "$KAFKA_STATE_DIR"
 bash scripts/kafka.sh start --sasl >"$kafka_log" 2>&1 &
 kafka_pid=$!
+bash scripts/kafka.sh cluster stop >/dev/null 2>&1 || true
+rm -rf "$KAFKA_CLUSTER_DIR"
+bash scripts/kafka.sh cluster start >"$cluster_log" 2>&1 &
+cluster_pid=$!
 
 run_step "cargo fmt --check" cargo fmt --all --check
 run_step "clippy (host)" cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -68,6 +78,12 @@ if ! wait "$kafka_pid"; then
 fi
 cat "$kafka_log" >&2
 eval "$(bash scripts/kafka.sh env | sed 's/^/export /')"
+if ! wait "$cluster_pid"; then
+  cat "$cluster_log" >&2
+  die "the test Kafka cluster did not start (see above)"
+fi
+cat "$cluster_log" >&2
+eval "$(bash scripts/kafka.sh cluster env | sed 's/^/export /')"
 # For tests that run Kafka's own Java tools (the console producer checks the partitioner).
 SOUNDLINE_KAFKA_CLASSPATH="$(bash scripts/kafka.sh classpath)"
 export SOUNDLINE_KAFKA_CLASSPATH

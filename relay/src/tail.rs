@@ -7,7 +7,6 @@
 //! Ctrl+C. Records of one partition print in offset order; partitions interleave as they arrive.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,8 +15,8 @@ use soundline_shared::feed::FeedValue;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::kafka::consumer::{Consumed, Start, partitions, spawn_topic_readers};
-use crate::kafka::{KafkaError, connect};
+use crate::kafka::consumer::{Consumed, partitions, spawn_topic_readers};
+use crate::kafka::{Cluster, KafkaError, Position};
 
 /// How to print a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +34,8 @@ pub enum Format {
 pub struct Options {
     /// Topic (default: the configured audio topic).
     pub topic: String,
-    /// Start position.
-    pub start: Start,
+    /// Position position.
+    pub start: Position,
     /// Only envelopes of this carID.
     pub car: Option<String>,
     /// Only envelopes of this segmentId.
@@ -48,11 +47,11 @@ pub struct Options {
 }
 
 /// Parses `--from`: `earliest`, `latest`, or ms since the epoch.
-pub fn parse_start(s: &str) -> Option<Start> {
+pub fn parse_start(s: &str) -> Option<Position> {
     match s {
-        "earliest" => Some(Start::Earliest),
-        "latest" => Some(Start::Latest),
-        ms => ms.parse().ok().filter(|v: &i64| *v >= 0).map(Start::TimestampMs),
+        "earliest" => Some(Position::Earliest),
+        "latest" => Some(Position::Latest),
+        ms => ms.parse().ok().filter(|v: &i64| *v >= 0).map(Position::TimestampMs),
     }
 }
 
@@ -133,10 +132,10 @@ pub async fn run(
     mut out: impl Write,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<u64, KafkaError> {
-    let client = Arc::new(connect(&config.kafka, std::time::Duration::from_secs(5)).await?);
-    let n = partitions(&client, &config.kafka.brokers.join(","), &options.topic).await?;
+    let cluster = Cluster::connect(&config.kafka).await?;
+    let n = partitions(&cluster, &options.topic).await?;
     let (tx, mut rx) = mpsc::channel(1024);
-    spawn_topic_readers(client, &options.topic, n, options.start, tx);
+    spawn_topic_readers(cluster, &options.topic, n, options.start, tx);
     let mut printed = 0;
     tokio::pin!(stop);
     while options.count.is_none_or(|c| printed < c) {

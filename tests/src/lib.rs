@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod broker;
+pub mod cluster;
 pub mod page;
 pub mod proxy;
 pub mod recorder;

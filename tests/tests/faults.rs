@@ -3,76 +3,15 @@
 //! ([`soundline_tests::resilient`]): they never stop recording, keep every frame until it is acked, reconnect and
 //! resend. Afterwards every recorded frame is in Kafka, every ack points at its frame, and nothing acked is lost.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use soundline_shared::control::LinkState;
-use soundline_shared::envelope::Envelope;
 use soundline_tests::broker::PrivateBroker;
+use soundline_tests::random_topic;
 use soundline_tests::recorder::{Recorder, recording, samples};
 use soundline_tests::relay::{Child, InProcess, config, metric, metric_until};
-use soundline_tests::resilient::{Outcome, record};
-use soundline_tests::{random_topic, read_all};
-
-const FRAME_MS: u64 = 100;
-
-/// By car: seq -> every (partition, offset) the frame landed at.
-type Landed = BTreeMap<String, BTreeMap<u32, Vec<(i32, i64)>>>;
-
-/// Kafka's records of `topic`, by car: seq -> every (partition, offset) it landed at.
-async fn landed(bootstrap: &str, topic: &str) -> Landed {
-    let client = rskafka::client::ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.expect("client");
-    let mut out = Landed::new();
-    for (p, offset, r) in read_all(&client, topic, 6).await {
-        let envelope = Envelope::parse(r.value.as_deref().unwrap_or_default()).expect("an envelope");
-        let seq: u32 = std::str::from_utf8(&r.headers["seq"]).expect("utf-8").parse().expect("seq header");
-        out.entry(envelope.recording.device.car_id).or_default().entry(seq).or_default().push((p, offset));
-    }
-    out
-}
-
-/// Starts `n` resilient recorders (cars `CAR-{tag}-i`) of `frames` frames through `url`; returns their outcomes
-/// by car once they are done.
-fn start_recorders(url: &str, tag: &str, n: usize, frames: u32) -> Vec<tokio::task::JoinHandle<(String, Outcome)>> {
-    (0..n)
-        .map(|i| {
-            let (url, car, segment) = (url.to_owned(), format!("CAR-{tag}-{i}"), format!("seg-{tag}-{i}"));
-            tokio::spawn(async move {
-                let o = record(url, car.clone(), segment, frames, FRAME_MS, Duration::from_secs(90)).await;
-                (car, o)
-            })
-        })
-        .collect()
-}
-
-async fn outcomes(recorders: Vec<tokio::task::JoinHandle<(String, Outcome)>>) -> Vec<(String, Outcome)> {
-    let mut out = Vec::new();
-    for r in recorders {
-        out.push(r.await.expect("recorder"));
-    }
-    out
-}
-
-/// Every frame recorded is in Kafka, each ack names a record of that frame; returns the duplicates.
-fn check(outcomes: &[(String, Outcome)], frames: u32, in_kafka: &Landed) -> usize {
-    let mut duplicates = 0;
-    for (car, o) in outcomes {
-        assert_eq!(o.recorded, frames, "{car} recorded through the fault");
-        assert_eq!(o.unacked, 0, "{car}: every frame acked in the end");
-        assert_eq!(o.acked.len(), frames as usize, "{car}: an ack for every frame");
-        let kafka = &in_kafka[car];
-        assert_eq!(
-            kafka.keys().copied().collect::<BTreeSet<_>>(),
-            (0..frames).collect(),
-            "{car}: every frame in Kafka"
-        );
-        for (seq, at) in &o.acked {
-            assert!(kafka[seq].contains(at), "{car} seq {seq}: acked at {at:?}, Kafka has it at {:?}", kafka[seq]);
-        }
-        duplicates += kafka.values().map(|v| v.len() - 1).sum::<usize>();
-    }
-    duplicates
-}
+use soundline_tests::resilient::{check, landed, outcomes, start_recorders};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_killed_for_ten_seconds_mid_stream_loses_nothing_and_recording_never_stops() {
@@ -95,7 +34,7 @@ async fn kafka_killed_for_ten_seconds_mid_stream_loses_nothing_and_recording_nev
     tokio::time::sleep(Duration::from_secs(10)).await;
     broker.start();
     let outcomes = outcomes(recorders).await;
-    let in_kafka = landed(&bootstrap, &topic).await;
+    let in_kafka = landed(&bootstrap, &topic, 6).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
     let statuses: BTreeSet<String> =
         outcomes.iter().flat_map(|(_, o)| o.statuses.iter().map(|s| format!("{s:?}"))).collect();
@@ -119,7 +58,7 @@ async fn the_relay_killed_and_restarted_mid_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Child::spawn(&[env[0], ("SOUNDLINE_LISTEN", &addr)]).await;
     let outcomes = outcomes(recorders).await;
-    let in_kafka = landed(&soundline_tests::kafka_bootstrap(), &topic).await;
+    let in_kafka = landed(&soundline_tests::kafka_bootstrap(), &topic, 6).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
     assert!(outcomes.iter().all(|(_, o)| o.reconnects >= 1), "every recorder reconnected");
     // Frames Kafka had stored whose ack the killed relay never sent are resent and stored again: the one case
@@ -161,7 +100,7 @@ async fn kafka_slower_than_the_audio_pushes_back_within_the_budget_and_drops_not
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let outcomes = outcomes(recorders).await;
-    let in_kafka = landed(&bootstrap, &topic).await;
+    let in_kafka = landed(&bootstrap, &topic, 6).await;
     let duplicates = check(&outcomes, frames, &in_kafka);
     let paced = metric(addr, "soundline_produce_paced_total").await.expect("paced");
     let backpressured = metric(addr, "soundline_backpressure_total").await.expect("backpressure");

@@ -131,8 +131,8 @@ pub struct KafkaConfig {
     pub create_topic: bool,
     /// Partitions of a created topic.
     pub partitions: i32,
-    /// Replication factor of a created topic.
-    pub replication_factor: i16,
+    /// Replication factor of a created topic; `None`: the cluster's `default.replication.factor`.
+    pub replication_factor: Option<i16>,
     /// Record batch compression.
     pub compression: Compression,
     /// Batch linger.
@@ -144,6 +144,8 @@ pub struct KafkaConfig {
     /// Record bytes produced per second at most (`None`: no cap). Kept below a broker quota, it spares the relay
     /// Kafka's throttling, which rskafka answers by sending the throttled request again (duplicates).
     pub max_bytes_per_s: Option<u64>,
+    /// How long one produce, fetch or list-offsets request may go unanswered before the relay reconnects.
+    pub request_timeout: Duration,
 }
 
 /// The live feed (`/ws/feed`).
@@ -404,9 +406,14 @@ impl RawConfig {
                 partitions: self.parse("partitions", "a partition count between 1 and 10000", |v| {
                     v.parse().ok().filter(|n| (1..=10_000).contains(n))
                 })?,
-                replication_factor: self.parse("replication_factor", "a replication factor between 1 and 32", |v| {
-                    v.parse().ok().filter(|n| (1..=32).contains(n))
-                })?,
+                replication_factor: self.parse(
+                    "replication_factor",
+                    "a replication factor between 1 and 32, or \"default\" (the cluster's)",
+                    |v| match v {
+                        "default" => Some(None),
+                        n => n.parse().ok().filter(|n| (1..=32).contains(n)).map(Some),
+                    },
+                )?,
                 compression,
                 linger: Duration::from_millis(self.parse("linger_ms", "milliseconds between 0 and 10000", |v| {
                     v.parse().ok().filter(|n| *n <= 10_000)
@@ -418,6 +425,11 @@ impl RawConfig {
                     .min(max_bytes_per_s.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))),
                 max_message_bytes,
                 max_bytes_per_s,
+                request_timeout: Duration::from_secs(self.parse(
+                    "kafka_request_timeout_s",
+                    "seconds between 1 and 300",
+                    |v| v.parse().ok().filter(|n| (1..=300).contains(n)),
+                )?),
             };
         let auth = self.auth()?;
         let limits = self.limits()?;

@@ -62,8 +62,8 @@ pub struct Settings {
     /// partitions of a topic the relay creates
     #[arg(long, env = "SOUNDLINE_PARTITIONS", default_value = "6")]
     pub partitions: Option<String>,
-    /// replication factor of a topic the relay creates
-    #[arg(long, env = "SOUNDLINE_REPLICATION_FACTOR", default_value = "1")]
+    /// replication factor of a topic the relay creates: 1-32, or "default" for the cluster's default.replication.factor (its min.insync.replicas applies either way; 3 and 2 keep every acked frame through the loss of one broker)
+    #[arg(long, env = "SOUNDLINE_REPLICATION_FACTOR", default_value = "default")]
     pub replication_factor: Option<String>,
     /// record batch compression: zstd, none, gzip, lz4 or snappy; zstd (level 1, logged at start) stores audio in 0.71 of the bytes for about 1.2x the relay's CPU (BENCHMARKS.md); consumers must decode it (kafka-python: pip install zstandard)
     #[arg(long, env = "SOUNDLINE_COMPRESSION", default_value = "zstd")]
@@ -77,6 +77,9 @@ pub struct Settings {
     /// record bytes the relay produces per second at most (0: no cap); set it below the broker's producer_byte_rate quota, divided by the relay replicas sharing it
     #[arg(long, env = "SOUNDLINE_KAFKA_MAX_BYTES_PER_S", default_value = "0")]
     pub kafka_max_bytes_per_s: Option<String>,
+    /// how long the relay waits for Kafka to answer one produce, fetch or list-offsets request before it drops the connection, looks the partition's leader up again and sends the same records again (a broker that vanished without closing its sockets); connects get 2 s, metadata requests 3 s
+    #[arg(long, env = "SOUNDLINE_KAFKA_REQUEST_TIMEOUT_S", default_value = "10")]
+    pub kafka_request_timeout_s: Option<String>,
     /// the broker's/topic's max message size; larger envelopes are refused, never truncated
     #[arg(long, env = "SOUNDLINE_MAX_MESSAGE_BYTES", default_value = "1048588")]
     pub max_message_bytes: Option<String>,

@@ -42,14 +42,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rskafka::client::Client;
-use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::consumer::{Consumed, ConsumerHealth, Reader, Start, partitions, spawn_partition_reader};
-use crate::kafka::{KafkaError, connect};
+use crate::kafka::consumer::{Consumed, ConsumerHealth, Reader, partitions, spawn_partition_reader};
+use crate::kafka::{Cluster, KafkaError, Position};
 use crate::metrics::Metrics;
 
 /// One partition of a hub: where its live stream stands, and its reader while anyone needs it.
@@ -138,15 +136,9 @@ impl Hub {
         };
         // Where the unread partitions end, asked before taking the lock again (it is never held across an await).
         let mut ends = HashMap::new();
-        let unreachable = |source| KafkaError::Unreachable { brokers: self.brokers.clone(), source };
         for p in unread {
-            let pc = self
-                .reader
-                .client
-                .partition_client(self.topic.to_string(), p, UnknownTopicHandling::Retry)
-                .await
-                .map_err(unreachable)?;
-            ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(unreachable)?);
+            let end = self.reader.cluster.partition(&self.topic, p).offset(Position::Latest).await;
+            ends.insert(p, end.map_err(|source| KafkaError::Unavailable { brokers: self.brokers.clone(), source })?);
         }
         let all = wanted.len() as i32 == self.partition_count();
         let mut positions = BTreeMap::new();
@@ -186,7 +178,7 @@ impl Hub {
         spawn_partition_reader(
             self.reader.clone(),
             partition,
-            Start::Offset(from),
+            Position::Offset(from),
             self.records_tx.clone(),
             stop.clone(),
         );
@@ -272,7 +264,7 @@ pub struct Fanout {
     config: Config,
     metrics: Arc<Metrics>,
     health: Arc<ConsumerHealth>,
-    client: tokio::sync::OnceCell<Arc<Client>>,
+    cluster: tokio::sync::OnceCell<Arc<Cluster>>,
     hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
 }
 
@@ -283,7 +275,7 @@ impl Fanout {
             config,
             metrics,
             health: Arc::new(ConsumerHealth::default()),
-            client: tokio::sync::OnceCell::new(),
+            cluster: tokio::sync::OnceCell::new(),
             hubs: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -293,16 +285,13 @@ impl Fanout {
         &self.health
     }
 
-    /// The Kafka client the feed reads with (connected on first use).
+    /// The Kafka cluster the feed reads from (connected on first use).
     ///
     /// # Errors
     ///
     /// Kafka unreachable or credentials refused.
-    pub async fn client(&self) -> Result<Arc<Client>, KafkaError> {
-        self.client
-            .get_or_try_init(|| async { connect(&self.config.kafka, Duration::from_secs(5)).await.map(Arc::new) })
-            .await
-            .cloned()
+    pub async fn cluster(&self) -> Result<Arc<Cluster>, KafkaError> {
+        self.cluster.get_or_try_init(|| Cluster::connect(&self.config.kafka)).await.cloned()
     }
 
     /// The hub of `topic`, created (with no reader running) if there is none yet.
@@ -315,9 +304,9 @@ impl Fanout {
         if let Some(hub) = hubs.get(topic) {
             return Ok(Arc::clone(hub));
         }
-        let client = self.client().await?;
-        let brokers = self.config.kafka.brokers.join(",");
-        let n = partitions(&client, &brokers, topic).await?;
+        let cluster = self.cluster().await?;
+        let brokers = cluster.brokers();
+        let n = partitions(&cluster, topic).await?;
         let (tx, _) = broadcast::channel(self.config.feed.buffer_records);
         let (records_tx, records_rx) = mpsc::channel(1024);
         let hub = Arc::new(Hub {
@@ -327,7 +316,7 @@ impl Fanout {
             buffer_records: self.config.feed.buffer_records,
             partitions: Mutex::new((0..n).map(|_| PartitionState { position: 0, reader: None }).collect()),
             everything: AtomicUsize::new(0),
-            reader: Reader { client, topic: Arc::from(topic), health: Arc::clone(&self.health) },
+            reader: Reader { cluster, topic: Arc::from(topic), health: Arc::clone(&self.health) },
             records_tx,
             brokers,
         });
@@ -383,7 +372,7 @@ async fn run_hub(
             _ = rescan.tick() => {
                 let Some(hub) = hub.upgrade() else { return };
                 let known = hub.partition_count();
-                let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), partitions(&hub.reader.client, "", &hub.topic)).await else { continue };
+                let Ok(n) = partitions(&hub.reader.cluster, &hub.topic).await else { continue };
                 let everything = hub.everything.load(Relaxed);
                 for p in known..n {
                     tracing::info!(topic = %hub.topic, partition = p, "feed: topic gained a partition");

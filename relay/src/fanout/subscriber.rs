@@ -23,19 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use chrono::{TimeZone, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use soundline_shared::control::ErrorCode;
 use soundline_shared::feed::{FeedClientMessage, FeedServerMessage, From, Subscribe};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::fanout::{Hub, Published};
-use crate::kafka::KafkaError;
-use crate::kafka::consumer::fetch;
+use crate::kafka::consumer::{fetch, record_bytes};
 use crate::kafka::partitioner::partition_for_key;
+use crate::kafka::{CallError, Cluster, KafkaError, Position};
 use crate::metrics::FeedDrop;
 use crate::state::AppState;
 
@@ -159,40 +156,31 @@ async fn send_within(sink: &mut Sink, msg: Message, state: &AppState) -> Result<
     }
 }
 
+/// What a failed Kafka call tells the subscriber.
+fn kafka_failed(e: impl std::fmt::Display) -> Fail {
+    Fail(ErrorCode::Internal, e.to_string())
+}
+
+/// The position a subscription's `from` names in partition `p` (the live position when it names none there).
+fn position(from: &From, p: i32, live: i64) -> Position {
+    match from {
+        From::Live => Position::Offset(live),
+        From::Offsets(o) => Position::Offset(o.get(&p).copied().unwrap_or(live)),
+        From::Earliest => Position::Earliest,
+        From::TimestampMs(ms) => Position::TimestampMs(*ms),
+    }
+}
+
 /// Resolves the subscription's start offset per partition it reads (never past the live position).
 async fn starts(
     hub: &Hub,
     from: &From,
     live: &BTreeMap<i32, i64>,
-    state: &AppState,
+    cluster: &Arc<Cluster>,
 ) -> Result<BTreeMap<i32, i64>, Fail> {
-    if *from == From::Live {
-        return Ok(live.clone());
-    }
-    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
     let mut out = BTreeMap::new();
     for (&p, &live_p) in live {
-        let wanted = match from {
-            From::Live => live_p,
-            From::Offsets(o) => o.get(&p).copied().unwrap_or(live_p),
-            From::Earliest | From::TimestampMs(_) => {
-                let at = match from {
-                    From::TimestampMs(ms) => {
-                        OffsetAt::Timestamp(Utc.timestamp_millis_opt(*ms).single().unwrap_or_default())
-                    }
-                    _ => OffsetAt::Earliest,
-                };
-                let pc = client
-                    .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
-                    .await
-                    .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-                // -1: no record that recent.
-                match pc.get_offset(at).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))? {
-                    o if o < 0 => live_p,
-                    o => o,
-                }
-            }
-        };
+        let wanted = cluster.partition(&hub.topic, p).offset(position(from, p, live_p)).await.map_err(kafka_failed)?;
         out.insert(p, wanted.clamp(0, live_p));
     }
     Ok(out)
@@ -210,7 +198,8 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
         .join(car_partition.as_ref().map(|p| &p[..]), sub.car_id.as_deref())
         .await
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-    let start = starts(hub, &sub.from, &live, state).await?;
+    let cluster = state.fanout().cluster().await.map_err(kafka_failed)?;
+    let start = starts(hub, &sub.from, &live, &cluster).await?;
     send_subscribed(sink, hub, &start, state).await?;
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let metrics = state.metrics();
@@ -218,7 +207,7 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     // History: this subscriber's own fetches, partition by partition, up to where the live stream starts.
     for (&p, &from) in &start {
         let until = live.get(&p).copied().unwrap_or(from);
-        history(sink, hub, sub, p, from, until, &mut keepalive, state).await?;
+        history(sink, &cluster, hub, sub, (p, from, until), &mut keepalive, state).await?;
     }
 
     // Live: each offset at most once per partition.
@@ -285,20 +274,16 @@ async fn deliver_range(
     state: &AppState,
 ) -> Result<(), Fail> {
     let partitions = hub.partition_count();
-    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let cluster = state.fanout().cluster().await.map_err(kafka_failed)?;
     let mut ends = BTreeMap::new();
     for &p in bounds.keys().filter(|&&p| p < partitions) {
-        let pc = client
-            .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-        ends.insert(p, pc.get_offset(OffsetAt::Latest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?);
+        ends.insert(p, cluster.partition(&hub.topic, p).offset(Position::Latest).await.map_err(kafka_failed)?);
     }
-    let start = starts(hub, &sub.from, &ends, state).await?;
+    let start = starts(hub, &sub.from, &ends, &cluster).await?;
     send_subscribed(sink, hub, &start, state).await?;
     for (&p, &from) in &start {
         let until = bounds.get(&p).copied().unwrap_or(from).min(ends.get(&p).copied().unwrap_or(from));
-        history(sink, hub, sub, p, from, until, keepalive, state).await?;
+        history(sink, &cluster, hub, sub, (p, from, until), keepalive, state).await?;
     }
     send(sink, serde_json::to_string(&FeedServerMessage::End).unwrap_or_default().into(), state).await?;
     let close = CloseFrame { code: 1000, reason: "the requested range is delivered".into() };
@@ -306,14 +291,12 @@ async fn deliver_range(
 }
 
 /// Partition `p`'s records in `[from, until)` that the subscription wants, with this subscriber's own fetches.
-#[allow(clippy::too_many_arguments)] // one call per phase; a struct would only rename them
 async fn history(
     sink: &mut Sink,
+    cluster: &Arc<Cluster>,
     hub: &Hub,
     sub: &Subscribe,
-    p: i32,
-    from: i64,
-    until: i64,
+    (p, from, until): (i32, i64, i64),
     keepalive: &mut Keepalive,
     state: &AppState,
 ) -> Result<(), Fail> {
@@ -323,26 +306,16 @@ async fn history(
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
     let skip_malformed = state.config().feed.skip_malformed;
     let metrics = state.metrics();
-    let client = state.fanout().client().await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-    let pc = client
-        .partition_client(hub.topic.to_string(), p, UnknownTopicHandling::Retry)
-        .await
-        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    let mut part = cluster.partition(&hub.topic, p);
     let mut offset = from;
     while offset < until {
         if keepalive.ping_due() {
             ping(sink, state).await?;
         }
-        let fetched = match fetch(&pc, offset, HISTORY_FETCH_BYTES, 100).await {
-            Ok(fetched) => fetched,
-            Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                // Retention removed the start: go on from the oldest record kept.
-                offset =
-                    pc.get_offset(OffsetAt::Earliest).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-                continue;
-            }
-            Err(e) => return Err(Fail(ErrorCode::Internal, format!("reading history: {e}"))),
-        };
+        // Where retention removed the start, `fetch` goes on from the oldest record kept.
+        let fetched = fetch(&mut part, offset, HISTORY_FETCH_BYTES, 100)
+            .await
+            .map_err(|e: CallError| Fail(ErrorCode::Internal, format!("reading history: {e}")))?;
         if fetched.caught_up {
             break;
         }
@@ -353,11 +326,7 @@ async fn history(
             continue;
         }
         metrics.feed_history_records_total.inc_by(records.len() as u64);
-        let bytes: usize = records
-            .iter()
-            .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
-            .sum();
-        metrics.feed_history_bytes_total.inc_by(bytes as u64);
+        metrics.feed_history_bytes_total.inc_by(record_bytes(&records) as u64);
         for r in records {
             if r.offset >= until {
                 return Ok(());

@@ -26,29 +26,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
-use rskafka::client::Client;
-use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::record::Record;
+use rskafka::record::{Record, RecordAndOffset};
 use soundline_shared::backoff::{Backoff, jitter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::KafkaError;
-
-/// Where to start reading a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// The oldest record kept.
-    Earliest,
-    /// Only records produced from now on.
-    Latest,
-    /// The first record whose timestamp is at or after this many ms since the epoch.
-    TimestampMs(i64),
-    /// This offset.
-    Offset(i64),
-}
+pub use super::cluster::Position;
+use super::cluster::{CallError, Cluster, Partition};
 
 /// What the fetch loops report for `/readyz` and `/metrics`: partitions failing now, and lag (high watermark minus
 /// the next offset to read) per partition. A std Mutex: held briefly to update small maps, never across an await.
@@ -126,30 +111,27 @@ const FETCH_MAX_WAIT_MS: i32 = 500;
 ///
 /// # Errors
 ///
-/// [`KafkaError::NoSuchTopic`] when it does not exist; [`KafkaError::Unreachable`] when Kafka fails.
-pub async fn partitions(client: &Client, brokers: &str, topic: &str) -> Result<i32, KafkaError> {
-    let topics =
-        client.list_topics().await.map_err(|source| KafkaError::Unreachable { brokers: brokers.to_owned(), source })?;
-    topics
-        .iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as i32)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| KafkaError::NoSuchTopic(topic.to_owned()))
+/// [`KafkaError::NoSuchTopic`] when it does not exist; [`KafkaError::Unavailable`] when Kafka fails or is late.
+pub async fn partitions(cluster: &Cluster, topic: &str) -> Result<i32, KafkaError> {
+    match cluster.partitions(topic).await {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(KafkaError::NoSuchTopic(topic.to_owned())),
+        Err(source) => Err(KafkaError::Unavailable { brokers: cluster.brokers(), source }),
+    }
 }
 
 /// Reads every partition of `topic` from `start` into `tx` until `tx` is closed.
 pub fn spawn_topic_readers(
-    client: Arc<Client>,
+    cluster: Arc<Cluster>,
     topic: &str,
     partitions: i32,
-    start: Start,
+    start: Position,
     tx: mpsc::Sender<Consumed>,
 ) {
     let topic: Arc<str> = Arc::from(topic);
     let health = Arc::new(ConsumerHealth::default());
     for partition in 0..partitions {
-        let reader = Reader { client: Arc::clone(&client), topic: Arc::clone(&topic), health: Arc::clone(&health) };
+        let reader = Reader { cluster: Arc::clone(&cluster), topic: Arc::clone(&topic), health: Arc::clone(&health) };
         spawn_partition_reader(reader, partition, start, tx.clone(), CancellationToken::new());
     }
 }
@@ -157,8 +139,8 @@ pub fn spawn_topic_readers(
 /// What a partition reader reads from and reports to.
 #[derive(Clone)]
 pub struct Reader {
-    /// The Kafka client.
-    pub client: Arc<Client>,
+    /// The Kafka cluster.
+    pub cluster: Arc<Cluster>,
     /// The topic.
     pub topic: Arc<str>,
     /// Failures, lag, fetches and bytes go here.
@@ -169,16 +151,17 @@ pub struct Reader {
 pub fn spawn_partition_reader(
     reader: Reader,
     partition: i32,
-    start: Start,
+    start: Position,
     tx: mpsc::Sender<Consumed>,
     stop: CancellationToken,
 ) {
     // Counted before the task runs: a subscriber that has been told `subscribed` sees its readers in /metrics.
     reader.health.running.fetch_add(1, Relaxed);
     tokio::spawn(async move {
-        let Reader { client, topic, health } = reader;
+        let Reader { cluster, topic, health } = reader;
+        let part = cluster.partition(&topic, partition);
         tokio::select! {
-            () = read_partition(client, Arc::clone(&topic), partition, start, tx, Arc::clone(&health)) => {}
+            () = read_partition(part, start, tx, Arc::clone(&health)) => {}
             () = stop.cancelled() => {}
         }
         health.running.fetch_sub(1, Relaxed);
@@ -194,7 +177,7 @@ pub fn spawn_partition_reader(
 #[derive(Debug)]
 pub struct Fetched {
     /// The records, in offset order (possibly none).
-    pub records: Vec<rskafka::record::RecordAndOffset>,
+    pub records: Vec<RecordAndOffset>,
     /// The partition's high watermark, when the broker said it.
     pub high_watermark: Option<i64>,
     /// Where to fetch next: after the last record, past a transaction marker, or `offset` again.
@@ -204,12 +187,8 @@ pub struct Fetched {
     pub caught_up: bool,
 }
 
-/// Whether `e` is rskafka 0.6 failing to parse a control batch (influxdata/rskafka#297).
-fn is_unparsed_marker(e: &ClientError) -> bool {
-    e.to_string().contains("Unknown control batch record version")
-}
-
-/// One fetch of up to `max_bytes` at `offset` that never stops at a transaction marker.
+/// One fetch of up to `max_bytes` at `offset` that never stops at a transaction marker, and goes on from the
+/// oldest record kept when retention removed `offset`.
 ///
 /// - When rskafka cannot parse the response because it holds a control batch, the first batch at `offset` is
 ///   fetched alone (a 1-byte limit: Kafka still sends one whole batch): records are returned as usual, and when
@@ -219,30 +198,42 @@ fn is_unparsed_marker(e: &ClientError) -> bool {
 /// - When the fetch answers no record although the log goes on, below the last stable offset (`read_committed`:
 ///   every record there is readable), a marker sits at `offset` and `next` steps past it; at or above it an open
 ///   transaction holds its records back, and the reader waits (`caught_up`).
+/// - `OffsetOutOfRange` (retention removed `offset`): the read goes on from the earliest offset kept, logged.
 ///
 /// # Errors
 ///
-/// Kafka failed or answered something rskafka cannot read other than a marker.
+/// Kafka failed, was late, or answered something rskafka cannot read other than a marker.
 ///
 /// # Cancellation
 ///
 /// Safe: nothing is consumed or committed; fetch again from the same offset.
-pub async fn fetch(
-    pc: &PartitionClient,
-    offset: i64,
-    max_bytes: i32,
-    max_wait_ms: i32,
-) -> Result<Fetched, ClientError> {
-    let (records, high_watermark) = match pc.fetch_records(offset, 1..max_bytes, max_wait_ms).await {
-        Ok(fetched) => fetched,
-        Err(e) if is_unparsed_marker(&e) => match pc.fetch_records(offset, 1..2, max_wait_ms).await {
-            Ok(fetched) => fetched,
-            Err(e) if is_unparsed_marker(&e) => {
-                return Ok(Fetched { records: Vec::new(), high_watermark: None, next: offset + 1, caught_up: false });
+pub async fn fetch(part: &mut Partition, offset: i64, max_bytes: i32, max_wait_ms: i32) -> Result<Fetched, CallError> {
+    let mut offset = offset;
+    let (records, high_watermark) = loop {
+        match part.fetch_records(offset, max_bytes, max_wait_ms).await {
+            Ok(fetched) => break fetched,
+            Err(e) if e.is_unparsed_marker() => match part.fetch_records(offset, 2, max_wait_ms).await {
+                Ok(fetched) => break fetched,
+                Err(e) if e.is_unparsed_marker() => {
+                    return Ok(Fetched {
+                        records: Vec::new(),
+                        high_watermark: None,
+                        next: offset + 1,
+                        caught_up: false,
+                    });
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.is_offset_out_of_range() => {
+                let earliest = part.offset(Position::Earliest).await?;
+                if earliest == offset {
+                    return Err(e);
+                }
+                tracing::warn!(topic = %part.topic(), partition = part.number(), from = offset, to = earliest, "offset out of range; skipping to the earliest kept record");
+                offset = earliest;
             }
             Err(e) => return Err(e),
-        },
-        Err(e) => return Err(e),
+        }
     };
     if let Some(last) = records.last() {
         let next = last.offset + 1;
@@ -252,36 +243,23 @@ pub async fn fetch(
         return Ok(Fetched { records, high_watermark: Some(high_watermark), next: offset, caught_up: true });
     }
     // ListOffsets(latest) under read_committed answers the last stable offset.
-    let stable = pc.get_offset(OffsetAt::Latest).await?;
+    let stable = part.offset(Position::Latest).await?;
     let (next, caught_up) = if offset < stable { (offset + 1, false) } else { (offset, true) };
     Ok(Fetched { records, high_watermark: Some(high_watermark), next, caught_up })
 }
 
-async fn resolve(pc: &PartitionClient, start: Start) -> Result<i64, ClientError> {
-    match start {
-        Start::Earliest => pc.get_offset(OffsetAt::Earliest).await,
-        Start::Latest => pc.get_offset(OffsetAt::Latest).await,
-        Start::TimestampMs(ms) => {
-            let at = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
-            match pc.get_offset(OffsetAt::Timestamp(at)).await? {
-                // Kafka answers -1 when no record is that recent: start at the end.
-                offset if offset < 0 => pc.get_offset(OffsetAt::Latest).await,
-                offset => Ok(offset),
-            }
-        }
-        Start::Offset(offset) => Ok(offset),
-    }
+/// Bytes of keys and values in `records`, for the fetch counters.
+pub fn record_bytes(records: &[RecordAndOffset]) -> usize {
+    records
+        .iter()
+        .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
+        .sum()
 }
 
 /// One partition's fetch loop.
-async fn read_partition(
-    client: Arc<Client>,
-    topic: Arc<str>,
-    partition: i32,
-    start: Start,
-    tx: mpsc::Sender<Consumed>,
-    health: Arc<ConsumerHealth>,
-) {
+async fn read_partition(mut part: Partition, start: Position, tx: mpsc::Sender<Consumed>, health: Arc<ConsumerHealth>) {
+    let topic = Arc::clone(part.topic());
+    let partition = part.number();
     let mut backoff = Backoff::KAFKA;
     let mut failing = false;
     let failed = |e: &dyn std::fmt::Display, failing: &mut bool| {
@@ -291,17 +269,12 @@ async fn read_partition(
             *failing = true;
         }
     };
-    let (pc, mut offset) = loop {
+    let mut offset = loop {
         if tx.is_closed() {
             return;
         }
-        let attempt = async {
-            let pc = client.partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry).await?;
-            let offset = resolve(&pc, start).await?;
-            Ok::<_, ClientError>((pc, offset))
-        };
-        match attempt.await {
-            Ok(ok) => break ok,
+        match part.offset(start).await {
+            Ok(offset) => break offset,
             Err(e) => {
                 failed(&e, &mut failing);
                 tokio::time::sleep(backoff.next_delay(jitter())).await;
@@ -311,7 +284,7 @@ async fn read_partition(
     loop {
         health.fetches.fetch_add(1, Relaxed);
         let fetched = tokio::select! {
-            r = fetch(&pc, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
+            r = fetch(&mut part, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS) => r,
             () = tx.closed() => return,
         };
         match fetched {
@@ -325,11 +298,7 @@ async fn read_partition(
                     health.set_lag(&topic, partition, hw - next);
                 }
                 backoff.reset();
-                let bytes: usize = records
-                    .iter()
-                    .map(|r| r.record.key.as_ref().map_or(0, Vec::len) + r.record.value.as_ref().map_or(0, Vec::len))
-                    .sum();
-                health.fetched_bytes.fetch_add(bytes as u64, Relaxed);
+                health.fetched_bytes.fetch_add(record_bytes(&records) as u64, Relaxed);
                 for r in records {
                     let consumed =
                         Consumed { topic: Arc::clone(&topic), partition, offset: r.offset, record: r.record };
@@ -341,16 +310,6 @@ async fn read_partition(
                 if caught_up && high_watermark.is_some_and(|hw| offset < hw) {
                     // An open transaction: the broker answers at once; its records come when it commits.
                     tokio::time::sleep(Duration::from_millis(FETCH_MAX_WAIT_MS as u64)).await;
-                }
-            }
-            Err(ClientError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                // Retention removed what we were about to read: go on from the oldest record kept.
-                match pc.get_offset(OffsetAt::Earliest).await {
-                    Ok(earliest) => {
-                        tracing::warn!(%topic, partition, from = offset, to = earliest, "offset out of range; skipping to the earliest kept record");
-                        offset = earliest;
-                    }
-                    Err(e) => failed(&e, &mut failing),
                 }
             }
             Err(e) => {

@@ -1,9 +1,12 @@
-//! The relay's side of Kafka: connecting (SASL, TLS), making sure the topic exists, and the producer.
+//! The relay's side of Kafka: connecting (SASL, TLS), making sure the topic exists, the producer and the readers.
+//! Every call the relay makes to Kafka is made in this module, and each has a deadline ([`cluster`]).
 //!
-//! rskafka speaks the wire protocol; this module adds what rskafka leaves to its users: a partitioner
-//! ([`partitioner`]), batching with linger and a memory budget ([`producer`]), and turning configuration into a
-//! connected client with errors an operator can act on.
+//! rskafka speaks the wire protocol; this module adds what rskafka leaves to its users: deadlines and rebuilt
+//! connections when a broker stops answering ([`cluster`]), a partitioner ([`partitioner`]), batching with linger
+//! and a memory budget ([`producer`]), fetch loops that get past transaction markers ([`consumer`]), and turning
+//! configuration into a connected client with errors an operator can act on.
 
+pub mod cluster;
 pub mod consumer;
 pub mod partitioner;
 pub mod producer;
@@ -17,6 +20,7 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 
 use crate::config::{KafkaConfig, SaslMechanism};
+pub use cluster::{CallError, Cluster, Partition, Position, Timeouts};
 
 /// What can go wrong between the relay and Kafka, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,14 @@ pub enum KafkaError {
     /// The topic is missing and the relay may not create it.
     #[error("topic {0:?} does not exist and create_topic is off: create it, or set SOUNDLINE_CREATE_TOPIC=true")]
     TopicMissing(String),
+    /// Kafka failed a call, or did not answer it in time.
+    #[error("Kafka at {brokers}: {source}")]
+    Unavailable {
+        /// The bootstrap list.
+        brokers: String,
+        /// What failed.
+        source: cluster::CallError,
+    },
     /// A topic to read does not exist.
     #[error("topic {0:?} does not exist on the brokers")]
     NoSuchTopic(String),
@@ -117,7 +129,7 @@ fn mechanism_name(m: SaslMechanism) -> &'static str {
     }
 }
 
-/// Builds a client for `cfg`, retrying inside rskafka for at most `CONNECT_DEADLINE` (5 s) (and at most `op_deadline`
+/// Builds a client for `cfg` (use [`Cluster::connect`], which bounds it and everything after), retrying inside rskafka for at most `CONNECT_DEADLINE` (5 s) (and at most `op_deadline`
 /// per later request, so that a lost broker turns into an error the producer can report instead of a hang).
 ///
 /// # Errors
@@ -192,27 +204,27 @@ fn tls_config(cfg: &KafkaConfig) -> Result<Arc<rustls::ClientConfig>, KafkaError
 /// # Errors
 ///
 /// [`KafkaError::TopicMissing`] when it is missing and `create_topic` is off; [`KafkaError::CreateTopic`] or
-/// [`KafkaError::Unreachable`] when Kafka fails.
-pub async fn ensure_topic(client: &Client, cfg: &KafkaConfig) -> Result<i32, KafkaError> {
-    let unreachable = |source| KafkaError::Unreachable { brokers: cfg.brokers.join(","), source };
+/// [`KafkaError::Unavailable`] when Kafka fails.
+pub async fn ensure_topic(cluster: &Cluster, cfg: &KafkaConfig) -> Result<i32, KafkaError> {
+    let unavailable = |source| KafkaError::Unavailable { brokers: cfg.brokers.join(","), source };
     for _ in 0..50 {
-        let topics = client.list_topics().await.map_err(unreachable)?;
-        if let Some(t) = topics.iter().find(|t| t.name == cfg.topic)
-            && !t.partitions.is_empty()
-        {
-            return Ok(t.partitions.len() as i32);
+        if let Some(n) = cluster.partitions(&cfg.topic).await.map_err(unavailable)? {
+            return Ok(n);
         }
         if !cfg.create_topic {
             return Err(KafkaError::TopicMissing(cfg.topic.clone()));
         }
-        let controller = client.controller_client().map_err(unreachable)?;
-        match controller.create_topic(&cfg.topic, cfg.partitions, cfg.replication_factor, 10_000).await {
+        match cluster.create_topic(&cfg.topic, cfg.partitions, cfg.replication_factor).await {
             Ok(()) => {
-                tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, replication = cfg.replication_factor, "created topic")
+                tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, replication = ?cfg.replication_factor, "created topic (replication None: the cluster's default)")
             }
             // Another replica created it first: fine, list again.
-            Err(ClientError::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {}
-            Err(source) => return Err(KafkaError::CreateTopic { topic: cfg.topic.clone(), source }),
+            Err(CallError::Kafka(ClientError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            })) => {}
+            Err(CallError::Kafka(source)) => return Err(KafkaError::CreateTopic { topic: cfg.topic.clone(), source }),
+            Err(e) => return Err(unavailable(e)),
         }
         // Metadata reaches every broker shortly after creation.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -42,16 +42,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rskafka::client::Client;
-use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{Compression as RsCompression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::Compression as RsCompression;
 use rskafka::record::Record;
 use soundline_shared::backoff::{Backoff, jitter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Cluster, Partition};
 use super::partitioner::partition_for_key;
-use super::{KafkaError, connect, ensure_topic, throttled_total};
+use super::{KafkaError, ensure_topic, throttled_total};
 use crate::config::{Compression, KafkaConfig};
 use crate::doors::limits::Bucket;
 use crate::metrics::Metrics;
@@ -388,13 +387,12 @@ fn empty_record() -> Record {
 /// Connects, makes sure the topic exists, starts the partition workers and routes records to them; follows
 /// partitions added to the topic later.
 async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, shutdown: CancellationToken) {
-    let op_deadline = Duration::from_secs(5);
     let mut backoff = Backoff::KAFKA;
-    let (client, partitions) = loop {
+    let (cluster, partitions) = loop {
         let attempt = async {
-            let client = Arc::new(connect(&ctx.cfg, op_deadline).await?);
-            let n = ensure_topic(&client, &ctx.cfg).await?;
-            Ok::<_, KafkaError>((client, n))
+            let cluster = Cluster::connect(&ctx.cfg).await?;
+            let n = ensure_topic(&cluster, &ctx.cfg).await?;
+            Ok::<_, KafkaError>((cluster, n))
         };
         let result = tokio::select! {
             r = attempt => r,
@@ -416,7 +414,7 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
     let spawn_workers = |queues: &mut Vec<mpsc::UnboundedSender<Pending>>, n: i32| {
         for partition in queues.len() as i32..n {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_partition(Arc::clone(&client), partition, rx, Arc::clone(&ctx)));
+            tokio::spawn(run_partition(cluster.partition(&ctx.cfg.topic, partition), rx, Arc::clone(&ctx)));
             queues.push(tx);
         }
     };
@@ -425,7 +423,7 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
     ctx.publish(Link { up: true, detail: String::new() });
 
     let (grown_tx, mut grown) = mpsc::channel(1);
-    tokio::spawn(probe(Arc::clone(&client), Arc::clone(&ctx), grown_tx, shutdown));
+    tokio::spawn(probe(Arc::clone(&cluster), Arc::clone(&ctx), grown_tx, shutdown));
     loop {
         tokio::select! {
             next = intake.recv() => {
@@ -455,25 +453,23 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
 }
 
 /// Asks Kafka for the topic's metadata every [`PROBE_INTERVAL`], so that `/readyz` and recorders learn that
-/// Kafka is gone even while nothing is produced, and new partitions are noticed.
-async fn probe(client: Arc<Client>, ctx: Arc<Ctx>, grown: mpsc::Sender<i32>, shutdown: CancellationToken) {
+/// Kafka is gone even while nothing is produced, and new partitions are noticed. Each answer also refreshes the
+/// metadata the partition workers look their leaders up in; a late one replaces the client ([`Cluster`]).
+async fn probe(cluster: Arc<Cluster>, ctx: Arc<Ctx>, grown: mpsc::Sender<i32>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(PROBE_INTERVAL) => {}
             () = shutdown.cancelled() => return,
         }
-        match tokio::time::timeout(PROBE_INTERVAL, client.list_topics()).await {
-            Ok(Ok(topics)) => match topics.iter().find(|t| t.name == ctx.cfg.topic) {
-                Some(t) => {
-                    ctx.set_partition(METADATA, None);
-                    let _ = grown.try_send(t.partitions.len() as i32);
-                }
-                None => {
-                    ctx.set_partition(METADATA, Some(format!("topic {:?} is gone from the brokers", ctx.cfg.topic)))
-                }
-            },
-            Ok(Err(e)) => ctx.set_partition(METADATA, Some(format!("Kafka did not answer a metadata request: {e}"))),
-            Err(_) => ctx.set_partition(METADATA, Some("Kafka did not answer a metadata request within 2 s".into())),
+        match cluster.partitions(&ctx.cfg.topic).await {
+            Ok(Some(n)) => {
+                ctx.set_partition(METADATA, None);
+                let _ = grown.try_send(n);
+            }
+            Ok(None) => {
+                ctx.set_partition(METADATA, Some(format!("topic {:?} is gone from the brokers", ctx.cfg.topic)))
+            }
+            Err(e) => ctx.set_partition(METADATA, Some(format!("metadata: {e}"))),
         }
     }
 }
@@ -486,22 +482,8 @@ async fn drain_stopped(mut intake: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-async fn partition_client(client: &Client, ctx: &Ctx, partition: i32) -> PartitionClient {
-    let mut backoff = Backoff::KAFKA;
-    loop {
-        match client.partition_client(ctx.cfg.topic.clone(), partition, UnknownTopicHandling::Retry).await {
-            Ok(pc) => return pc,
-            Err(e) => {
-                ctx.set_partition(partition, Some(e.to_string()));
-                tokio::time::sleep(backoff.next_delay(jitter())).await;
-            }
-        }
-    }
-}
-
 /// One partition's worker: batches its queue and produces one batch at a time.
-async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::UnboundedReceiver<Pending>, ctx: Arc<Ctx>) {
-    let pc = partition_client(&client, &ctx, partition).await;
+async fn run_partition(mut part: Partition, mut rx: mpsc::UnboundedReceiver<Pending>, ctx: Arc<Ctx>) {
     let max_bytes = ctx.cfg.batch_max_bytes;
     let mut carry: Option<Pending> = None;
     loop {
@@ -532,15 +514,24 @@ async fn run_partition(client: Arc<Client>, partition: i32, mut rx: mpsc::Unboun
             bytes += p.bytes;
             batch.push(p);
         }
-        produce(&pc, partition, batch, &ctx).await;
+        produce(&mut part, batch, &ctx).await;
     }
 }
 
+/// A produce request unanswered this long marks its partition failing (`/readyz`, recorders' `kafka_unavailable`)
+/// while the relay goes on waiting for it up to `kafka_request_timeout_s`.
+const STALLED_AFTER: Duration = Duration::from_secs(3);
+
+/// Backoff between attempts at one batch: short at first, since a failover usually takes Kafka seconds, and a
+/// request that timed out has already waited.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
 /// Produces `batch` until Kafka stores it, splitting it only when the broker says it is too large.
-async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx: &Ctx) {
+async fn produce(part: &mut Partition, batch: Vec<Pending>, ctx: &Ctx) {
+    let partition = part.number();
     let metrics = &ctx.metrics;
     let mut work = VecDeque::from([batch]);
-    let mut backoff = Backoff::KAFKA;
+    let mut backoff = RETRY;
     while let Some(batch) = work.pop_front() {
         // rskafka takes the records by value; a copy stays here so that a failed request can be sent again
         // unchanged (a memcpy per record, small beside building the envelope).
@@ -548,7 +539,17 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
         let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         let throttled_before = throttled_total();
         let sent = Instant::now();
-        let result = pc.produce(records, ctx.compression).await;
+        let result = {
+            let request = part.produce(records, ctx.compression);
+            tokio::pin!(request);
+            tokio::select! {
+                r = &mut request => r,
+                () = tokio::time::sleep(STALLED_AFTER) => {
+                    ctx.set_partition(partition, Some(format!("Kafka has not answered a produce request for {} s", STALLED_AFTER.as_secs())));
+                    request.await
+                }
+            }
+        };
         if throttled_total() != throttled_before {
             warn_throttled(ctx);
         }
@@ -576,10 +577,7 @@ async fn produce(pc: &PartitionClient, partition: i32, batch: Vec<Pending>, ctx:
                 work.push_front(batch);
                 tokio::time::sleep(backoff.next_delay(jitter())).await;
             }
-            Err(ClientError::ServerError {
-                protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
-                ..
-            }) => {
+            Err(e) if e.is_too_large() => {
                 if batch.len() == 1 {
                     for p in batch {
                         tracing::warn!(partition, bytes = p.bytes, "Kafka refused a record as too large");

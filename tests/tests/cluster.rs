@@ -1,0 +1,229 @@
+//! The relay against a replicated Kafka: the three-node KRaft cluster `make test` starts (every node broker and
+//! controller, topics replicated 3 times, `min.insync.replicas=2`), with real-time recorders that behave like the
+//! page ([`soundline_tests::resilient`]: they record whatever happens, keep every frame until it is acked,
+//! reconnect and resend). Each test breaks the cluster the way an operator meets it, then asserts from Kafka:
+//! every (car, seq) present, a car's frames in one partition in seq order, every ack pointing at its record;
+//! duplicates are counted and printed. Tests take turns ([`cluster::ONE_AT_A_TIME`]) and leave three healthy
+//! nodes behind, also when they fail.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use soundline_relay::kafka::partitioner::partition_for_key;
+use soundline_shared::control::LinkState;
+use soundline_tests::cluster::{self, Down, Vanished};
+use soundline_tests::random_topic;
+use soundline_tests::relay::{Child, http_get, wait_ready};
+use soundline_tests::resilient::{Outcome, check, landed, outcomes, start_recorders};
+
+const PARTITIONS: i32 = 6;
+/// Kafka's own failover time after a node dies: it is fenced after `broker.session.timeout.ms` (9 s by default),
+/// and its partitions get new leaders from their in-sync replicas. (Where a test can see the new leader appear,
+/// it measures the failover instead.)
+const KAFKA_FAILOVER: Duration = Duration::from_secs(9);
+
+/// A relay (the real binary) on the cluster, topic created by the relay itself with the cluster's replication.
+async fn relay(topic: &str) -> Child {
+    let brokers = cluster::bootstrap();
+    let relay = Child::spawn(&[
+        ("SOUNDLINE_KAFKA_BROKERS", brokers.as_str()),
+        ("SOUNDLINE_TOPIC", topic),
+        ("SOUNDLINE_PARTITIONS", &PARTITIONS.to_string()),
+    ])
+    .await;
+    wait_ready(relay.addr).await;
+    relay
+}
+
+/// `/readyz` sampled every 250 ms for `watch`: (time since `from`, status, body) at every change.
+fn watch_readyz(
+    addr: SocketAddr,
+    from: Instant,
+    watch: Duration,
+) -> tokio::task::JoinHandle<Vec<(Duration, u16, String)>> {
+    tokio::spawn(async move {
+        let mut changes: Vec<(Duration, u16, String)> = Vec::new();
+        while from.elapsed() < watch {
+            let (status, body) = http_get(addr, "/readyz").await.unwrap_or((0, String::new()));
+            if changes.last().is_none_or(|(_, s, _)| *s != status) {
+                changes.push((from.elapsed(), status, body.trim().to_owned()));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        changes
+    })
+}
+
+/// The cars `start_recorders(.., tag, n, ..)` records, and the partition each lands in.
+fn partitions_of(tag: &str, n: usize) -> Vec<i32> {
+    (0..n).map(|i| partition_for_key(format!("CAR-{tag}-{i}").as_bytes(), PARTITIONS)).collect()
+}
+
+fn longest_wait(outcomes: &[(String, Outcome)]) -> Duration {
+    outcomes.iter().map(|(_, o)| o.longest_ack_wait).max().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_without_a_reset_stalls_acks_no_longer_than_kafkas_failover_and_readyz_tells_the_truth() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-cut");
+    let relay = relay(&topic).await;
+    let (n, frames) = (12, 400); // 40 s of audio each
+    let busiest = partitions_of("CUT", n)[0];
+    let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "CUT", n, frames);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The leader of a busy partition vanishes for 25 s, far longer than Kafka needs to move its partitions.
+    let victim = cluster::leader(&topic, busiest).expect("the busy partition has a leader");
+    let cut_at = Instant::now();
+    let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(40));
+    let cut = Vanished::node(victim);
+    let moved = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || cluster::wait_leader_other_than(&topic, busiest, victim, Duration::from_secs(25))
+    });
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    drop(cut);
+    let moved = moved.await.expect("leader watch");
+
+    let outcomes = outcomes(recorders).await;
+    let changes = readyz.await.expect("readyz watch");
+    let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
+    let stall = longest_wait(&outcomes);
+    eprintln!(
+        "cut off node {victim} for 25 s: new leader {moved:?}; longest ack wait {stall:?}; {duplicates} duplicates; \
+         /readyz {changes:?}"
+    );
+    let (_, failover) = moved.expect("Kafka moved the partition off the vanished node");
+    assert!(
+        stall <= failover + Duration::from_secs(5),
+        "the longest ack stall ({stall:?}) is Kafka's own failover (a new leader {failover:?} after the cut) + 5 s at \
+         most, however long the node is away"
+    );
+
+    // /readyz: not ready within 5 s of the cut, and ready again only once the busy partition's acks flow.
+    let (first, status, _) = changes.first().expect("readyz answered");
+    assert_eq!(*status, 200, "ready before the cut: {changes:?}");
+    let (away_at, _, why) = changes.iter().find(|(_, s, _)| *s != 200).expect("/readyz said not ready");
+    assert!(*away_at <= *first + Duration::from_secs(5), "not ready within 5 s of the cut: {changes:?}");
+    assert!(why.contains("Kafka") || why.contains("partition"), "/readyz says why: {why:?}");
+    assert_eq!(changes.last().map(|c| c.1), Some(200), "ready again in the end: {changes:?}");
+    let (back_at, _, _) = changes.iter().find(|(t, s, _)| *t > *away_at && *s == 200).expect("ready again");
+    let car = &outcomes[0].1;
+    let cut_at = tokio::time::Instant::from_std(cut_at);
+    let resumed = car
+        .ack_times
+        .iter()
+        .find(|t| t.duration_since(cut_at) > Duration::from_secs(3))
+        .map(|t| t.duration_since(cut_at))
+        .expect("the busy partition's acks resumed");
+    assert!(
+        *back_at + Duration::from_millis(500) >= resumed,
+        "/readyz said ready at {back_at:?}, before the busy partition's acks resumed at {resumed:?}: {changes:?}"
+    );
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_with_kill_9_and_brought_back_loses_nothing() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-kill");
+    let relay = relay(&topic).await;
+    let (n, frames) = (12, 300);
+    let busiest = partitions_of("KIL", n)[0];
+    let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "KIL", n, frames);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let victim = cluster::leader(&topic, busiest).expect("a leader");
+    cluster::node(victim, "kill");
+    let down = Down(victim);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    drop(down); // started again
+    let outcomes = outcomes(recorders).await;
+    let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
+    let stall = longest_wait(&outcomes);
+    eprintln!("kill -9 of node {victim} for 15 s: longest ack wait {stall:?}; {duplicates} duplicates");
+    assert!(stall <= KAFKA_FAILOVER + Duration::from_secs(5), "longest ack stall {stall:?}");
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_broker_while_recording_loses_nothing() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-roll");
+    let relay = relay(&topic).await;
+    let (n, frames) = (12, 700);
+    let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "ROL", n, frames);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // As an operator rolls a cluster: one node at a time, SIGTERM (a controlled shutdown moves its leaderships
+    // while it is still up), start it again, wait until nothing is under-replicated, then the next.
+    for node in 1..=3u8 {
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster::node(node, "stop");
+            let down = Down(node);
+            std::thread::sleep(Duration::from_secs(3));
+            drop(down);
+            assert!(
+                cluster::wait_fully_replicated(&topic, PARTITIONS, Duration::from_secs(60)),
+                "node {node} back in sync within 60 s"
+            );
+        })
+        .await
+        .expect("restart step");
+    }
+    let outcomes = outcomes(recorders).await;
+    let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
+    let stall = longest_wait(&outcomes);
+    eprintln!("rolling restart of 3 nodes: longest ack wait {stall:?}; {duplicates} duplicates");
+    assert!(
+        stall <= Duration::from_secs(5),
+        "a controlled shutdown moves leaders at once: longest ack stall {stall:?}"
+    );
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_brokers_down_hold_every_frame_and_readyz_says_why_until_produces_succeed() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-two");
+    let relay = relay(&topic).await;
+    let (n, frames) = (12, 400);
+    let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "TWO", n, frames);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Fewer in-sync replicas than min.insync.replicas (and no controller quorum): Kafka can keep nothing.
+    let cut_at = Instant::now();
+    let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(45));
+    cluster::node(2, "kill");
+    cluster::node(3, "kill");
+    let (two, three) = (Down(2), Down(3));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::task::spawn_blocking(move || drop((two, three))).await.expect("start the nodes again");
+    let outcomes = outcomes(recorders).await;
+    let changes = readyz.await.expect("readyz watch");
+    let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
+    eprintln!("two of three nodes down for 20 s: {duplicates} duplicates; /readyz {changes:?}");
+    for (car, o) in &outcomes {
+        assert!(
+            o.statuses.iter().any(|s| matches!(s, LinkState::KafkaUnavailable | LinkState::Backpressure)),
+            "{car} heard that Kafka is away: {:?}",
+            o.statuses
+        );
+    }
+    let (away_at, _, why) = changes.iter().find(|(_, s, _)| *s != 200).expect("/readyz said not ready");
+    assert!(*away_at <= Duration::from_secs(5), "not ready within 5 s: {changes:?}");
+    assert!(why.starts_with("not ready: "), "/readyz says why: {why:?}");
+    let (back_at, _, _) = changes.iter().find(|(t, s, _)| *t > *away_at && *s == 200).expect("ready again");
+    let cut_at = tokio::time::Instant::from_std(cut_at);
+    let resumed = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.ack_times.iter().find(|t| t.duration_since(cut_at) > Duration::from_secs(3)))
+        .map(|t| t.duration_since(cut_at))
+        .min()
+        .expect("acks resumed");
+    assert!(*back_at >= Duration::from_secs(20), "not ready while the nodes were down: {changes:?}");
+    assert!(
+        *back_at + Duration::from_millis(500) >= resumed,
+        "/readyz said ready at {back_at:?}, before acks resumed at {resumed:?}: {changes:?}"
+    );
+    drop(relay);
+}
