@@ -17,11 +17,13 @@
 #   5. compression: BENCH_COMPRESSION_RECORDERS (200) real-time recorders of noise-like audio for BENCH_COMPRESSION_S
 #      (30 s) once per codec (none, lz4, snappy, zstd, gzip): the bytes of the topic's log segments on the broker's disk
 #      per hour of audio, and the relay's CPU.
+#   6. failover: the relay on a three-node cluster while a node is killed, cut off, stopped, rolled, two are down,
+#      and the same recorders through a single broker's restart (scripts/bench-cluster.sh, BENCH_CLUSTER_*).
 # Before step 1 the fresh broker takes BENCH_WARMUP_S (30 s short, 90 s full; 0: none) of step 1's load, not measured
 # (warm_up_broker in common.sh). Prints a table and leaves the raw JSON in target/bench/. The full version:
 # BENCH_FULL=1 make bench.
 # One step alone: BENCH_ONLY=realtime (with BENCH_PERF=1: a perf profile of the relay; BENCH_CODEC: its
-# compression, zstd by default) or BENCH_ONLY=compression.
+# compression, zstd by default), BENCH_ONLY=compression or BENCH_ONLY=cluster.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
@@ -38,6 +40,9 @@ bootstrap="127.0.0.1:$KAFKA_PORT"
 listen="127.0.0.1:${BENCH_RELAY_PORT:-28080}"
 cp_jars="$(bash scripts/kafka.sh classpath)"
 py="$SOUNDLINE_CACHE/benchtools/bin/python"
+
+# The failover step alone needs none of the single broker's set-up.
+[[ "${BENCH_ONLY:-}" == cluster ]] && exec bash scripts/bench-cluster.sh
 
 stop_bench_on_exit
 
@@ -325,3 +330,9 @@ print(f"playback of one recording there ({p['recording_frames']} frames, {p['rec
 print()
 compression()
 PY
+
+# 6. Failover: the relay on a three-node cluster through the failures an operator meets (scripts/bench-cluster.sh).
+if [[ -z "$only" ]]; then
+  bash scripts/kafka.sh stop >/dev/null 2>&1 || true # the single bench broker is done: its cores go to the cluster
+  bash scripts/bench-cluster.sh
+fi

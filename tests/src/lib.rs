@@ -8,6 +8,7 @@
 //! broker without seeing each other's records.
 #![deny(unsafe_code)]
 
+pub mod balancer;
 pub mod broker;
 pub mod cluster;
 pub mod page;

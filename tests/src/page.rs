@@ -1,9 +1,14 @@
 //! What the end-to-end browser tests share: the repository (for `dist/` and the Node drivers in `tests/e2e/`),
-//! the fake microphone's WAV, and the audio check of what reached Kafka.
+//! the fake microphone's WAV, a page run in Chromium through a fault ([`PageRun`], [`record_through`]), and the
+//! audio check of what reached Kafka.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use soundline_shared::envelope::Envelope;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The level of each of the WAV's two tones.
 pub const TONE_AMPLITUDE: f64 = 0.3;
@@ -61,7 +66,19 @@ fn amplitude(x: &[f64], freq_hz: f64) -> f64 {
 
 /// Every record of `car` on partition 0 of `topic`: `(seq, offset, envelope)` in offset order, duplicates kept.
 pub async fn records_of_car(topic: &str, car: &str) -> Vec<(u32, i64, Envelope)> {
-    crate::read_all(&*crate::client().await, topic, 1)
+    records_of_car_on(&crate::kafka_bootstrap(), topic, car).await
+}
+
+/// Every record of `car` in `topic` at `bootstrap` (every partition; a car's records share one):
+/// `(seq, offset, envelope)` in offset order, duplicates kept.
+pub async fn records_of_car_on(bootstrap: &str, topic: &str, car: &str) -> Vec<(u32, i64, Envelope)> {
+    let brokers = bootstrap.split(',').map(str::to_owned).collect();
+    let client = rskafka::client::ClientBuilder::new(brokers).build().await.expect("a client on the test brokers");
+    let partitions = match client.list_topics().await.expect("topics").into_iter().find(|t| t.name == topic) {
+        Some(t) => t.partitions.len() as i32,
+        None => return Vec::new(),
+    };
+    crate::read_all(&client, topic, partitions)
         .await
         .into_iter()
         .filter(|(_, _, r)| r.key.as_deref() == Some(car.as_bytes()))
@@ -106,4 +123,175 @@ pub fn check_audio(frames: &[(u32, Envelope)], expected_s: f64) {
         "e2e audio: {seconds:.2} s in {} windows, 1 kHz at {level_db:+.2} dB, 6 kHz alias at {alias_db:.1} dB (worst window {worst_alias:.1} dB)",
         windows.len()
     );
+}
+
+/// One page run in headless Chromium (`tests/e2e/record.mjs`): its car, topic and files, the relay's settings
+/// for it, and the checks of what it reports and what Kafka holds.
+pub struct PageRun {
+    /// Where the run's files go (the WAV, screenshots, the resume file).
+    pub dir: PathBuf,
+    /// The run's name (in file names, the car and the topic).
+    pub name: String,
+    /// The car the page records as.
+    pub car: String,
+    /// The topic the relay produces to.
+    pub topic: String,
+    /// Where to read that topic back: the test broker, or the cluster.
+    pub bootstrap: String,
+}
+
+impl PageRun {
+    /// A run named `name` against the test broker.
+    pub fn new(name: &str) -> Self {
+        Self::on(name, &crate::kafka_bootstrap())
+    }
+
+    /// A run named `name` whose relay produces to the brokers at `bootstrap`.
+    pub fn on(name: &str, bootstrap: &str) -> Self {
+        let dir = repo().join("target").join("e2e-artifacts");
+        std::fs::create_dir_all(&dir).expect("artifact dir");
+        let wav = dir.join("tones-1k-10k-48k.wav");
+        write_wav(&wav);
+        Self {
+            dir,
+            name: name.to_owned(),
+            car: format!("CAR-{name}-{}", std::process::id()),
+            topic: crate::random_topic(&format!("e2e-{name}")),
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+
+    /// The relay's settings for this run, as `SOUNDLINE_*` pairs (for the in-process relay and the binary alike).
+    pub fn relay_env(&self) -> Vec<(&'static str, String)> {
+        let dist = repo().join("dist");
+        assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
+        vec![
+            ("SOUNDLINE_TOPIC", self.topic.clone()),
+            ("SOUNDLINE_PARTITIONS", "1".into()),
+            ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path").into()),
+        ]
+    }
+
+    pub fn relay_config(&self, extra: &[(&str, &str)]) -> soundline_relay::config::Config {
+        let env = self.relay_env();
+        let base: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::relay::config(&[&base[..], extra].concat())
+    }
+
+    /// Runs the page from `page` (the relay, or a proxy in front of it) in headless Chromium.
+    pub fn node(&self, page: SocketAddr, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(repo().join("tests/e2e/record.mjs"))
+            .env("PAGE_URL", format!("http://{page}/"))
+            .env("WAV", self.dir.join("tones-1k-10k-48k.wav"))
+            .env("CAR_ID", &self.car)
+            .env("RECORD_MS", record_ms.to_string())
+            // The artifact: what the page looked like at the end (README's screenshot comes from here).
+            .env("SCREENSHOT", self.dir.join(format!("recorder-{}.png", self.name)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("run node tests/e2e/record.mjs (make test installs playwright-core)")
+    }
+
+    /// Checks the page's final report and returns, from Kafka, this recording's envelopes in seq order.
+    pub async fn check_page_and_read_kafka(
+        &self,
+        report: &serde_json::Value,
+        relay_was_down: bool,
+    ) -> Vec<(u32, Envelope)> {
+        assert_eq!(report["error"], "", "the page showed an error: {report}");
+        // Chromium itself logs each failed WebSocket connection; while the relay or the network is down those are
+        // expected.
+        let errors: Vec<&str> = report["consoleErrors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+            .unwrap_or_default();
+        let unexpected: Vec<&&str> = errors
+            .iter()
+            .filter(|e| {
+                !(relay_was_down
+                    && (e.contains("WebSocket connection to")
+                        || e.contains("closed before the connection is established")))
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "the page logged errors: {unexpected:?}");
+        assert_eq!(report["sent"], report["acked"], "every frame sent was acked: {report}");
+        assert!(report["link"].as_str().unwrap_or_default().contains("every frame is in Kafka"), "{report}");
+        let rows = report["feedRows"].as_array().cloned().unwrap_or_default();
+        assert!(
+            rows.iter().any(|r| r.as_str().unwrap_or_default().contains(&self.car)),
+            "the feed panel lists the recording: {report}"
+        );
+
+        let mut frames: Vec<(u32, Envelope)> = records_of_car_on(&self.bootstrap, &self.topic, &self.car)
+            .await
+            .into_iter()
+            .map(|(seq, _, e)| (seq, e))
+            .collect();
+        frames.sort_by_key(|(seq, _)| *seq);
+        frames.dedup_by_key(|(seq, _)| *seq); // at-least-once: a resend may land twice
+        let seqs: Vec<u32> = frames.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "sequence numbers are continuous: none missing");
+        assert_eq!(report["acked"].as_u64(), Some(frames.len() as u64), "Kafka holds what the page saw acked");
+        frames
+    }
+}
+
+/// The last line the page's driver printed: its report.
+pub async fn report_of(child: tokio::process::Child) -> serde_json::Value {
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the browser run ends within 2 min")
+        .expect("node");
+    assert!(out.status.success(), "the browser run failed (its stderr is above)");
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
+    serde_json::from_str(&last).unwrap_or_else(|e| panic!("the browser run printed no report ({e}): {last}"))
+}
+
+/// Starts the page recording through `page`, waits until it says it recorded `CUT_AT_MS`, runs `fault`, lets the
+/// page record on, and checks that every frame it recorded, through the fault, is in Kafka.
+pub async fn record_through<F, Fut>(
+    run: &PageRun,
+    page: SocketAddr,
+    cut_at_ms: u32,
+    record_ms: u32,
+    min_seconds: f64,
+    fault: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let resume = run.dir.join(format!("{}.resume", run.name));
+    let _ = std::fs::remove_file(&resume);
+    let mut child = run.node(
+        page,
+        record_ms,
+        &[("CUT_AT_MS", cut_at_ms.to_string()), ("RESUME_FILE", resume.display().to_string())],
+    );
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let cut =
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the page started recording");
+    assert_eq!(cut.expect("read").as_deref(), Some("{\"cut\":true}"));
+    fault().await;
+    std::fs::write(&resume, b"").expect("resume file");
+    let mut rest = String::new();
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("report in time")
+    {
+        rest = line;
+    }
+    assert!(child.wait().await.expect("node").success(), "the browser run failed (its stderr is above)");
+    let report: serde_json::Value = serde_json::from_str(&rest).unwrap_or_else(|e| panic!("no report ({e}): {rest}"));
+    let frames = run.check_page_and_read_kafka(&report, true).await;
+    // The page recorded through the fault: as long as its own clock says.
+    let elapsed = report["elapsed"].as_str().unwrap_or_default();
+    let (m, s) = elapsed.split_once(':').unwrap_or_else(|| panic!("elapsed {elapsed:?}"));
+    let page_seconds = m.parse::<f64>().unwrap_or_default() * 60.0 + s.parse::<f64>().unwrap_or_default();
+    assert!(page_seconds > min_seconds, "the recording went on through the fault: {page_seconds} s");
+    check_audio(&frames, page_seconds);
+    let _ = std::fs::remove_file(&resume);
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use soundline_shared::control::{ClientMessage, Hello, LinkState, ServerMessage};
+use soundline_shared::control::{ClientMessage, Hello, LinkState, Resume, ServerMessage};
 use soundline_shared::frame;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,6 +105,8 @@ pub struct Outcome {
     pub longest_ack_wait: Duration,
     /// When each ack arrived, in arrival order.
     pub ack_times: Vec<tokio::time::Instant>,
+    /// Errors the relay sent (each ends a connection; the recorder reconnects and resends).
+    pub errors: Vec<soundline_shared::control::ErrorCode>,
 }
 
 /// Records `frames` frames of `frame_ms` in real time as car `car`, segment `segment`, through `url`; returns once
@@ -130,7 +132,9 @@ pub async fn record(
             let _ = mic_tx.send((seq, bytes, tokio::time::Instant::now()));
         }
     });
-    let hello = ClientMessage::Hello(Hello::new(recording(&car, &segment))).to_json();
+    // As the page: a reconnect says where the last acked frame landed, so that another relay finds what was
+    // stored after it instead of producing it twice.
+    let mut last_ack: Option<Resume> = None;
     let mut out = Outcome::default();
     let mut unacked: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut recorded_at: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
@@ -173,7 +177,8 @@ pub async fn record(
             continue;
         };
         let (mut tx, mut rx) = ws.split();
-        if tx.send(Message::Text(hello.clone().into())).await.is_err() {
+        let hello = ClientMessage::Hello(Hello { resume: last_ack, ..Hello::new(recording(&car, &segment)) }).to_json();
+        if tx.send(Message::Text(hello.into())).await.is_err() {
             continue;
         }
         // Wait for ready, then resend everything unacked, in order.
@@ -229,9 +234,11 @@ pub async fn record(
                             }
                             unacked.remove(&seq);
                             out.acked.insert(seq, (partition, offset));
+                            last_ack = Some(Resume { partition, offset });
                         }
                         Ok(ServerMessage::Status { state, .. }) => out.statuses.push(state),
-                        Ok(ServerMessage::Error { .. }) | Err(_) => {}
+                        Ok(ServerMessage::Error { code, .. }) => out.errors.push(code),
+                        Err(_) => {}
                         Ok(ServerMessage::Ready { .. }) => {}
                     },
                     Some(Ok(Message::Close(_)) | Err(_)) | None => continue 'connections,

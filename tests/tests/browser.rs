@@ -8,129 +8,18 @@
 //! both and builds `dist/` first. One test runs `scripts/run.sh` itself, the script behind `make run`, and
 //! records through the page it serves.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use soundline_shared::envelope::Envelope;
-use soundline_tests::page::{check_audio, records_of_car, repo, write_wav};
+use soundline_tests::page::{PageRun, check_audio, record_through, repo, report_of};
 use soundline_tests::proxy::Proxy;
-use soundline_tests::random_topic;
-use soundline_tests::relay::{Child, InProcess, config, wait_ready};
+use soundline_tests::relay::{Child, InProcess, wait_ready};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-struct Run {
-    dir: PathBuf,
-    name: String,
-    car: String,
-    topic: String,
-}
-
-impl Run {
-    fn new(name: &str) -> Self {
-        let dir = repo().join("target").join("e2e-artifacts");
-        std::fs::create_dir_all(&dir).expect("artifact dir");
-        let wav = dir.join("tones-1k-10k-48k.wav");
-        write_wav(&wav);
-        Self {
-            dir,
-            name: name.to_owned(),
-            car: format!("CAR-{name}-{}", std::process::id()),
-            topic: random_topic(&format!("e2e-{name}")),
-        }
-    }
-
-    /// The relay's settings for this run, as `SOUNDLINE_*` pairs (for the in-process relay and the binary alike).
-    fn relay_env(&self) -> Vec<(&'static str, String)> {
-        let dist = repo().join("dist");
-        assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
-        vec![
-            ("SOUNDLINE_TOPIC", self.topic.clone()),
-            ("SOUNDLINE_PARTITIONS", "1".into()),
-            ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path").into()),
-        ]
-    }
-
-    fn relay_config(&self, extra: &[(&str, &str)]) -> soundline_relay::config::Config {
-        let env = self.relay_env();
-        let base: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        config(&[&base[..], extra].concat())
-    }
-
-    /// Runs the page from `page` (the relay, or a proxy in front of it) in headless Chromium.
-    fn node(&self, page: SocketAddr, record_ms: u32, extra: &[(&str, String)]) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new("node");
-        cmd.arg(repo().join("tests/e2e/record.mjs"))
-            .env("PAGE_URL", format!("http://{page}/"))
-            .env("WAV", self.dir.join("tones-1k-10k-48k.wav"))
-            .env("CAR_ID", &self.car)
-            .env("RECORD_MS", record_ms.to_string())
-            // The artifact: what the page looked like at the end (README's screenshot comes from here).
-            .env("SCREENSHOT", self.dir.join(format!("recorder-{}.png", self.name)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd.spawn().expect("run node tests/e2e/record.mjs (make test installs playwright-core)")
-    }
-
-    /// Checks the page's final report and returns, from Kafka, this recording's envelopes in seq order.
-    async fn check_page_and_read_kafka(
-        &self,
-        report: &serde_json::Value,
-        relay_was_down: bool,
-    ) -> Vec<(u32, Envelope)> {
-        assert_eq!(report["error"], "", "the page showed an error: {report}");
-        // Chromium itself logs each failed WebSocket connection; while the relay or the network is down those are
-        // expected.
-        let errors: Vec<&str> = report["consoleErrors"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
-            .unwrap_or_default();
-        let unexpected: Vec<&&str> = errors
-            .iter()
-            .filter(|e| {
-                !(relay_was_down
-                    && (e.contains("WebSocket connection to")
-                        || e.contains("closed before the connection is established")))
-            })
-            .collect();
-        assert!(unexpected.is_empty(), "the page logged errors: {unexpected:?}");
-        assert_eq!(report["sent"], report["acked"], "every frame sent was acked: {report}");
-        assert!(report["link"].as_str().unwrap_or_default().contains("every frame is in Kafka"), "{report}");
-        let rows = report["feedRows"].as_array().cloned().unwrap_or_default();
-        assert!(
-            rows.iter().any(|r| r.as_str().unwrap_or_default().contains(&self.car)),
-            "the feed panel lists the recording: {report}"
-        );
-
-        let mut frames: Vec<(u32, Envelope)> =
-            records_of_car(&self.topic, &self.car).await.into_iter().map(|(seq, _, e)| (seq, e)).collect();
-        frames.sort_by_key(|(seq, _)| *seq);
-        frames.dedup_by_key(|(seq, _)| *seq); // at-least-once: a resend may land twice
-        let seqs: Vec<u32> = frames.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (0..seqs.len() as u32).collect::<Vec<_>>(), "sequence numbers are continuous: none missing");
-        assert_eq!(report["acked"].as_u64(), Some(frames.len() as u64), "Kafka holds what the page saw acked");
-        frames
-    }
-}
-
-async fn report_of(child: tokio::process::Child) -> serde_json::Value {
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the browser run ends within 2 min")
-        .expect("node");
-    assert!(out.status.success(), "the browser run failed (its stderr is above)");
-    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
-    serde_json::from_str(&last).unwrap_or_else(|e| panic!("the browser run printed no report ({e}): {last}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
-    let run = Run::new("tone");
+    let run = PageRun::new("tone");
     // With authentication on: the technician types the token into the page, which sends it as a subprotocol;
     // the feed, refused at load without it, reconnects once it is entered.
     let token = "e2e-technician-token-0123456789";
@@ -145,47 +34,9 @@ async fn the_page_records_five_seconds_of_a_tone_into_kafka_without_aliasing() {
     relay.stop().await;
 }
 
-/// Starts the page recording through `page`, waits until it says it recorded `CUT_AT_MS`, runs `fault`, lets the
-/// page record on, and checks that every frame it recorded, through the fault, is in Kafka.
-async fn record_through<F, Fut>(run: &Run, page: SocketAddr, cut_at_ms: u32, record_ms: u32, min_seconds: f64, fault: F)
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let resume = run.dir.join(format!("{}.resume", run.name));
-    let _ = std::fs::remove_file(&resume);
-    let mut child = run.node(
-        page,
-        record_ms,
-        &[("CUT_AT_MS", cut_at_ms.to_string()), ("RESUME_FILE", resume.display().to_string())],
-    );
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let cut =
-        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the page started recording");
-    assert_eq!(cut.expect("read").as_deref(), Some("{\"cut\":true}"));
-    fault().await;
-    std::fs::write(&resume, b"").expect("resume file");
-    let mut rest = String::new();
-    while let Ok(Some(line)) =
-        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("report in time")
-    {
-        rest = line;
-    }
-    assert!(child.wait().await.expect("node").success(), "the browser run failed (its stderr is above)");
-    let report: serde_json::Value = serde_json::from_str(&rest).unwrap_or_else(|e| panic!("no report ({e}): {rest}"));
-    let frames = run.check_page_and_read_kafka(&report, true).await;
-    // The page recorded through the fault: as long as its own clock says.
-    let elapsed = report["elapsed"].as_str().unwrap_or_default();
-    let (m, s) = elapsed.split_once(':').unwrap_or_else(|| panic!("elapsed {elapsed:?}"));
-    let page_seconds = m.parse::<f64>().unwrap_or_default() * 60.0 + s.parse::<f64>().unwrap_or_default();
-    assert!(page_seconds > min_seconds, "the recording went on through the fault: {page_seconds} s");
-    check_audio(&frames, page_seconds);
-    let _ = std::fs::remove_file(&resume);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_killed_mid_recording_and_restarted_loses_no_frame() {
-    let run = Run::new("kill");
+    let run = PageRun::new("kill");
     let env = run.relay_env();
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut relay = Child::spawn(&pairs).await;
@@ -206,7 +57,7 @@ async fn the_relay_killed_mid_recording_and_restarted_loses_no_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_seconds_without_network_lose_no_frame() {
-    let run = Run::new("network");
+    let run = PageRun::new("network");
     let relay = InProcess::start(run.relay_config(&[])).await;
     relay.wait_ready().await;
     let proxy = Proxy::start(relay.addr).await;
@@ -228,7 +79,7 @@ const MAKE_RUN_TOKEN: &str = "make-run-technician-token-0123";
 /// recording, and the console must stay free of errors (a refused WebSocket would log one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_make_run_serves_records_into_kafka_and_lists_it_in_the_feed() {
-    let run = Run::new("make-run");
+    let run = PageRun::new("make-run");
     let listen = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         probe.local_addr().expect("local addr")

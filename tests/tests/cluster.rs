@@ -3,7 +3,9 @@
 //! page ([`soundline_tests::resilient`]: they record whatever happens, keep every frame until it is acked,
 //! reconnect and resend). Each test breaks the cluster the way an operator meets it, then asserts from Kafka:
 //! every (car, seq) present, a car's frames in one partition in seq order, every ack pointing at its record;
-//! duplicates are counted and printed. Tests take turns ([`cluster::ONE_AT_A_TIME`]) and leave three healthy
+//! duplicates are counted and printed. Where a test says so, the real page records through the same relay in
+//! headless Chromium, and its recording is checked in Kafka too (every frame, continuous seqs, the tone at its
+//! level). Tests take turns ([`cluster::ONE_AT_A_TIME`]) and leave three healthy
 //! nodes behind, also when they fail.
 
 use std::net::SocketAddr;
@@ -11,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_shared::control::LinkState;
+use soundline_shared::feed::From;
 use soundline_tests::cluster::{self, Down, Vanished};
+use soundline_tests::page::{PageRun, record_through, repo};
 use soundline_tests::random_topic;
-use soundline_tests::relay::{Child, http_get, wait_ready};
+use soundline_tests::relay::{Child, http_get, relay_bin, wait_ready};
 use soundline_tests::resilient::{Outcome, check, landed, outcomes, start_recorders};
+use soundline_tests::subscriber::{Subscriber, subscription};
+use tokio::io::AsyncBufReadExt;
 
 const PARTITIONS: i32 = 6;
 /// Kafka's own failover time after a node dies: it is fenced after `broker.session.timeout.ms` (9 s by default),
@@ -22,13 +28,17 @@ const PARTITIONS: i32 = 6;
 /// it measures the failover instead.)
 const KAFKA_FAILOVER: Duration = Duration::from_secs(9);
 
-/// A relay (the real binary) on the cluster, topic created by the relay itself with the cluster's replication.
+/// A relay (the real binary) on the cluster, topic created by the relay itself with the cluster's replication;
+/// it serves the page too (`dist/`).
 async fn relay(topic: &str) -> Child {
     let brokers = cluster::bootstrap();
+    let dist = repo().join("dist");
+    assert!(dist.join("index.html").is_file(), "no dist/: run `trunk build --release` first (make test does)");
     let relay = Child::spawn(&[
         ("SOUNDLINE_KAFKA_BROKERS", brokers.as_str()),
         ("SOUNDLINE_TOPIC", topic),
         ("SOUNDLINE_PARTITIONS", &PARTITIONS.to_string()),
+        ("SOUNDLINE_STATIC_DIR", dist.to_str().expect("utf-8 path")),
     ])
     .await;
     wait_ready(relay.addr).await;
@@ -66,25 +76,33 @@ fn longest_wait(outcomes: &[(String, Outcome)]) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_without_a_reset_stalls_acks_no_longer_than_kafkas_failover_and_readyz_tells_the_truth() {
     let _turn = cluster::ONE_AT_A_TIME.lock().await;
-    let topic = random_topic("cluster-cut");
+    // Twelve scripted recorders and the real page in Chromium, all through one relay.
+    let page = PageRun::on("cluster-cut", &cluster::bootstrap());
+    let topic = page.topic.clone();
     let relay = relay(&topic).await;
-    let (n, frames) = (12, 400); // 40 s of audio each
+    let (n, frames) = (12, 450); // 45 s of audio each
     let busiest = partitions_of("CUT", n)[0];
     let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "CUT", n, frames);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // The leader of a busy partition vanishes for 25 s, far longer than Kafka needs to move its partitions.
-    let victim = cluster::leader(&topic, busiest).expect("the busy partition has a leader");
-    let cut_at = Instant::now();
-    let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(40));
-    let cut = Vanished::node(victim);
-    let moved = tokio::task::spawn_blocking({
-        let topic = topic.clone();
-        move || cluster::wait_leader_other_than(&topic, busiest, victim, Duration::from_secs(25))
-    });
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    drop(cut);
-    let moved = moved.await.expect("leader watch");
+    // 3 s into the page's recording, the leader of a busy partition vanishes for 25 s, far longer than Kafka needs
+    // to move its partitions.
+    let mut seen = None;
+    record_through(&page, relay.addr, 3_000, 6_000, 30.0, || async {
+        let victim = cluster::leader(&topic, busiest).expect("the busy partition has a leader");
+        let cut_at = Instant::now();
+        let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(40));
+        let cut = Vanished::node(victim);
+        let moved = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || cluster::wait_leader_other_than(&topic, busiest, victim, Duration::from_secs(25))
+        });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        drop(cut);
+        seen = Some((victim, cut_at, readyz, moved.await.expect("leader watch")));
+    })
+    .await;
+    let (victim, cut_at, readyz, moved) = seen.expect("the cut happened");
 
     let outcomes = outcomes(recorders).await;
     let changes = readyz.await.expect("readyz watch");
@@ -185,19 +203,27 @@ async fn a_rolling_restart_of_every_broker_while_recording_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_brokers_down_hold_every_frame_and_readyz_says_why_until_produces_succeed() {
     let _turn = cluster::ONE_AT_A_TIME.lock().await;
-    let topic = random_topic("cluster-two");
+    let page = PageRun::on("cluster-two", &cluster::bootstrap());
+    let topic = page.topic.clone();
     let relay = relay(&topic).await;
-    let (n, frames) = (12, 400);
+    let (n, frames) = (12, 420);
     let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "TWO", n, frames);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    // Fewer in-sync replicas than min.insync.replicas (and no controller quorum): Kafka can keep nothing.
-    let cut_at = Instant::now();
-    let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(45));
-    cluster::node(2, "kill");
-    cluster::node(3, "kill");
-    let (two, three) = (Down(2), Down(3));
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    tokio::task::spawn_blocking(move || drop((two, three))).await.expect("start the nodes again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Fewer in-sync replicas than min.insync.replicas (and no controller quorum): Kafka can keep nothing, while
+    // the page and the recorders record on.
+    let mut seen = None;
+    record_through(&page, relay.addr, 3_000, 6_000, 25.0, || async {
+        let cut_at = Instant::now();
+        let readyz = watch_readyz(relay.addr, cut_at, Duration::from_secs(45));
+        cluster::node(2, "kill");
+        cluster::node(3, "kill");
+        let (two, three) = (Down(2), Down(3));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::task::spawn_blocking(move || drop((two, three))).await.expect("start the nodes again");
+        seen = Some((cut_at, readyz));
+    })
+    .await;
+    let (cut_at, readyz) = seen.expect("the outage happened");
     let outcomes = outcomes(recorders).await;
     let changes = readyz.await.expect("readyz watch");
     let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
@@ -208,6 +234,7 @@ async fn two_of_three_brokers_down_hold_every_frame_and_readyz_says_why_until_pr
             "{car} heard that Kafka is away: {:?}",
             o.statuses
         );
+        assert!(o.errors.is_empty(), "{car}: the relay refused nothing it could keep: {:?}", o.errors);
     }
     let (away_at, _, why) = changes.iter().find(|(_, s, _)| *s != 200).expect("/readyz said not ready");
     assert!(*away_at <= Duration::from_secs(5), "not ready within 5 s: {changes:?}");
@@ -224,6 +251,118 @@ async fn two_of_three_brokers_down_hold_every_frame_and_readyz_says_why_until_pr
     assert!(
         *back_at + Duration::from_millis(500) >= resumed,
         "/readyz said ready at {back_at:?}, before acks resumed at {resumed:?}: {changes:?}"
+    );
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_and_the_feed_and_tail_follow() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-grow");
+    let relay = relay(&topic).await;
+    let url = format!("ws://{}/ws/record", relay.addr);
+    let mut feed = Subscriber::start(&format!("ws://{}/ws/feed", relay.addr), &subscription(None, From::Live)).await;
+    let tail = tokio::process::Command::new(relay_bin())
+        .args(["tail", "--from", "earliest", "--json"])
+        .env("SOUNDLINE_KAFKA_BROKERS", cluster::bootstrap())
+        .env("SOUNDLINE_TOPIC", &topic)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("soundline-relay tail");
+    let (before, after) = ((6, 250), (6, 60));
+    let old = start_recorders(&url, "OLD", before.0, before.1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let grown = 9;
+    tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || cluster::add_partitions(&topic, grown)
+    })
+    .await
+    .expect("kafka-topics");
+    // The relay's probe notices within 2 s; recordings started after that are placed over 9 partitions.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let new = start_recorders(&url, "NEW", after.0, after.1);
+    let (old, new) = (outcomes(old).await, outcomes(new).await);
+    let in_kafka = landed(&cluster::bootstrap(), &topic, grown).await;
+    let duplicates = check(&old, before.1, &in_kafka) + check(&new, after.1, &in_kafka);
+    for (car, _) in &old {
+        let p = partition_for_key(car.as_bytes(), PARTITIONS);
+        assert!(
+            in_kafka[car].values().flatten().all(|(q, _)| *q == p),
+            "{car} kept partition {p} of 6 while the topic grew"
+        );
+    }
+    for (car, _) in &new {
+        let p = partition_for_key(car.as_bytes(), grown);
+        assert!(
+            in_kafka[car].values().flatten().all(|(q, _)| *q == p),
+            "{car}, recorded after the growth: partition {p} of 9, as Kafka's Java client places it"
+        );
+    }
+    let new_partitions: std::collections::BTreeSet<i32> =
+        new.iter().map(|(car, _)| partition_for_key(car.as_bytes(), grown)).filter(|p| *p >= PARTITIONS).collect();
+    assert!(!new_partitions.is_empty(), "the test's new cars use a new partition");
+
+    // The feed and tail, both started before the growth, read the new partitions without a restart.
+    let total: usize = in_kafka.values().map(|seqs| seqs.values().map(Vec::len).sum::<usize>()).sum();
+    let mut fed = std::collections::BTreeSet::new();
+    for r in feed.records(total).await {
+        fed.insert(r.partition);
+    }
+    assert!(new_partitions.is_subset(&fed), "the feed delivered records of new partitions {new_partitions:?}: {fed:?}");
+    let mut lines = tokio::io::BufReader::new(tail.stdout.expect("tail's stdout")).lines();
+    let mut tailed = std::collections::BTreeSet::new();
+    for _ in 0..total {
+        let line =
+            tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("tail printed in time");
+        let line = line.expect("read").expect("a line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("tail --json");
+        tailed.insert(v["partition"].as_i64().expect("partition") as i32);
+    }
+    assert!(new_partitions.is_subset(&tailed), "tail printed records of new partitions {new_partitions:?}: {tailed:?}");
+    eprintln!(
+        "grew 6 -> 9 while recording: {duplicates} duplicates; feed partitions {fed:?}; tail partitions {tailed:?}"
+    );
+    feed.close().await;
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_partition_reassigned_to_other_brokers_while_recording_loses_nothing() {
+    let _turn = cluster::ONE_AT_A_TIME.lock().await;
+    let topic = random_topic("cluster-move");
+    let relay = relay(&topic).await;
+    let (n, frames) = (12, 350);
+    let busiest = partitions_of("MOV", n)[0];
+    let recorders = start_recorders(&format!("ws://{}/ws/record", relay.addr), "MOV", n, frames);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // As an operator drains a broker: the partition's replicas move off its leader (`kafka-reassign-partitions`),
+    // Kafka elects a new leader among them; then back onto all three.
+    let leader = cluster::leader(&topic, busiest).expect("a leader");
+    let others: Vec<u8> = (1..=3).filter(|n| *n != leader).collect();
+    let moved = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || {
+            let off = cluster::reassign(&topic, busiest, &others, Duration::from_secs(60));
+            let new_leader = cluster::leader(&topic, busiest);
+            let back = cluster::reassign(&topic, busiest, &[others[0], others[1], leader], Duration::from_secs(60));
+            (off, new_leader, back)
+        }
+    })
+    .await
+    .expect("reassignment");
+    let outcomes = outcomes(recorders).await;
+    let duplicates = check(&outcomes, frames, &landed(&cluster::bootstrap(), &topic, PARTITIONS).await);
+    let stall = longest_wait(&outcomes);
+    eprintln!(
+        "partition {busiest} moved off node {leader} and back: {moved:?}; longest ack wait {stall:?}; {duplicates} duplicates"
+    );
+    assert!(moved.0 && moved.2, "both reassignments completed: {moved:?}");
+    assert!(moved.1.is_some_and(|l| l != leader), "the partition got a new leader: {moved:?}");
+    assert!(
+        stall <= Duration::from_secs(5),
+        "a reassignment moves the leader while both are up: longest ack stall {stall:?}"
     );
     drop(relay);
 }

@@ -296,8 +296,17 @@ async fn a_frozen_page_loses_no_audio_and_a_suspended_capture_is_marked() {
     let suspended_ms = at("resumedAt") - at("suspendedAt");
     let hole = jumps[0].1;
     assert!((hole - suspended_ms).abs() <= 400, "the hole is {hole} ms, the capture was suspended {suspended_ms} ms");
+    // Where it is: in the suspension, not in the freeze. Frame times count samples from the start, so on a busy
+    // machine they lag the wall clock by the capture's start-up and delivery latency (CI once saw more than 0.4 s):
+    // the hole lies after the thaw (2 s before the suspension) and before the resume.
     let hole_at = ends[jumps[0].0].1;
-    assert!((hole_at - at("suspendedAt")).abs() <= 400, "the hole is where the suspension was");
+    assert!(
+        hole_at > at("thawedAt") && hole_at < at("resumedAt"),
+        "the hole is at {hole_at}, the page thawed at {} and was suspended from {} to {}",
+        at("thawedAt"),
+        at("suspendedAt"),
+        at("resumedAt")
+    );
     let said = report["paused"].as_str().unwrap_or_default();
     assert!(said.contains("paused recording for"), "{report}");
 

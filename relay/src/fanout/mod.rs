@@ -342,7 +342,9 @@ async fn run_hub(
     reader_idle: Duration,
     metrics: Arc<Metrics>,
 ) {
-    let mut rescan = tokio::time::interval(Duration::from_secs(30));
+    // Partitions the topic gains: the producer places new recordings there within its 2 s probe; the feed
+    // follows within 5 s.
+    let mut rescan = tokio::time::interval(Duration::from_secs(5));
     rescan.tick().await;
     let mut reap = tokio::time::interval((reader_idle / 4).max(Duration::from_millis(250)));
     loop {
@@ -372,7 +374,9 @@ async fn run_hub(
             _ = rescan.tick() => {
                 let Some(hub) = hub.upgrade() else { return };
                 let known = hub.partition_count();
-                let Ok(n) = partitions(&hub.reader.cluster, &hub.topic).await else { continue };
+                // Bounded below Kafka's own deadlines: the hub's loop publishes records meanwhile.
+                let asked = tokio::time::timeout(Duration::from_secs(2), partitions(&hub.reader.cluster, &hub.topic));
+                let Ok(Ok(n)) = asked.await else { continue };
                 let everything = hub.everything.load(Relaxed);
                 for p in known..n {
                     tracing::info!(topic = %hub.topic, partition = p, "feed: topic gained a partition");

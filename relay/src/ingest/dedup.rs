@@ -7,7 +7,9 @@
 //! - no duplicate when a recorder resends to the same relay process within the window (the usual case: a dropped
 //!   connection and a reconnect);
 //! - a duplicate is possible when the resend reaches another replica, or this process restarted in between, or
-//!   the resend arrives while the first copy is still being produced.
+//!   the resend arrives while the first copy is still being produced; for the first two, a recorder that resumes
+//!   (its hello names its last ack) has the frames already in Kafka found there and put in this window first
+//!   ([`super::resume`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};

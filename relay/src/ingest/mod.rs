@@ -23,6 +23,7 @@
 //! client's bad input ends only its own connection.
 
 pub mod dedup;
+pub mod resume;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -33,7 +34,7 @@ use axum::extract::ws::{Message, WebSocket};
 use chrono::{TimeZone, Utc};
 use futures_util::StreamExt;
 use rskafka::record::Record;
-use soundline_shared::control::{ClientMessage, ErrorCode, Hello, LinkState, ServerMessage};
+use soundline_shared::control::{ClientMessage, ErrorCode, Hello, LinkState, Resume, ServerMessage};
 use soundline_shared::envelope;
 use soundline_shared::frame::{AudioFrame, FrameError};
 use soundline_shared::recording::Recording;
@@ -260,9 +261,23 @@ impl<'a> Conn<'a> {
     ) -> Result<(), End> {
         match (msg, self.session.is_some()) {
             (Message::Text(text), false) => {
-                let (s, ready) = hello(&text, self.state).map_err(End::Fail)?;
+                let (s, ready, resume) = hello(&text, self.state).map_err(End::Fail)?;
                 let (car, segment) = (&s.recording.device.car_id, &s.recording.segment_id);
-                tracing::info!(parent: self.span, peer = self.peer, %car, %segment, "recording started");
+                match resume {
+                    None => tracing::info!(parent: self.span, peer = self.peer, %car, %segment, "recording started"),
+                    Some(r) => {
+                        // Before `ready`: the resends that follow it must find what is already in Kafka.
+                        match resume::find_stored(self.state, r, car, segment, s.dedup_key).await {
+                            Ok(found) => {
+                                self.state.metrics().resumed_frames_total.inc_by(found.frames as u64);
+                                tracing::info!(parent: self.span, peer = self.peer, %car, %segment, partition = r.partition, after = r.offset, found = found.frames, complete = found.complete, "recording resumed")
+                            }
+                            Err(e) => {
+                                tracing::warn!(parent: self.span, peer = self.peer, %car, %segment, error = %e, "recording resumed without looking in Kafka (resent frames may land twice)")
+                            }
+                        }
+                    }
+                }
                 self.session = Some(s);
                 send(socket, ready).await.map_err(|_| End::SocketGone)?;
                 // A recorder that connects while Kafka is away hears so right after `ready`.
@@ -443,9 +458,9 @@ struct Session {
     next_seq: Option<u32>,
 }
 
-fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail> {
+fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage, Option<Resume>), Fail> {
     let msg = ClientMessage::parse(text).map_err(|e| Fail(e.hello_code(), e.to_string()))?;
-    let ClientMessage::Hello(Hello { recording, .. }) = msg;
+    let ClientMessage::Hello(Hello { recording, resume, .. }) = msg;
     let cfg = state.config();
     let ready = ServerMessage::Ready {
         protocol: soundline_shared::PROTOCOL_VERSION,
@@ -454,8 +469,12 @@ fn hello(text: &str, state: &AppState) -> Result<(Session, ServerMessage), Fail>
     };
     let dedup_key = state.dedup().segment_key(&recording.device.car_id, &recording.segment_id);
     let template = envelope::EnvelopeTemplate::new(&cfg.stamp, &recording);
-    let route = state.producer().route(recording.device.car_id.as_bytes());
-    Ok((Session { recording, dedup_key, template, route, next_seq: None }, ready))
+    let key = recording.device.car_id.as_bytes();
+    let route = match resume {
+        Some(r) => state.producer().route_on(key, r.partition),
+        None => state.producer().route(key),
+    };
+    Ok((Session { recording, dedup_key, template, route, next_seq: None }, ready, resume))
 }
 
 /// A frame handed to Kafka whose ack has not been sent yet.

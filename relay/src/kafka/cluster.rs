@@ -261,7 +261,9 @@ async fn build(cfg: &KafkaConfig, timeouts: Timeouts) -> Result<Arc<Client>, Kaf
         brokers: cfg.brokers.join(","),
         source: ClientError::InvalidResponse(format!("no broker answered within {} s", timeouts.connect.as_secs())),
     };
-    match tokio::time::timeout(timeouts.connect + Duration::from_secs(2), connect(&ordered, timeouts.connect)).await {
+    // rskafka's own retries end after `connect` of sleeps with the last error (a refused password, an unknown
+    // certificate); the outer bound catches an attempt that hangs (a blackholed broker) on top of them.
+    match tokio::time::timeout(timeouts.connect * 3, connect(&ordered, timeouts.connect)).await {
         Ok(r) => r.map(Arc::new),
         Err(_) => Err(unreachable()),
     }

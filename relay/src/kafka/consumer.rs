@@ -120,20 +120,39 @@ pub async fn partitions(cluster: &Cluster, topic: &str) -> Result<i32, KafkaErro
     }
 }
 
-/// Reads every partition of `topic` from `start` into `tx` until `tx` is closed.
-pub fn spawn_topic_readers(
-    cluster: Arc<Cluster>,
-    topic: &str,
-    partitions: i32,
-    start: Position,
-    tx: mpsc::Sender<Consumed>,
-) {
+/// How often [`follow_topic`] asks whether the topic gained partitions.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads every partition of `topic` (`partitions` of them now) from `start` into `tx` until `tx` is closed, and
+/// the partitions it gains later from their beginning (everything in a new partition is newer than `start`).
+pub fn follow_topic(cluster: Arc<Cluster>, topic: &str, partitions: i32, start: Position, tx: mpsc::Sender<Consumed>) {
     let topic: Arc<str> = Arc::from(topic);
     let health = Arc::new(ConsumerHealth::default());
+    let reader = Reader { cluster: Arc::clone(&cluster), topic: Arc::clone(&topic), health };
     for partition in 0..partitions {
-        let reader = Reader { cluster: Arc::clone(&cluster), topic: Arc::clone(&topic), health: Arc::clone(&health) };
-        spawn_partition_reader(reader, partition, start, tx.clone(), CancellationToken::new());
+        spawn_partition_reader(reader.clone(), partition, start, tx.clone(), CancellationToken::new());
     }
+    tokio::spawn(async move {
+        let mut known = partitions;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RESCAN_INTERVAL) => {}
+                () = tx.closed() => return,
+            }
+            let Ok(Some(n)) = cluster.partitions(&topic).await else { continue };
+            for partition in known..n {
+                tracing::info!(%topic, partition, "the topic gained a partition; reading it");
+                spawn_partition_reader(
+                    reader.clone(),
+                    partition,
+                    Position::Earliest,
+                    tx.clone(),
+                    CancellationToken::new(),
+                );
+            }
+            known = known.max(n);
+        }
+    });
 }
 
 /// What a partition reader reads from and reports to.
@@ -246,6 +265,41 @@ pub async fn fetch(part: &mut Partition, offset: i64, max_bytes: i32, max_wait_m
     let stable = part.offset(Position::Latest).await?;
     let (next, caught_up) = if offset < stable { (offset + 1, false) } else { (offset, true) };
     Ok(Fetched { records, high_watermark: Some(high_watermark), next, caught_up })
+}
+
+/// Reads `part` from `from` up to where it ends now (asked first), handing each record to `visit` in offset
+/// order, until `max_bytes` of keys and values were read: `Ok(true)` when it reached that end, `Ok(false)` when it
+/// stopped at the limit first. One bounded read, for a question about the recent past of one partition.
+///
+/// # Errors
+///
+/// Kafka failed or was late.
+pub async fn read_to_end(
+    part: &mut Partition,
+    from: i64,
+    max_bytes: usize,
+    mut visit: impl FnMut(i64, &Record),
+) -> Result<bool, CallError> {
+    let end = part.offset(Position::Latest).await?;
+    let (mut offset, mut read) = (from, 0);
+    while offset < end {
+        if read >= max_bytes {
+            return Ok(false);
+        }
+        let fetched = fetch(part, offset, 1024 * 1024, 100).await?;
+        for r in &fetched.records {
+            if r.offset >= end {
+                return Ok(true);
+            }
+            visit(r.offset, &r.record);
+        }
+        read += record_bytes(&fetched.records);
+        if fetched.caught_up {
+            break;
+        }
+        offset = fetched.next;
+    }
+    Ok(true)
 }
 
 /// Bytes of keys and values in `records`, for the fetch counters.

@@ -118,9 +118,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ThrottleWatch {
     }
 }
 
-/// How long one connection attempt may retry inside rskafka before the relay reports and backs off itself.
-const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
-
 fn mechanism_name(m: SaslMechanism) -> &'static str {
     match m {
         SaslMechanism::Plain => "PLAIN",
@@ -129,8 +126,9 @@ fn mechanism_name(m: SaslMechanism) -> &'static str {
     }
 }
 
-/// Builds a client for `cfg` (use [`Cluster::connect`], which bounds it and everything after), retrying inside rskafka for at most `CONNECT_DEADLINE` (5 s) (and at most `op_deadline`
-/// per later request, so that a lost broker turns into an error the producer can report instead of a hang).
+/// Builds a client for `cfg` (use [`Cluster::connect`], which bounds it and everything after): rskafka retries
+/// inside for at most `retry_for` of backoff sleeps (its deadline counts nothing else), then reports the last
+/// error, so that refused credentials or an unknown certificate come back as what they are.
 ///
 /// # Errors
 ///
@@ -140,12 +138,12 @@ fn mechanism_name(m: SaslMechanism) -> &'static str {
 /// # Cancellation
 ///
 /// Safe to drop: nothing is shared until it returns.
-pub async fn connect(cfg: &KafkaConfig, op_deadline: Duration) -> Result<Client, KafkaError> {
+pub async fn connect(cfg: &KafkaConfig, retry_for: Duration) -> Result<Client, KafkaError> {
     let backoff = BackoffConfig {
         init_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),
         base: 2.0,
-        deadline: Some(op_deadline.max(CONNECT_DEADLINE)),
+        deadline: Some(retry_for),
     };
     let mut builder = ClientBuilder::new(cfg.brokers.clone()).client_id("soundline-relay").backoff_config(backoff);
     if let Some((user, password)) = cfg.credentials.as_ref().filter(|_| cfg.security.sasl()) {

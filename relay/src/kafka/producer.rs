@@ -16,15 +16,18 @@
 //! ```
 //!
 //! - **Routes**: once the dispatcher knows the topic's partitions it publishes their queues; a recording's
-//!   [`Route`] picks its queue once (again only if the topic gains partitions), so a frame costs no routing and
-//!   no hop through the dispatcher. Records a route sent to the intake before that stay ahead of its later ones:
+//!   [`Route`] picks its queue once, so a frame costs no routing and no hop through the dispatcher. When the
+//!   topic gains partitions, recordings in progress keep theirs (their order), and new routes are placed over the
+//!   new count (`murmur2(key) % partitions`, as Kafka's Java client places keys). Records a route sent to the intake before that stay ahead of its later ones:
 //!   the route keeps using the intake until the dispatcher has passed all of them on.
 //! - **Order**: a recording's records enter one partition queue in the order they were sent (its route, above),
 //!   and each partition has one in-flight request, retried until it succeeds before the next batch is sent, so
 //!   records of one key keep their order in Kafka, failures included.
 //! - **Acks**: a record's oneshot fires only after Kafka answered the produce request with offsets.
-//! - **Failures**: rskafka retries a request for up to `op_deadline`; then the worker marks the link down (recorders
-//!   get a `kafka_unavailable` status), backs off (100 ms doubling to 5 s, with jitter: `Backoff::KAFKA`) and sends the same batch again, forever.
+//! - **Failures**: every request has a deadline (`kafka_request_timeout_s`, [`super::cluster`]); a request
+//!   unanswered for 3 s marks the partition failing (recorders get a `kafka_unavailable` status, `/readyz` 503)
+//!   while the worker waits on; a failed or late one is sent again after a backoff (100 ms doubling to 2 s, with
+//!   jitter) on a fresh connection to whichever broker leads the partition now, forever, until Kafka stores it.
 //!   Records are never dropped. The only record-level failure is a record larger than the broker accepts
 //!   (`MessageTooLarge`): a batch that provokes it is split until the single offending record is refused alone.
 //! - **Pace**: with `kafka_max_bytes_per_s` set, the workers share one token bucket and wait before a batch
@@ -94,6 +97,8 @@ struct Pending {
     done: oneshot::Sender<Result<Delivery, ProduceError>>,
     /// Sent through the intake: its route's count of records there, decremented once it reached its queue.
     via_intake: Option<Arc<AtomicUsize>>,
+    /// The partition its route is pinned to, if any (a resumed recording).
+    pinned: Option<i32>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -117,6 +122,8 @@ pub struct Route {
     queues: watch::Receiver<Option<Queues>>,
     /// The queue of this key's partition, once the layout is known.
     queue: Option<mpsc::UnboundedSender<Pending>>,
+    /// The partition a resumed recording stays on (where its earlier frames are), when the topic has it.
+    pinned: Option<i32>,
     /// This route's records in the intake now: while there are any, later ones follow them through it, so that
     /// a recording's records reach their partition in the order they were sent.
     in_intake: Arc<AtomicUsize>,
@@ -130,18 +137,25 @@ impl Route {
 
     /// The queue to send to now, or `None`: through the intake.
     fn queue(&mut self) -> Option<&mpsc::UnboundedSender<Pending>> {
-        // Marked changed when made ([`Producer::route`]), then whenever the dispatcher publishes a layout.
-        if self.queues.has_changed().unwrap_or(false) {
+        // Marked changed when made ([`Producer::route`]), then whenever the dispatcher publishes a layout; the
+        // partition is chosen from the first layout and kept (the topic gaining partitions moves no recording).
+        if self.queue.is_none() && self.queues.has_changed().unwrap_or(false) {
             let queues = self.queues.borrow_and_update();
-            self.queue = queues.as_ref().and_then(|qs| {
-                let partition = partition_for_key(&self.key, qs.len() as i32) as usize;
-                qs.get(partition).cloned()
-            });
+            self.queue = queues.as_ref().and_then(|qs| qs.get(place(&self.key, self.pinned, qs.len())).cloned());
         }
         if self.in_intake.load(Ordering::Acquire) > 0 {
             return None;
         }
         self.queue.as_ref()
+    }
+}
+
+/// The partition (index into `partitions` queues) a record keyed `key` goes to: `pinned` where the topic has it,
+/// else Kafka's Java client's choice.
+fn place(key: &[u8], pinned: Option<i32>, partitions: usize) -> usize {
+    match pinned {
+        Some(p) if p >= 0 && (p as usize) < partitions => p as usize,
+        _ => partition_for_key(key, partitions as i32) as usize,
     }
 }
 
@@ -273,7 +287,13 @@ impl Producer {
     pub fn route(&self, key: &[u8]) -> Route {
         let mut queues = self.queues.clone();
         queues.mark_changed();
-        Route { key: key.to_vec(), queues, queue: None, in_intake: Arc::new(AtomicUsize::new(0)) }
+        Route { key: key.to_vec(), queues, queue: None, pinned: None, in_intake: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// The route of a recording that resumes: it stays on `partition`, where its earlier frames are (unless the
+    /// topic has no such partition: then as [`Producer::route`]).
+    pub fn route_on(&self, key: &[u8], partition: i32) -> Route {
+        Route { pinned: Some(partition), ..self.route(key) }
     }
 
     /// The metrics it counts into (shared with the rest of the relay).
@@ -318,7 +338,15 @@ impl Producer {
         let (done, rx) = oneshot::channel();
         let bytes = permit.num_permits();
         self.metrics.held_bytes.inc_by(bytes as i64);
-        let mut pending = Pending { record, bytes, enqueued: Instant::now(), done, via_intake: None, _permit: permit };
+        let mut pending = Pending {
+            record,
+            bytes,
+            enqueued: Instant::now(),
+            done,
+            via_intake: None,
+            pinned: route.pinned,
+            _permit: permit,
+        };
         let sent = match route.queue() {
             Some(queue) => queue.send(pending),
             None => {
@@ -428,8 +456,7 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
         tokio::select! {
             next = intake.recv() => {
                 let Some(mut p) = next else { return };
-                let key = p.record.key.as_deref().unwrap_or_default();
-                let partition = partition_for_key(key, queues.len() as i32) as usize;
+                let partition = place(p.record.key.as_deref().unwrap_or_default(), p.pinned, queues.len());
                 let counter = p.via_intake.take();
                 let refused = queues[partition].send(p).err();
                 // Only now may the route send past the intake: its record is in the queue ahead of them.
@@ -702,7 +729,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_route_goes_through_the_intake_until_the_layout_is_known_and_its_records_there_have_left_it() {
+    async fn a_route_goes_through_the_intake_until_the_layout_is_known_and_keeps_its_partition_when_the_topic_grows() {
         let (intake, mut intake_rx) = mpsc::unbounded_channel();
         let (layout, queues_rx) = watch::channel(None);
         let (_link_tx, link) = watch::channel(Link { up: true, detail: String::new() });
@@ -730,11 +757,16 @@ mod tests {
         assert!(rxs[partition].try_recv().is_ok(), "the third went to partition {partition}'s queue");
         assert!(rxs.iter_mut().all(|rx| rx.try_recv().is_err()), "and only there, once");
 
-        // The topic gains partitions: the route picks its queue again, once.
+        // The topic gains partitions: the recording in progress keeps its partition (its order in Kafka)...
         let (mut more, qs) = queues(24);
         layout.send_replace(Some(qs));
         send(&mut route);
+        assert!(rxs[partition].try_recv().is_ok(), "after the growth, still partition {partition}");
+        assert!(more.iter_mut().all(|rx| rx.try_recv().is_err()), "and no queue of the new layout");
+        // ...and a new recording of the same car is placed over the new count, as Kafka's Java client would.
+        let mut next = producer.route(b"CAR-042");
+        send(&mut next);
         let now = partition_for_key(b"CAR-042", 24) as usize;
-        assert!(more[now].try_recv().is_ok(), "after the growth, partition {now} of 24");
+        assert!(more[now].try_recv().is_ok(), "a new route: partition {now} of 24");
     }
 }

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use gloo_timers::callback::Timeout;
-use soundline_shared::control::{ClientMessage, Hello, LinkState, ServerMessage};
+use soundline_shared::control::{ClientMessage, Hello, LinkState, Resume, ServerMessage};
 use soundline_shared::recording::Recording;
 use web_sys::{BinaryType, WebSocket};
 
@@ -57,7 +57,11 @@ pub struct Uplink {
     url: String,
     /// The access token, offered as subprotocol `bearer.<token>` (empty: none).
     token: String,
-    hello: String,
+    recording: Recording,
+    /// Where the last acked frame landed: a reconnect's hello says so, so that a relay other than the one that
+    /// stored them acks the frames whose acks were lost instead of producing them again (in memory: a reloaded
+    /// page resumes without it).
+    last_ack: Option<Resume>,
     segment_id: String,
     /// Bytes of one full frame (to size reads from the outbox).
     frame_bytes: usize,
@@ -99,12 +103,12 @@ impl Uplink {
         on_event: Rc<dyn Fn(Event)>,
     ) -> Rc<RefCell<Self>> {
         let segment_id = recording.segment_id.clone();
-        let hello = ClientMessage::Hello(Hello::new(recording)).to_json();
         let uplink = Rc::new_cyclic(|me| {
             RefCell::new(Self {
                 url,
                 token,
-                hello,
+                recording,
+                last_ack: None,
                 segment_id,
                 frame_bytes: outbox::frame_bytes(frame_ms) as usize,
                 flow,
@@ -274,7 +278,9 @@ impl Uplink {
             Err(_) => return self.schedule_reconnect(),
         };
         ws.set_binary_type(BinaryType::Arraybuffer);
-        let (hello, socket) = (self.hello.clone(), ws.clone());
+        let hello =
+            ClientMessage::Hello(Hello { resume: self.last_ack, ..Hello::new(self.recording.clone()) }).to_json();
+        let socket = ws.clone();
         let on_open = move || {
             let _ = socket.send_with_str(&hello);
         };
@@ -326,7 +332,8 @@ impl Uplink {
                 self.pump();
                 self.finish_if_done();
             }
-            ServerMessage::Ack { seq, .. } => {
+            ServerMessage::Ack { seq, partition, offset } => {
+                self.last_ack = Some(Resume { partition, offset });
                 if self.flow.ack(seq) {
                     self.schedule_deletes();
                 }
