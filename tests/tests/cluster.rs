@@ -262,6 +262,19 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
     let relay = relay(&topic).await;
     let url = format!("ws://{}/ws/record", relay.addr);
     let mut feed = Subscriber::start(&format!("ws://{}/ws/feed", relay.addr), &subscription(None, From::Live)).await;
+    // The feed is read while the recorders run, as a page reads it (a subscriber that stops reading is closed).
+    let fed = std::sync::Arc::new(std::sync::Mutex::new((0usize, std::collections::BTreeSet::new())));
+    let reader = tokio::spawn({
+        let fed = fed.clone();
+        async move {
+            loop {
+                let r = feed.records(1).await.remove(0);
+                let mut f = fed.lock().expect("fed");
+                f.0 += 1;
+                f.1.insert(r.partition);
+            }
+        }
+    });
     let tail = tokio::process::Command::new(relay_bin())
         .args(["tail", "--from", "earliest", "--json"])
         .env("SOUNDLINE_KAFKA_BROKERS", cluster::bootstrap())
@@ -306,10 +319,16 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
 
     // The feed and tail, both started before the growth, read the new partitions without a restart.
     let total: usize = in_kafka.values().map(|seqs| seqs.values().map(Vec::len).sum::<usize>()).sum();
-    let mut fed = std::collections::BTreeSet::new();
-    for r in feed.records(total).await {
-        fed.insert(r.partition);
+    for _ in 0..600 {
+        if fed.lock().expect("fed").0 >= total || reader.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(!reader.is_finished(), "the feed stopped: {:?}", reader.await);
+    reader.abort();
+    let (count, fed) = fed.lock().expect("fed").clone();
+    assert_eq!(count, total, "the feed delivered every record in Kafka");
     assert!(new_partitions.is_subset(&fed), "the feed delivered records of new partitions {new_partitions:?}: {fed:?}");
     let mut lines = tokio::io::BufReader::new(tail.stdout.expect("tail's stdout")).lines();
     let mut tailed = std::collections::BTreeSet::new();
@@ -324,7 +343,6 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
     eprintln!(
         "grew 6 -> 9 while recording: {duplicates} duplicates; feed partitions {fed:?}; tail partitions {tailed:?}"
     );
-    feed.close().await;
     drop(relay);
 }
 
