@@ -18,8 +18,9 @@
 //! - **Routes**: once the dispatcher knows the topic's partitions it publishes their queues; a recording's
 //!   [`Route`] picks its queue once, so a frame costs no routing and no hop through the dispatcher. When the
 //!   topic gains partitions, recordings in progress keep theirs (their order), and new routes are placed over the
-//!   new count (`murmur2(key) % partitions`, as Kafka's Java client places keys). Records a route sent to the intake before that stay ahead of its later ones:
-//!   the route keeps using the intake until the dispatcher has passed all of them on.
+//!   new count (`murmur2(key) % partitions`, as Kafka's Java client places keys). Records a route sent to the
+//!   intake before that stay ahead of its later ones: the route keeps using the intake until the dispatcher has
+//!   passed all of them on.
 //! - **Order**: a recording's records enter one partition queue in the order they were sent (its route, above),
 //!   and each partition has one in-flight request, retried until it succeeds before the next batch is sent, so
 //!   records of one key keep their order in Kafka, failures included.
@@ -95,18 +96,17 @@ struct Pending {
     bytes: usize,
     enqueued: Instant,
     done: oneshot::Sender<Result<Delivery, ProduceError>>,
-    /// Sent through the intake: its route's count of records there, decremented once it reached its queue.
-    via_intake: Option<Arc<AtomicUsize>>,
-    /// The partition its route is pinned to, if any (a resumed recording).
-    pinned: Option<i32>,
+    /// Sent through the intake: its route's placement, whose count of records there is decremented once this
+    /// one reached its queue, and which the dispatcher places it by.
+    via_intake: Option<Arc<Placement>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Pending {
     /// The record left the intake (into its partition's queue, or refused).
     fn left_intake(&mut self) {
-        if let Some(n) = self.via_intake.take() {
-            n.fetch_sub(1, Ordering::Release);
+        if let Some(placement) = self.via_intake.take() {
+            placement.in_intake.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -122,11 +122,17 @@ pub struct Route {
     queues: watch::Receiver<Option<Queues>>,
     /// The queue of this key's partition, once the layout is known.
     queue: Option<mpsc::UnboundedSender<Pending>>,
+    /// Shared with this route's records in the intake, which the dispatcher places by it.
+    placement: Arc<Placement>,
+}
+
+/// What places a route's records: its pin, and how many of them are in the intake.
+struct Placement {
     /// The partition a resumed recording stays on (where its earlier frames are), when the topic has it.
     pinned: Option<i32>,
     /// This route's records in the intake now: while there are any, later ones follow them through it, so that
     /// a recording's records reach their partition in the order they were sent.
-    in_intake: Arc<AtomicUsize>,
+    in_intake: AtomicUsize,
 }
 
 impl Route {
@@ -141,9 +147,10 @@ impl Route {
         // partition is chosen from the first layout and kept (the topic gaining partitions moves no recording).
         if self.queue.is_none() && self.queues.has_changed().unwrap_or(false) {
             let queues = self.queues.borrow_and_update();
-            self.queue = queues.as_ref().and_then(|qs| qs.get(place(&self.key, self.pinned, qs.len())).cloned());
+            self.queue =
+                queues.as_ref().and_then(|qs| qs.get(place(&self.key, self.placement.pinned, qs.len())).cloned());
         }
-        if self.in_intake.load(Ordering::Acquire) > 0 {
+        if self.placement.in_intake.load(Ordering::Acquire) > 0 {
             return None;
         }
         self.queue.as_ref()
@@ -285,15 +292,20 @@ impl Producer {
 
     /// The route of one recording's records, keyed `key` (its carID): every record sent on it must carry that key.
     pub fn route(&self, key: &[u8]) -> Route {
-        let mut queues = self.queues.clone();
-        queues.mark_changed();
-        Route { key: key.to_vec(), queues, queue: None, pinned: None, in_intake: Arc::new(AtomicUsize::new(0)) }
+        self.placed(key, None)
     }
 
     /// The route of a recording that resumes: it stays on `partition`, where its earlier frames are (unless the
     /// topic has no such partition: then as [`Producer::route`]).
     pub fn route_on(&self, key: &[u8], partition: i32) -> Route {
-        Route { pinned: Some(partition), ..self.route(key) }
+        self.placed(key, Some(partition))
+    }
+
+    fn placed(&self, key: &[u8], pinned: Option<i32>) -> Route {
+        let mut queues = self.queues.clone();
+        queues.mark_changed();
+        let placement = Arc::new(Placement { pinned, in_intake: AtomicUsize::new(0) });
+        Route { key: key.to_vec(), queues, queue: None, placement }
     }
 
     /// The metrics it counts into (shared with the rest of the relay).
@@ -338,20 +350,12 @@ impl Producer {
         let (done, rx) = oneshot::channel();
         let bytes = permit.num_permits();
         self.metrics.held_bytes.inc_by(bytes as i64);
-        let mut pending = Pending {
-            record,
-            bytes,
-            enqueued: Instant::now(),
-            done,
-            via_intake: None,
-            pinned: route.pinned,
-            _permit: permit,
-        };
+        let mut pending = Pending { record, bytes, enqueued: Instant::now(), done, via_intake: None, _permit: permit };
         let sent = match route.queue() {
             Some(queue) => queue.send(pending),
             None => {
-                route.in_intake.fetch_add(1, Ordering::Relaxed);
-                pending.via_intake = Some(Arc::clone(&route.in_intake));
+                route.placement.in_intake.fetch_add(1, Ordering::Relaxed);
+                pending.via_intake = Some(Arc::clone(&route.placement));
                 self.intake.send(pending)
             }
         };
@@ -456,12 +460,13 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
         tokio::select! {
             next = intake.recv() => {
                 let Some(mut p) = next else { return };
-                let partition = place(p.record.key.as_deref().unwrap_or_default(), p.pinned, queues.len());
-                let counter = p.via_intake.take();
+                let pinned = p.via_intake.as_ref().and_then(|placement| placement.pinned);
+                let partition = place(p.record.key.as_deref().unwrap_or_default(), pinned, queues.len());
+                let placement = p.via_intake.take();
                 let refused = queues[partition].send(p).err();
                 // Only now may the route send past the intake: its record is in the queue ahead of them.
-                if let Some(n) = counter {
-                    n.fetch_sub(1, Ordering::Release);
+                if let Some(placement) = placement {
+                    placement.in_intake.fetch_sub(1, Ordering::Release);
                 }
                 if let Some(mpsc::error::SendError(p)) = refused {
                     let _ = p.done.send(Err(ProduceError::Stopped));
