@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`'s failover step (BENCH_ONLY=cluster alone): the release relay on a fresh three-node KRaft cluster
 # (replication 3, min.insync.replicas 2; scripts/kafka.sh cluster) with BENCH_CLUSTER_RECORDERS (300) real-time
-# recorders (200 ms frames) for BENCH_CLUSTER_S (60 s) per event, one fresh topic and relay per event. 20 s in:
+# recorders (200 ms frames) for BENCH_CLUSTER_S (90 s) per event, one fresh topic and relay per event. 20 s in:
 #
 #   kill9     the leader of partition 0 `kill -9`, started again 15 s later
 #   cut       that leader frozen (SIGSTOP) and its ports dropped (iptables) for 25 s: it vanishes without a reset
@@ -18,7 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 recorders="${BENCH_CLUSTER_RECORDERS:-300}"
-seconds="${BENCH_CLUSTER_S:-60}"
+seconds="${BENCH_CLUSTER_S:-90}" # a rolling restart took ~45 s after the 20 s mark here: all of it under load
 events="${BENCH_CLUSTER_EVENTS:-kill9 cut sigterm rolling two_down single}"
 export KAFKA_CLUSTER_PORT="${BENCH_CLUSTER_PORT:-29192}"
 export KAFKA_CLUSTER_DIR="${TMPDIR:-/tmp}/soundline-bench-cluster-$KAFKA_CLUSTER_PORT"
