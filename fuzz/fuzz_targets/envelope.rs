@@ -15,8 +15,9 @@
 //! - `parse(b)` is `parse_tagged(b, "AICP_SOUND")`; an accepted envelope is refused under another tag;
 //! - on `Ok`: the PCM is whole samples (`sample_count() * 2` bytes, `samples()` that long), `to_json()`
 //!   parses again, `Ok` and equal, and serialising that gives the same bytes (the output is canonical);
-//! - `classify` says `Envelope` exactly when `parse` accepts (with the same envelope), `Json` only for bytes
-//!   serde_json accepts, and `Opaque` keeps the bytes unchanged.
+//! - `classify` under the default tag says `Envelope` exactly when `parse` accepts (with the same envelope),
+//!   `Json` only for bytes serde_json accepts, and `Opaque` keeps the bytes unchanged; under another tag an
+//!   accepted envelope is not an `Envelope`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,7 +28,7 @@ fuzz_target!(|bytes: &[u8]| {
     let parsed = Envelope::parse(bytes);
     assert_eq!(Envelope::parse_tagged(bytes, DEFAULT_SYS_TAG), parsed);
 
-    let class = FeedValue::classify(bytes);
+    let class = FeedValue::classify(bytes, DEFAULT_SYS_TAG);
     match (&parsed, &class) {
         (Ok(env), FeedValue::Envelope(c)) => assert_eq!(env, c.as_ref()),
         (Ok(_), other) => panic!("a valid envelope was classified as {}", other.kind()),
@@ -45,6 +46,10 @@ fuzz_target!(|bytes: &[u8]| {
             Err(EnvelopeError::WrongSysTag { ref found, .. }) if found == DEFAULT_SYS_TAG
         ),
         "an AICP_SOUND envelope was accepted as AICP_IMAGE"
+    );
+    assert!(
+        !matches!(FeedValue::classify(bytes, "AICP_IMAGE"), FeedValue::Envelope(_)),
+        "an AICP_SOUND envelope was classified as an envelope by a relay tagged AICP_IMAGE"
     );
 
     let n = env.origin.sample_count();

@@ -144,7 +144,7 @@ pub async fn run(
             c = rx.recv() => match c { Some(c) => c, None => break },
             () = &mut stop => break,
         };
-        let value = FeedValue::classify(consumed.record.value.as_deref().unwrap_or_default());
+        let value = FeedValue::classify(consumed.record.value.as_deref().unwrap_or_default(), &config.stamp.sys_tag);
         if !matches(&value, options.car.as_deref(), options.segment.as_deref()) {
             continue;
         }

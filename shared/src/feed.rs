@@ -22,7 +22,7 @@ use crate::envelope::Envelope;
 /// A record's value, classified.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedValue {
-    /// A valid `AICP_SOUND` envelope.
+    /// A valid envelope with the expected `sysTag` (`AICP_SOUND` unless the relay is configured otherwise).
     Envelope(Box<Envelope>),
     /// JSON that is not a valid envelope.
     Json(serde_json::Value),
@@ -31,9 +31,10 @@ pub enum FeedValue {
 }
 
 impl FeedValue {
-    /// Classifies `bytes`: envelope first, then any JSON, else opaque.
-    pub fn classify(bytes: &[u8]) -> Self {
-        match Envelope::parse(bytes) {
+    /// Classifies `bytes`: an envelope tagged `sys_tag` (the relay's configured tag) first, then any JSON, else
+    /// opaque.
+    pub fn classify(bytes: &[u8], sys_tag: &str) -> Self {
+        match Envelope::parse_tagged(bytes, sys_tag) {
             Ok(env) => Self::Envelope(Box::new(env)),
             Err(_) => match serde_json::from_slice(bytes) {
                 Ok(json) => Self::Json(json),
@@ -311,17 +312,26 @@ impl FeedServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Stamp;
+    use crate::envelope::{DEFAULT_SYS_TAG, Stamp};
     use crate::recording::Recording;
 
     #[test]
     fn values_are_classified_envelope_then_json_then_opaque() {
         let env = Envelope::from_samples(uuid::Uuid::nil(), &Stamp::default(), &Recording::default(), 5, &[1, 2]);
-        assert_eq!(FeedValue::classify(&env.to_json()), FeedValue::Envelope(Box::new(env)));
-        assert_eq!(FeedValue::classify(br#"{"score":0.9}"#), FeedValue::Json(serde_json::json!({"score": 0.9})));
-        assert_eq!(FeedValue::classify(b"\x00\xff garbage").kind(), "opaque");
+        let tag = DEFAULT_SYS_TAG;
+        assert_eq!(FeedValue::classify(&env.to_json(), tag), FeedValue::Envelope(Box::new(env)));
+        assert_eq!(FeedValue::classify(br#"{"score":0.9}"#, tag), FeedValue::Json(serde_json::json!({"score": 0.9})));
+        assert_eq!(FeedValue::classify(b"\x00\xff garbage", tag).kind(), "opaque");
         // An envelope-shaped document with a broken field is still readable JSON.
-        assert_eq!(FeedValue::classify(br#"{"sysTag":"AICP_SOUND"}"#).kind(), "json");
+        assert_eq!(FeedValue::classify(br#"{"sysTag":"AICP_SOUND"}"#, tag).kind(), "json");
+    }
+
+    #[test]
+    fn an_envelope_is_one_with_the_relays_configured_tag() {
+        let stamp = Stamp { sys_tag: "RAIL_AUDIO".into(), ..Stamp::default() };
+        let env = Envelope::from_samples(uuid::Uuid::nil(), &stamp, &Recording::default(), 5, &[1, 2]);
+        assert_eq!(FeedValue::classify(&env.to_json(), "RAIL_AUDIO"), FeedValue::Envelope(Box::new(env.clone())));
+        assert_eq!(FeedValue::classify(&env.to_json(), DEFAULT_SYS_TAG).kind(), "json");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use soundline_shared::envelope::Envelope;
 use soundline_tests::page::{records_of_car, repo, write_tones};
 use soundline_tests::random_topic;
 use soundline_tests::recorder::{Recorder, recording, samples};
@@ -190,11 +191,14 @@ async fn a_recording_is_one_row_its_wav_is_what_kafka_holds_and_its_spectrogram_
 /// A recording written with a sequence hole (by a test client: frames 0, 1, then 3, 4 on a second connection):
 /// the page says "1 frame missing", and its WAV has 200 ms of silence where frame 2 would be. An analysis result
 /// for it, on the relay's results topic, shows on its row. The list of this earlier recording comes without PCM.
+/// The relay stamps its own `sysTag` (`SOUNDLINE_SYS_TAG`, not the built-in `AICP_SOUND`): the feed knows its
+/// envelopes by that tag, so the page lists and plays them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_there() {
+    const SYS_TAG: &str = "RAIL_AUDIO";
     let results = random_topic("e2e-results");
     soundline_tests::create_topic(&*soundline_tests::client().await, &results, 1).await;
-    let page = Page::start_with("hole", &[("SOUNDLINE_FEED_TOPICS", &results)]).await;
+    let page = Page::start_with("hole", &[("SOUNDLINE_FEED_TOPICS", &results), ("SOUNDLINE_SYS_TAG", SYS_TAG)]).await;
     let car = format!("CAR-hole-{}", std::process::id());
     let rec = recording(&car, &format!("seg-hole-{}", std::process::id()));
     let url = format!("ws://{}/ws/record", page.relay.addr);
@@ -225,6 +229,12 @@ async fn a_recording_with_a_hole_says_one_frame_missing_and_its_wav_has_silence_
             .expect("now"),
     };
     pc.produce(vec![record], rskafka::client::partition::Compression::NoCompression).await.expect("produce the result");
+    let stored = soundline_tests::read_all(&client, &page.topic, 1).await;
+    let tagged = stored
+        .iter()
+        .filter(|(_, _, r)| Envelope::parse_tagged(r.value.as_deref().unwrap_or_default(), SYS_TAG).is_ok())
+        .count();
+    assert_eq!((stored.len(), tagged), (4, 4), "the four frames in Kafka, each an envelope tagged {SYS_TAG}");
     // The supervisor view is read once the list holds the recording's 800 ms of audio (its four frames arrive as
     // four feed records, one render each).
     let report = page.run_with("existing", &car, "hole", &[("EXISTING_AUDIO_MS", "800")]).await;

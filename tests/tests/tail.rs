@@ -14,10 +14,15 @@ use soundline_tests::{client, create_topic, kafka_bootstrap, random_topic};
 const TS: i64 = 1_764_000_000_000; // 2025-11-24T16:00:00Z
 
 fn envelope_record(car: &str, segment: &str, seq: u32) -> Record {
+    tagged_record(car, segment, seq, &Stamp::default().sys_tag)
+}
+
+/// An envelope stamped `sys_tag`, as a relay configured with that tag writes it.
+fn tagged_record(car: &str, segment: &str, seq: u32, sys_tag: &str) -> Record {
     let ts = TS + i64::from(seq) * 200;
     let env = Envelope::from_samples(
         uuid::Uuid::from_u128(u128::from(seq) + 1),
-        &Stamp { ver: "1.0".into(), ..Stamp::default() },
+        &Stamp { ver: "1.0".into(), sys_tag: sys_tag.into(), ..Stamp::default() },
         &recording(car, segment),
         ts,
         &samples(segment, seq, 3200),
@@ -62,11 +67,17 @@ async fn known_topic() -> String {
 }
 
 fn tail(topic: &str, args: &[&str]) -> Vec<String> {
+    tail_with(topic, args, &[])
+}
+
+/// As [`tail`], with more relay settings in its environment.
+fn tail_with(topic: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
     let out = Command::new(soundline_tests::relay::relay_bin())
         .arg("tail")
         .args(args)
         .env("SOUNDLINE_KAFKA_BROKERS", kafka_bootstrap())
         .env("SOUNDLINE_TOPIC", topic)
+        .envs(env.iter().copied())
         .output()
         .expect("run soundline-relay tail");
     assert!(out.status.success(), "tail failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -141,6 +152,33 @@ async fn tail_filters_by_car_and_segment_and_prints_json_or_full_values() {
         assert!(full.contains(&format!(
             "{topic}:0:2: key=CAR-A value={{\"carID\":\"CAR-A\",\"result\":\"wheel flat\",\"score\":0.93}}"
         )));
+    })
+    .await
+    .expect("tail runs");
+}
+
+/// A relay configured with its own `sysTag` writes its envelopes with it: `tail` with the same settings knows
+/// them by that tag, and an envelope with the built-in tag is another system's JSON to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_knows_envelopes_by_the_configured_sys_tag() {
+    let topic = random_topic("tail-tag");
+    let client = client().await;
+    create_topic(&client, &topic, 1).await;
+    let p0 = client.partition_client(&topic, 0, UnknownTopicHandling::Retry).await.expect("partition 0");
+    let records = vec![tagged_record("CAR-T", "seg-t", 0, "RAIL_AUDIO"), envelope_record("CAR-D", "seg-d", 0)];
+    p0.produce(records, Compression::NoCompression).await.expect("produce");
+    tokio::task::spawn_blocking(move || {
+        let lines = tail_with(&topic, &["--from", "earliest", "--count", "2"], &[("SOUNDLINE_SYS_TAG", "RAIL_AUDIO")]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            format!(
+                "{topic}:0:0: key=CAR-T value=car=CAR-T segment=seg-t time=2025-11-24T16:00:00.000Z duration=200ms bytes=6400"
+            )
+        );
+        // Shown as JSON (its first 200 characters), not summarised as a recording's frame.
+        let json = format!("{topic}:0:1: key=CAR-D value=json {{\"collectTimestamp\":1764000000000,\"deviceInfo\":");
+        assert!(lines[1].starts_with(&json), "{lines:?}");
     })
     .await
     .expect("tail runs");

@@ -53,7 +53,7 @@ pub struct Settings {
     /// the envelope's "sysType"
     #[arg(long, env = "SOUNDLINE_SYS_TYPE", default_value = "3")]
     pub sys_type: Option<String>,
-    /// the envelope's "sysTag"
+    /// the envelope's "sysTag"; the feed and `tail` know envelopes by it
     #[arg(long, env = "SOUNDLINE_SYS_TAG", default_value = "AICP_SOUND")]
     pub sys_tag: Option<String>,
     /// create the topic when it is missing (false: a missing topic is an error)

@@ -34,7 +34,7 @@
 pub mod record;
 pub mod subscriber;
 
-pub use record::Published;
+pub use record::{Classifier, Published};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
@@ -83,6 +83,8 @@ pub struct Hub {
     everything: AtomicUsize,
     reader: Reader,
     records_tx: mpsc::Sender<Consumed>,
+    /// What its records are (the relay's `sysTag` marks envelopes), for the live stream and history alike.
+    pub classifier: Classifier,
     /// The bootstrap list, for errors.
     brokers: String,
 }
@@ -318,12 +320,12 @@ impl Fanout {
             everything: AtomicUsize::new(0),
             reader: Reader { cluster, topic: Arc::from(topic), health: Arc::clone(&self.health) },
             records_tx,
+            classifier: Classifier::of(&self.config),
             brokers,
         });
         tokio::spawn(run_hub(
             Arc::downgrade(&hub),
             records_rx,
-            self.config.feed.skip_malformed,
             self.config.feed.reader_idle,
             Arc::clone(&self.metrics),
         ));
@@ -338,7 +340,6 @@ impl Fanout {
 async fn run_hub(
     hub: std::sync::Weak<Hub>,
     mut records: mpsc::Receiver<Consumed>,
-    skip_malformed: bool,
     reader_idle: Duration,
     metrics: Arc<Metrics>,
 ) {
@@ -362,7 +363,7 @@ async fn run_hub(
                     continue;
                 }
                 metrics.feed_classified_total.inc();
-                match Published::new(&hub.topic, c.partition, c.offset, c.record, skip_malformed) {
+                match Published::new(&hub.topic, c.partition, c.offset, c.record, &hub.classifier) {
                     Some(p) => hub.publish(Arc::new(p)),
                     None => metrics.feed_dropped(crate::metrics::FeedDrop::Malformed, 1),
                 }
@@ -411,8 +412,12 @@ mod tests {
         }
     }
 
+    fn classifier(skip_malformed: bool) -> Classifier {
+        Classifier { sys_tag: Arc::from(soundline_shared::envelope::DEFAULT_SYS_TAG), skip_malformed }
+    }
+
     fn publish(offset: i64, value: &[u8], skip_malformed: bool) -> Option<Published> {
-        Published::new(&Arc::from("t"), 2, offset, record(value), skip_malformed)
+        Published::new(&Arc::from("t"), 2, offset, record(value), &classifier(skip_malformed))
     }
 
     fn parsed(p: &Published, pcm: bool) -> FeedRecord {
@@ -456,7 +461,7 @@ mod tests {
         let json = envelope().to_json();
         let with_key = |key: Option<&[u8]>| {
             let r = Record { key: key.map(<[u8]>::to_vec), ..record(&json) };
-            Published::new(&Arc::from("t"), 0, 1, r, false).expect("published")
+            Published::new(&Arc::from("t"), 0, 1, r, &classifier(false)).expect("published")
         };
         assert!(with_key(Some(b"CAR-1")).matches(Some("CAR-1"), Some("seg")));
         assert!(with_key(None).matches(Some("CAR-1"), None), "not keyed: the envelope says whose it is");
@@ -499,5 +504,20 @@ mod tests {
             assert_eq!((p.kind(), p.car_id.as_deref()), (Kind::Json, None), "{v}");
             assert_eq!(parsed(&p, false).value, v, "delivered whole, as JSON");
         }
+    }
+
+    #[test]
+    fn the_relays_own_sys_tag_marks_its_envelopes() {
+        let mut env = serde_json::from_slice::<serde_json::Value>(&envelope().to_json()).expect("json");
+        env["sysTag"] = serde_json::json!("RAIL_AUDIO");
+        let own = Classifier { sys_tag: Arc::from("RAIL_AUDIO"), skip_malformed: false };
+        let p = Published::new(&Arc::from("t"), 0, 1, record(env.to_string().as_bytes()), &own).expect("published");
+        assert_eq!(
+            (p.kind(), p.car_id.as_deref(), p.segment_id.as_deref()),
+            (Kind::Envelope, Some("CAR-1"), Some("seg"))
+        );
+        let default_tagged = envelope().to_json();
+        let p = Published::new(&Arc::from("t"), 0, 2, record(&default_tagged), &own).expect("published");
+        assert_eq!(p.kind(), Kind::Json, "another relay's tag is not this relay's envelope");
     }
 }

@@ -22,7 +22,23 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use soundline_shared::envelope::DEFAULT_SYS_TAG;
+
+/// How the feed tells what a consumed value is.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    /// The `sysTag` that marks an envelope: the relay's own (`sys_tag`, `SOUNDLINE_SYS_TAG`), which its
+    /// recordings carry, not the built-in default.
+    pub sys_tag: Arc<str>,
+    /// A value that is not JSON: skipped (`feed_malformed = skip`) rather than sent as opaque bytes.
+    pub skip_malformed: bool,
+}
+
+impl Classifier {
+    /// As the relay is configured.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self { sys_tag: Arc::from(config.stamp.sys_tag.as_str()), skip_malformed: config.feed.skip_malformed }
+    }
+}
 
 /// A JSON object's entries, in order, each value as it is in the text.
 struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -159,7 +175,7 @@ pub struct Published {
 impl Published {
     /// Classifies `record`, or `None` when its value is neither an envelope nor JSON and the relay is configured
     /// to skip such records.
-    pub fn new(topic: &Arc<str>, partition: i32, offset: i64, record: Record, skip_malformed: bool) -> Option<Self> {
+    pub fn new(topic: &Arc<str>, partition: i32, offset: i64, record: Record, how: &Classifier) -> Option<Self> {
         let value = record.value.unwrap_or_default();
         let (kind, car_id, segment_id) = match serde_json::from_slice::<Entries<'_>>(&value) {
             Ok(entries) => {
@@ -169,7 +185,7 @@ impl Published {
                     .and_then(|d| d.text("carID").map(Cow::into_owned));
                 let segment = entries.text("segmentId").map(Cow::into_owned);
                 let origin = entries.get("originData").is_some_and(|o| o.get().starts_with('{'));
-                let tagged = entries.text("sysTag").is_some_and(|t| t == DEFAULT_SYS_TAG);
+                let tagged = entries.text("sysTag").is_some_and(|t| *t == *how.sys_tag);
                 match (tagged && origin, car, segment) {
                     (true, Some(car), Some(segment)) => (Kind::Envelope, Some(car), Some(segment)),
                     _ => (Kind::Json, None, None),
@@ -177,7 +193,7 @@ impl Published {
             }
             // An array, a string, a number...: JSON still, if serde_json takes it whole.
             Err(_) if serde_json::from_slice::<&RawValue>(&value).is_ok() => (Kind::Json, None, None),
-            Err(_) if skip_malformed => return None,
+            Err(_) if how.skip_malformed => return None,
             Err(_) => (Kind::Opaque, None, None),
         };
         Some(Self {

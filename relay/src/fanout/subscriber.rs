@@ -304,7 +304,6 @@ async fn history(
         return Ok(());
     }
     let (car, segment) = (sub.car_id.as_deref(), sub.segment_id.as_deref());
-    let skip_malformed = state.config().feed.skip_malformed;
     let metrics = state.metrics();
     let mut part = cluster.partition(&hub.topic, p);
     let mut offset = from;
@@ -335,7 +334,7 @@ async fn history(
                 ping(sink, state).await?;
             }
             offset = r.offset + 1;
-            let Some(published) = Published::new(&hub.topic, p, r.offset, r.record, skip_malformed) else {
+            let Some(published) = Published::new(&hub.topic, p, r.offset, r.record, &hub.classifier) else {
                 continue;
             };
             if published.matches(car, segment) {
