@@ -26,7 +26,7 @@ pub struct Settings {
     /// log as JSON lines instead of human-readable text
     #[arg(long, env = "SOUNDLINE_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", default_value = "false")]
     pub log_json: Option<String>,
-    /// threads that run connections and Kafka clients, 2 whatever the node's core count: at 2000 real-time recorders one thread queued (ack p99 1.8-2.2 s) where two kept it at 66-115 ms (BENCHMARKS.md); 1 saves about a tenth of the CPU per frame for a relay that stays well below a core; 0: one per core
+    /// threads that run connections and Kafka clients, 2 whatever the node's core count (one thread queues acks under heavy load, see BENCHMARKS.md); 1 for a relay that stays well below a core; 0: one per core
     #[arg(long, env = "SOUNDLINE_WORKER_THREADS", default_value = "2")]
     pub worker_threads: Option<String>,
     /// Kafka bootstrap brokers, host:port[,host:port...] (file: [{"host":..,"port":..}])
@@ -65,7 +65,7 @@ pub struct Settings {
     /// replication factor of a topic the relay creates: 1-32, or "default" for the cluster's default.replication.factor (its min.insync.replicas applies either way; 3 and 2 keep every acked frame through the loss of one broker)
     #[arg(long, env = "SOUNDLINE_REPLICATION_FACTOR", default_value = "default")]
     pub replication_factor: Option<String>,
-    /// record batch compression: zstd, none, gzip, lz4 or snappy; zstd (level 1, logged at start) stores audio in 0.71 of the bytes for about 1.2x the relay's CPU (BENCHMARKS.md); consumers must decode it (kafka-python: pip install zstandard)
+    /// record batch compression: zstd, none, gzip, lz4 or snappy; zstd (level 1, logged at start) stores audio in fewer bytes for a little more of the relay's CPU (BENCHMARKS.md); consumers must decode it (kafka-python: pip install zstandard)
     #[arg(long, env = "SOUNDLINE_COMPRESSION", default_value = "zstd")]
     pub compression: Option<String>,
     /// how long a partition's batch waits for more records before it is sent
