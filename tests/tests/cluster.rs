@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use soundline_relay::kafka::partitioner::partition_for_key;
 use soundline_shared::control::LinkState;
-use soundline_shared::feed::From;
+use soundline_shared::feed::{From, Subscribe};
 use soundline_tests::cluster::{self, Down, Vanished};
 use soundline_tests::page::{PageRun, record_through, repo};
 use soundline_tests::random_topic;
@@ -284,6 +284,13 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
         .spawn()
         .expect("soundline-relay tail");
     let (before, after) = ((6, 250), (6, 60));
+    // A technician's page, open before the growth, watching a car whose next recording lands on a new partition.
+    let watched = (0..after.0)
+        .map(|i| format!("CAR-NEW-{i}"))
+        .find(|car| partition_for_key(car.as_bytes(), 9) >= PARTITIONS)
+        .expect("one of the new cars is placed on a new partition");
+    let car_sub = Subscribe::live(Some(watched.clone()), None);
+    let mut car_feed = Subscriber::start(&format!("ws://{}/ws/feed", relay.addr), &car_sub).await;
     let old = start_recorders(&url, "OLD", before.0, before.1);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let grown = 9;
@@ -340,6 +347,14 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
         tailed.insert(v["partition"].as_i64().expect("partition") as i32);
     }
     assert!(new_partitions.is_subset(&tailed), "tail printed records of new partitions {new_partitions:?}: {tailed:?}");
+    // The car's subscription, made under 6 partitions, delivered the car's recording on its partition of 9.
+    let watched_at = partition_for_key(watched.as_bytes(), grown);
+    let stored: usize = in_kafka[&watched].values().map(Vec::len).sum();
+    let got = car_feed.records(stored).await;
+    assert!(got.iter().all(|r| r.key.as_deref() == Some(watched.as_str()) && r.partition == watched_at), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].offset < w[1].offset), "in offset order: {got:?}");
+    let seqs: std::collections::BTreeSet<u32> = got.iter().filter_map(|r| r.seq).collect();
+    assert_eq!(seqs, (0..after.1).collect(), "every frame of {watched}'s recording, as Kafka holds them");
     eprintln!(
         "grew 6 -> 9 while recording: {duplicates} duplicates; feed partitions {fed:?}; tail partitions {tailed:?}"
     );

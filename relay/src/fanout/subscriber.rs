@@ -8,6 +8,7 @@
 //!     history: own fetch per partition, [start, live position) ─► filter ─► socket
 //!     live:    broadcast receiver, offsets >= next per partition ─► filter ─► socket
 //!              lagged: tell {missed, resumeFrom}, carry on live
+//!              a car's, when the topic grew: join the car's partition under the new count, its history from 0
 //!  bounded read (until): own fetches of the named partitions, [from, until) ─► filter ─► end, close 1000
 //! ```
 //!
@@ -186,6 +187,11 @@ async fn starts(
     Ok(out)
 }
 
+/// How often a car's live subscription looks whether the topic gained partitions (the hub learns of them within
+/// 5 s, the producer places new recordings there within 2 s: the car's new records are read from the
+/// partition's start, so none is missed in between).
+const GROWTH_CHECK: Duration = Duration::from_secs(1);
+
 async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppState) -> Result<(), Fail> {
     let partitions = hub.partition_count();
     let mut keepalive = Keepalive::new(&state.config().limits);
@@ -194,7 +200,7 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     }
     // A car's records all sit on its partition (the producer's murmur2 choice): read only that one.
     let car_partition = sub.car_id.as_deref().map(|car| [partition_for_key(car.as_bytes(), partitions)]);
-    let (mut live_rx, live, _membership) = hub
+    let (mut live_rx, live, membership) = hub
         .join(car_partition.as_ref().map(|p| &p[..]), sub.car_id.as_deref())
         .await
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
@@ -212,11 +218,35 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
 
     // Live: each offset at most once per partition.
     let mut next: BTreeMap<i32, i64> = live.clone();
+    // A car's subscription follows the topic's growth: the car's recordings that start after it are placed over
+    // the new count, so the car's partition under that count is joined too.
+    let mut memberships = vec![membership];
+    let mut counted = partitions;
+    let mut growth = tokio::time::interval(GROWTH_CHECK);
     loop {
         let received = tokio::select! {
             r = live_rx.recv() => r,
             _ = keepalive.ping.tick() => {
                 ping(sink, state).await?;
+                continue;
+            }
+            _ = growth.tick(), if car.is_some() => {
+                let (Some(car), n) = (car, hub.partition_count()) else { continue };
+                if n == counted {
+                    continue;
+                }
+                counted = n;
+                let p = partition_for_key(car.as_bytes(), n);
+                if let std::collections::btree_map::Entry::Vacant(slot) = next.entry(p) {
+                    let (_same_stream, joined, m) =
+                        hub.join(Some(&[p]), Some(car)).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+                    memberships.push(m);
+                    let until = joined.get(&p).copied().unwrap_or(0);
+                    // The partition was added after this subscription began: all it holds is newer, from its start.
+                    history(sink, &cluster, hub, sub, (p, 0, until), &mut keepalive, state).await?;
+                    slot.insert(until);
+                    tracing::debug!(topic = %hub.topic, partition = p, "feed: a car's subscription follows the topic's growth");
+                }
                 continue;
             }
         };
