@@ -263,18 +263,8 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
     let url = format!("ws://{}/ws/record", relay.addr);
     let mut feed = Subscriber::start(&format!("ws://{}/ws/feed", relay.addr), &subscription(None, From::Live)).await;
     // The feed is read while the recorders run, as a page reads it (a subscriber that stops reading is closed).
-    let fed = std::sync::Arc::new(std::sync::Mutex::new((0usize, std::collections::BTreeSet::new())));
-    let reader = tokio::spawn({
-        let fed = fed.clone();
-        async move {
-            loop {
-                let r = feed.records(1).await.remove(0);
-                let mut f = fed.lock().expect("fed");
-                f.0 += 1;
-                f.1.insert(r.partition);
-            }
-        }
-    });
+    let (fed_tx, mut fed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move { while fed_tx.send(feed.records(1).await.remove(0).partition).is_ok() {} });
     let tail = tokio::process::Command::new(relay_bin())
         .args(["tail", "--from", "earliest", "--json"])
         .env("SOUNDLINE_KAFKA_BROKERS", cluster::bootstrap())
@@ -326,16 +316,13 @@ async fn partitions_added_while_recording_keep_recordings_in_progress_in_place_a
 
     // The feed and tail, both started before the growth, read the new partitions without a restart.
     let total: usize = in_kafka.values().map(|seqs| seqs.values().map(Vec::len).sum::<usize>()).sum();
-    for _ in 0..600 {
-        if fed.lock().expect("fed").0 >= total || reader.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fed = std::collections::BTreeSet::new();
+    for n in 0..total {
+        let partition = tokio::time::timeout(Duration::from_secs(60), fed_rx.recv()).await.expect("the feed in time");
+        fed.insert(partition.unwrap_or_else(|| panic!("the feed stopped after {n} of {total} records")));
     }
-    assert!(!reader.is_finished(), "the feed stopped: {:?}", reader.await);
+    assert!(fed_rx.try_recv().is_err(), "the feed delivered every record in Kafka, and no more");
     reader.abort();
-    let (count, fed) = fed.lock().expect("fed").clone();
-    assert_eq!(count, total, "the feed delivered every record in Kafka");
     assert!(new_partitions.is_subset(&fed), "the feed delivered records of new partitions {new_partitions:?}: {fed:?}");
     let mut lines = tokio::io::BufReader::new(tail.stdout.expect("tail's stdout")).lines();
     let mut tailed = std::collections::BTreeSet::new();

@@ -221,7 +221,6 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
     // A car's subscription follows the topic's growth: the car's recordings that start after it are placed over
     // the new count, so the car's partition under that count is joined too.
     let mut memberships = vec![membership];
-    let mut counted = partitions;
     let mut growth = tokio::time::interval(GROWTH_CHECK);
     loop {
         let received = tokio::select! {
@@ -231,12 +230,8 @@ async fn deliver(sink: &mut Sink, hub: &Arc<Hub>, sub: &Subscribe, state: &AppSt
                 continue;
             }
             _ = growth.tick(), if car.is_some() => {
-                let (Some(car), n) = (car, hub.partition_count()) else { continue };
-                if n == counted {
-                    continue;
-                }
-                counted = n;
-                let p = partition_for_key(car.as_bytes(), n);
+                let Some(car) = car else { continue };
+                let p = partition_for_key(car.as_bytes(), hub.partition_count());
                 if let std::collections::btree_map::Entry::Vacant(slot) = next.entry(p) {
                     let (_same_stream, joined, m) =
                         hub.join(Some(&[p]), Some(car)).await.map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;

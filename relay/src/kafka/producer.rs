@@ -106,7 +106,7 @@ impl Pending {
     /// The record left the intake (into its partition's queue, or refused).
     fn left_intake(&mut self) {
         if let Some(placement) = self.via_intake.take() {
-            placement.in_intake.fetch_sub(1, Ordering::Release);
+            placement.left_intake();
         }
     }
 }
@@ -133,6 +133,13 @@ struct Placement {
     /// This route's records in the intake now: while there are any, later ones follow them through it, so that
     /// a recording's records reach their partition in the order they were sent.
     in_intake: AtomicUsize,
+}
+
+impl Placement {
+    /// One of its records left the intake: once none is left there, the route sends straight to its queue.
+    fn left_intake(&self) {
+        self.in_intake.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Route {
@@ -460,13 +467,13 @@ async fn supervise(ctx: Arc<Ctx>, mut intake: mpsc::UnboundedReceiver<Pending>, 
         tokio::select! {
             next = intake.recv() => {
                 let Some(mut p) = next else { return };
-                let pinned = p.via_intake.as_ref().and_then(|placement| placement.pinned);
-                let partition = place(p.record.key.as_deref().unwrap_or_default(), pinned, queues.len());
                 let placement = p.via_intake.take();
+                let pinned = placement.as_ref().and_then(|placement| placement.pinned);
+                let partition = place(p.record.key.as_deref().unwrap_or_default(), pinned, queues.len());
                 let refused = queues[partition].send(p).err();
                 // Only now may the route send past the intake: its record is in the queue ahead of them.
                 if let Some(placement) = placement {
-                    placement.in_intake.fetch_sub(1, Ordering::Release);
+                    placement.left_intake();
                 }
                 if let Some(mpsc::error::SendError(p)) = refused {
                     let _ = p.done.send(Err(ProduceError::Stopped));
